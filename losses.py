@@ -1,0 +1,208 @@
+"""Hermes losses: eq. (1), (2), (9), (10), (11), (12)-(13), (14), (15) as plain functions (SPEC §4).
+
+All functions take float32 or float64 tensors (half / bfloat16 inputs, e.g. under autocast, are promoted to
+float32), are vectorised, return differentiable 0-d tensors, and stay finite on the edge cases (no kept pixel,
+an anchor without positive, an empty batch, all weights zero): an empty term is an exact 0 that still carries
+a grad_fn when its inputs require grad.
+
+Example:
+    >>> logits, mask = torch.randn(2, 2, 8, 8), torch.randint(0, 2, (2, 8, 8))
+    >>> seg_supervised_loss(logits, mask)   # eq. (1)
+"""
+import torch
+import torch.nn.functional as F
+
+DICE_SMOOTH = 1e-5  # SPEC §4 (eq. 1 and 9)
+
+
+def _hi(x):
+    """Promote half / bfloat16 to float32; float32 and float64 are kept."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+def _zero_like(*tensors):
+    """An exact 0 of the tensors' dtype/device that keeps their autograd graph (grad 0) when they require grad."""
+    t = tensors[0]
+    z = t.new_zeros(())
+    for t in tensors:
+        if t.requires_grad:
+            z = z + t.sum() * 0.0
+    return z
+
+
+def _matmul_fp(a, b):
+    """a @ b.T in the inputs' (promoted) precision even under autocast (bf16 similarities / 0.07 lose digits)."""
+    dt = torch.promote_types(_hi(a).dtype, _hi(b).dtype)
+    with torch.autocast(device_type=a.device.type, enabled=False):
+        return a.to(dt) @ b.to(dt).T
+
+
+def _dice_loss(p, g, w=None):
+    """Per image 1 - (2 Σ w p g + 1e-5) / (Σ w p + Σ w g + 1e-5).  p, g, w (B,H,W) -> (B,)"""
+    if w is not None:
+        p, g = p * w, g * w
+    inter = (p * g).flatten(1).sum(1)                                              # (B,)
+    den = p.flatten(1).sum(1) + g.flatten(1).sum(1)                                # (B,)
+    return 1.0 - (2.0 * inter + DICE_SMOOTH) / (den + DICE_SMOOTH)
+
+
+def seg_supervised_loss(logits, mask):
+    """Eq. (1): L^l_seg = mean_i ½ (CE_i + Dice_i).
+
+    CE_i is the pixel-mean cross-entropy of image i; Dice_i = 1 - (2Σpg + 1e-5)/(Σp + Σg + 1e-5) on the
+    lesion-channel softmax p = softmax(logits)[:, 1].
+
+    logits (B,2,H,W) float, mask (B,H,W) in {0,1} (any int/float/bool dtype) -> 0-d tensor.
+    """
+    if logits.shape[0] == 0:
+        return _zero_like(logits)
+    logits = _hi(logits)
+    mask = mask.long()
+    ce = F.cross_entropy(logits, mask, reduction="none").flatten(1).mean(1)       # (B,)
+    p = logits.softmax(1)[:, 1]                                                    # (B,H,W)
+    dice = _dice_loss(p, mask.to(p.dtype))                                         # (B,)
+    return (0.5 * (ce + dice)).mean()                                              # eq. (1)
+
+
+def cls_supervised_loss(logits, labels):
+    """Eq. (2): L^l_cls = mean_i CE(logits_i, labels_i).  logits (B,C), labels (B,) int -> 0-d tensor."""
+    if logits.shape[0] == 0:
+        return _zero_like(logits)
+    return F.cross_entropy(_hi(logits), labels.long())                             # eq. (2)
+
+
+def seg_unsupervised_loss(logits_s, logits_w, w):
+    """Eq. (9): L^u_seg = (1/B) Σ_j Dice_w(strong_j, argmax weak_j).
+
+    Per image j, Dice as in eq. (1) between the strong view's lesion probability and the pseudo-mask
+    (argmax of the weak logits), over the pixels with w = 1 (w multiplies every sum); an image with no
+    kept pixel adds exactly 0 (its Dice is 1 - 1e-5/1e-5); the sum is divided by all B images.
+
+    logits_s, logits_w (B,2,H,W), w (B,H,W) float 0/1 -> 0-d tensor. No gradient reaches logits_w.
+    """
+    B = logits_s.shape[0]
+    if B == 0:
+        return _zero_like(logits_s)
+    logits_s = _hi(logits_s)
+    p = logits_s.softmax(1)[:, 1]                                                  # (B,H,W)
+    g = logits_w.detach().argmax(1).to(p.dtype)                                    # (B,H,W) pseudo-mask
+    w = w.detach().to(p.dtype)
+    kept = (w.flatten(1).sum(1) > 0).to(p.dtype)                                   # (B,)
+    return (kept * _dice_loss(p, g, w)).sum() / B                                  # eq. (9)
+
+
+def cls_unsupervised_loss(logits_s, logits_w, w):
+    """Eq. (10): L^u_cls = (1/B) Σ_j w_j CE(strong_j, argmax weak_j).
+
+    logits_s, logits_w (B,C), w (B,) float 0/1 -> 0-d tensor. No gradient reaches logits_w.
+    """
+    B = logits_s.shape[0]
+    if B == 0:
+        return _zero_like(logits_s)
+    logits_s = _hi(logits_s)
+    pseudo = logits_w.detach().argmax(1)                                           # (B,)
+    ce = F.cross_entropy(logits_s, pseudo, reduction="none")                       # (B,)
+    return (w.detach().to(ce.dtype) * ce).sum() / B                                # eq. (10)
+
+
+def pixel_contrastive_loss(anchors, anchor_labels, keys, key_labels, temperature=0.07):
+    """Eq. (11): pixel InfoNCE with one negative set per positive.
+
+    For anchor i with positives P_i (keys of its label) and negatives N_i (keys of another label):
+        L_i = -(1/|P_i|) Σ_{p∈P_i} log( e^{i·p/τ} / (e^{i·p/τ} + Σ_{n∈N_i} e^{i·n/τ}) )
+    The loss is the mean of L_i over the anchors with P_i non-empty, 0 if there is none. The w of eq. (11)
+    is realised by the caller, which passes only anchors and keys with w = 1 (w = 0 inside the log would be
+    log 0). Vectors are used as given (the model L2-normalises them).
+
+    anchors (K,D), anchor_labels (K,), keys (M,D), key_labels (M,) -> 0-d tensor.
+    """
+    K, M = anchors.shape[0], keys.shape[0]
+    if K == 0 or M == 0:
+        return _zero_like(anchors, keys)
+    s = _matmul_fp(anchors, keys) / temperature                                    # (K,M)
+    pos = anchor_labels.reshape(-1, 1) == key_labels.reshape(1, -1)                # (K,M)
+    # log Σ_{n∈N_i} e^{s_in}; finfo.min instead of -inf keeps the backward finite for rows without negatives
+    neg_lse = s.masked_fill(pos, torch.finfo(s.dtype).min).logsumexp(1, keepdim=True)  # (K,1)
+    neg_lse = torch.where(pos.all(1, keepdim=True), torch.full_like(neg_lse, float("-inf")), neg_lse)
+    log_ratio = s - torch.logaddexp(s, neg_lse)                                    # (K,M) eq. (11) log term
+    n_pos = pos.sum(1)                                                             # (K,)
+    L = -(log_ratio * pos).sum(1) / n_pos.clamp_min(1)                             # (K,) eq. (11)
+    has_pos = (n_pos > 0).to(L.dtype)
+    return (L * has_pos).sum() / has_pos.sum().clamp_min(1)
+
+
+def image_contrastive_loss(features, labels, weights, temperature=0.07, bank_feats=None, bank_labels=None):
+    """Eq. (12)-(13): class-aware image contrast with pair weights.
+
+    features (2N,D) unit vectors, rows i and i+N the two views of image i; labels (2N,) (or (N,), repeated);
+    weights (2N,) float 0/1 (or (N,), repeated). Positives P(i) = {p ≠ i with the same label}; pair weight
+    w_ip = 1 for the other view of the same image (eq. 13, j = i), else weights_i · weights_p. With s = v·v/τ:
+        L_i = -Σ_p w_ip log( e^{s_ip} / Σ_{j≠i} e^{s_ij} ) / Σ_p w_ip          (eq. 12)
+    and the loss is the mean of L_i over the i with Σ_p w_ip > 0 (0 if none).
+
+    bank_feats (Mb,D), bank_labels (Mb,): optional memory-bank entries (detached; only reliable entries are
+    pushed, so their own weight is 1): extra denominator terms for every anchor, extra positives when the
+    label matches, with pair weight weights_i. Without a bank this is exactly the formula above.
+    -> 0-d tensor.
+    """
+    n2 = features.shape[0]
+    if n2 % 2:
+        raise ValueError(f"image_contrastive_loss: features must hold 2N rows (two views), got {n2}")
+    N = n2 // 2
+    labels, weights = labels.reshape(-1), weights.reshape(-1)
+    if labels.numel() == N and N > 0:
+        labels = labels.repeat(2)
+    if weights.numel() == N and N > 0:
+        weights = weights.repeat(2)
+    if labels.numel() != n2 or weights.numel() != n2:
+        raise ValueError(f"image_contrastive_loss: labels {tuple(labels.shape)} / weights {tuple(weights.shape)} "
+                         f"do not match features {tuple(features.shape)}")
+    if N == 0:
+        return _zero_like(features)
+    has_bank = bank_feats is not None and bank_feats.shape[0] > 0
+    v = _hi(features)
+    if has_bank:
+        v_all = torch.cat([v, _hi(bank_feats.detach()).to(v.dtype)])              # (2N+Mb,D)
+        l_all = torch.cat([labels, bank_labels.reshape(-1).to(labels.dtype)])     # (2N+Mb,)
+    else:
+        v_all, l_all = v, labels
+    s = _matmul_fp(v, v_all) / temperature                                         # (2N,2N+Mb)
+    idx = torch.arange(n2, device=v.device)
+    self_mask = torch.zeros_like(s, dtype=torch.bool)
+    self_mask[idx, idx] = True                                                     # j = i excluded
+    log_prob = s - s.masked_fill(self_mask, torch.finfo(s.dtype).min).logsumexp(1, keepdim=True)  # (2N,2N+Mb)
+    pos = (labels.reshape(-1, 1) == l_all.reshape(1, -1)) & ~self_mask             # (2N,2N+Mb) P(i)
+    wt = weights.to(s.dtype)
+    w_all = torch.cat([wt, wt.new_ones(l_all.numel() - n2)])                       # (2N+Mb,) bank weight 1
+    pair_w = wt.reshape(-1, 1) * w_all.reshape(1, -1)                              # (2N,2N+Mb) w_i w_p
+    other = torch.zeros_like(self_mask)
+    other[idx, (idx + N) % n2] = True                                              # other view of image i
+    pair_w = torch.where(other, torch.ones_like(pair_w), pair_w) * pos             # eq. (13)
+    w_sum = pair_w.sum(1)                                                          # (2N,)
+    L = -(pair_w * log_prob).sum(1) / w_sum.clamp_min(torch.finfo(s.dtype).tiny)   # (2N,) eq. (12)
+    valid = (w_sum > 0).to(L.dtype)
+    return (L * valid).sum() / valid.sum().clamp_min(1)
+
+
+def inter_task_consistency_loss(f_cls, f_seg):
+    """Eq. (14): L^u_itc = mean_j (1 - cos(F_cls_j, F_seg_j)).  f_cls, f_seg (B,D) -> 0-d tensor."""
+    if f_cls.shape[0] == 0:
+        return _zero_like(f_cls, f_seg)
+    return (1.0 - F.cosine_similarity(_hi(f_cls), _hi(f_seg), dim=1, eps=1e-8)).mean()  # eq. (14)
+
+
+def total_loss(parts, lambda_seg=0.5, lambda_cls=1.0, alpha=0.8, beta=0.2, gamma=0.1):
+    """Eq. (15): λ_seg (L^l_seg + L^u_seg + α L^seg_c) + λ_cls (L^l_cls + L^u_cls + β L^cls_c) + γ L^u_itc.
+
+    parts: dict with keys seg_l, seg_u, seg_c, cls_l, cls_u, cls_c, itc (tensors or numbers); a missing key
+    (or None) counts as 0. Defaults are §4.1's weights. -> 0-d tensor.
+    """
+    known = {"seg_l", "seg_u", "seg_c", "cls_l", "cls_u", "cls_c", "itc"}
+    unknown = set(parts) - known
+    if unknown:
+        raise KeyError(f"total_loss: unknown parts {sorted(unknown)} (expected a subset of {sorted(known)})")
+    g = {k: (parts.get(k) if parts.get(k) is not None else 0.0) for k in known}
+    loss = (lambda_seg * (g["seg_l"] + g["seg_u"] + alpha * g["seg_c"])
+            + lambda_cls * (g["cls_l"] + g["cls_u"] + beta * g["cls_c"])
+            + gamma * g["itc"])                                                    # eq. (15)
+    return loss if torch.is_tensor(loss) else torch.tensor(float(loss))

@@ -1,0 +1,374 @@
+"""hermes.py: anchor sampling, memory bank, attach_banks and hermes_step (ablation switches, statistics)."""
+import collections
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import hermes
+import losses
+from models import HermesNet
+
+STAT_KEYS = ["loss", "seg_l", "seg_u", "seg_c", "cls_l", "cls_u", "cls_c", "itc", "kappa", "tau",
+             "kept_pix", "kept_img", "pl_acc_pix_all", "pl_acc_pix_kept", "pl_acc_img_all", "pl_acc_img_kept",
+             "n_kept_pix", "n_kept_img"]
+
+
+# ---------------------------------------------------------------- anchor sampling
+
+def random_maps(seed, B=2, h=6, w=5):
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, 2, (B, h, w), generator=g)
+    keep = (torch.rand(B, h, w, generator=g) > 0.3).float()
+    pred = torch.where(torch.rand(B, h, w, generator=g) > 0.6, 1 - labels, labels)
+    return labels, keep, pred
+
+
+def naive_pools(labels, keep, pred):
+    """{(class, is_hard): [flat indices]} with Python loops over the pixels."""
+    pools = collections.defaultdict(list)
+    for i, (l, k, p) in enumerate(zip(labels.flatten().tolist(), keep.flatten().tolist(), pred.flatten().tolist())):
+        if k == 1:
+            pools[(l, p != l)].append(i)
+    return pools
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+@pytest.mark.parametrize("n", [1, 4, 7, 40])
+def test_sample_anchor_indices_vs_naive(seed, n):
+    labels, keep, pred = random_maps(seed)
+    idx, lab = hermes.sample_anchor_indices(labels, keep, pred, n, generator=torch.Generator().manual_seed(seed))
+    pools = naive_pools(labels, keep, pred)
+    # the same random keys, consumed the same way: the k largest keys of each pool are taken
+    r = torch.rand(labels.numel(), generator=torch.Generator().manual_seed(seed)).tolist()
+    assert idx.unique().numel() == idx.numel()
+    for c in (0, 1):
+        a_h, a_e = len(pools[(c, True)]), len(pools[(c, False)])
+        n_h = min(n // 2, a_h)
+        n_e = min(n - n_h, a_e)
+        n_h = min(n - n_e, a_h)
+        got = idx[lab == c].tolist()
+        got_h = [i for i in got if i in pools[(c, True)]]
+        got_e = [i for i in got if i in pools[(c, False)]]
+        assert len(got_h) == n_h and len(got_e) == n_e and len(got) == n_h + n_e   # only w = 1 pixels of class c
+        for pool, k, sel in ((pools[(c, True)], n_h, got_h), (pools[(c, False)], n_e, got_e)):
+            assert set(sel) == set(sorted(pool, key=lambda i: -r[i])[:k])
+
+
+def test_sample_anchors_split_and_fill():
+    # one image, 4x4; class 0 = first 11 pixels (1 hard + 10 easy), class 1 = last 5 (4 hard + 1 easy)
+    labels = torch.tensor([0] * 11 + [1] * 5).reshape(1, 4, 4)
+    pred = labels.clone().flatten()
+    pred[0] = 1                                     # class 0: pixel 0 is hard
+    pred[11:15] = 0                                 # class 1: pixels 11..14 hard, 15 easy
+    pred = pred.reshape(1, 4, 4)
+    keep = torch.ones(1, 4, 4)
+    idx, lab = hermes.sample_anchor_indices(labels, keep, pred, 4, generator=torch.Generator().manual_seed(0))
+    hard = (pred.flatten() != labels.flatten())[idx]
+    # class 0: 2 hard wanted, 1 available -> 1 hard + 3 easy; class 1: 2 easy wanted, 1 available -> 3 hard + 1 easy
+    assert (lab == 0).sum() == 4 and hard[lab == 0].sum() == 1
+    assert (lab == 1).sum() == 4 and hard[lab == 1].sum() == 3
+    # a pool smaller than n in total gives what there is
+    idx, lab = hermes.sample_anchor_indices(labels, keep, pred, 20)
+    assert (lab == 0).sum() == 11 and (lab == 1).sum() == 5
+    # nothing kept -> empty
+    idx, lab = hermes.sample_anchor_indices(labels, torch.zeros(1, 4, 4), pred, 4)
+    assert idx.numel() == 0 and lab.numel() == 0
+
+
+def test_sample_anchors_only_kept_and_deterministic():
+    labels, keep, pred = random_maps(5, B=3, h=8, w=8)
+    feats = torch.randn(3, 16, 8, 8, requires_grad=True)
+    a1, l1 = hermes.sample_anchors(feats, labels, keep, pred, 6, generator=torch.Generator().manual_seed(7))
+    a2, l2 = hermes.sample_anchors(feats, labels, keep, pred, 6, generator=torch.Generator().manual_seed(7))
+    a3, _ = hermes.sample_anchors(feats, labels, keep, pred, 6, generator=torch.Generator().manual_seed(8))
+    assert a1.shape == (12, 16) and l1.shape == (12,)
+    assert torch.equal(a1, a2) and torch.equal(l1, l2) and not torch.equal(a1, a3)
+    # every anchor is the feature vector of a kept pixel with that label; gradients reach only those pixels
+    idx, lab = hermes.sample_anchor_indices(labels, keep, pred, 6, generator=torch.Generator().manual_seed(7))
+    b, rem = idx // 64, idx % 64
+    yy, xx = rem // 8, rem % 8
+    assert torch.equal(a1, feats[b, :, yy, xx]) and torch.equal(lab, labels[b, yy, xx])
+    assert (keep[b, yy, xx] == 1).all()
+    a1.sum().backward()
+    touched = feats.grad.abs().sum(1) > 0                                          # (3,8,8)
+    assert touched.sum() == 12 and touched[b, yy, xx].all()
+
+
+def test_downsample_nearest():
+    y = torch.arange(16).reshape(1, 4, 4)
+    assert hermes.downsample_nearest(y, (2, 2)).tolist() == [[[0, 2], [8, 10]]]
+    assert hermes.downsample_nearest(y, (2, 2)).dtype == y.dtype
+    assert hermes.downsample_nearest(torch.ones(2, 8, 8), (4, 4)).shape == (2, 4, 4)
+
+
+# ---------------------------------------------------------------- memory bank
+
+class NaiveRing:
+    """One-at-a-time ring buffer per class (the reference for MemoryBank.push)."""
+
+    def __init__(self, size, classes=2):
+        self.size, self.slots = size, [[None] * size for _ in range(classes)]
+        self.ptr = [0] * classes
+        self.filled = [0] * classes
+
+    def push(self, feats, labels):
+        for f, c in zip(feats, labels.tolist()):
+            self.slots[c][self.ptr[c]] = f.clone()
+            self.ptr[c] = (self.ptr[c] + 1) % self.size
+            self.filled[c] = min(self.filled[c] + 1, self.size)
+
+
+def test_memory_bank_fifo_and_wrap():
+    bank = hermes.MemoryBank(4, 1)
+    v = torch.arange(1.0, 11.0)[:, None]                                           # vectors 1..10
+    zeros = torch.zeros(10, dtype=torch.long)
+    bank.push(v[:3], zeros[:3])                                                    # 1 2 3 .
+    f, l = bank.keys()
+    assert f.flatten().tolist() == [1, 2, 3] and l.tolist() == [0, 0, 0] and bank.ptr.tolist() == [3, 0]
+    bank.push(v[3:6], zeros[:3])                                                   # 5 6 3 4: 1, 2 evicted
+    assert bank.feats[0].flatten().tolist() == [5, 6, 3, 4]
+    assert bank.ptr.tolist() == [2, 0] and bank.filled.tolist() == [4, 0]
+    bank.push(v[6:7], zeros[:1])                                                   # 5 6 7 4: 3 evicted
+    assert bank.feats[0].flatten().tolist() == [5, 6, 7, 4] and bank.ptr.tolist() == [3, 0]
+    # more than the size at once keeps the newest 4, in ring order: 10 evicts last
+    fresh = hermes.MemoryBank(4, 1)
+    fresh.push(v, zeros)
+    assert fresh.feats[0].flatten().tolist() == [9, 10, 7, 8]
+    assert fresh.ptr.tolist() == [2, 0] and fresh.filled.tolist() == [4, 0]
+
+
+def test_memory_bank_vs_naive_ring():
+    g = torch.Generator().manual_seed(0)
+    bank, ring = hermes.MemoryBank(5, 3), NaiveRing(5)
+    for k in (0, 2, 7, 1, 13, 4, 5, 0, 9):
+        feats = torch.randn(k, 3, generator=g)
+        labels = torch.randint(0, 2, (k,), generator=g)
+        bank.push(feats, labels)
+        ring.push(feats, labels)
+        assert bank.ptr.tolist() == ring.ptr and bank.filled.tolist() == ring.filled
+        for c in (0, 1):
+            for s in range(ring.filled[c]):
+                assert torch.equal(bank.feats[c, s], ring.slots[c][s])
+        f, l = bank.keys()
+        assert f.shape == (sum(ring.filled), 3) and (l[:ring.filled[0]] == 0).all() and (l[ring.filled[0]:] == 1).all()
+
+
+def test_memory_bank_classes_detach_and_state_dict():
+    bank = hermes.MemoryBank(3, 2)
+    x = torch.tensor([[1.0, 0], [0, 1], [2, 0], [0, 2]], requires_grad=True)
+    bank.push(x * 1, torch.tensor([0, 1, 0, 1]))
+    assert not bank.feats.requires_grad
+    assert bank.feats[0, :2].tolist() == [[1, 0], [2, 0]] and bank.feats[1, :2].tolist() == [[0, 1], [0, 2]]
+    sd = bank.state_dict()
+    assert set(sd) == {"feats", "ptr", "filled"}
+    other = hermes.MemoryBank(3, 2)
+    other.load_state_dict(sd)
+    for a, b in zip(bank.keys(), other.keys()):
+        assert torch.equal(a, b)
+    more = torch.randn(5, 2)
+    lab = torch.tensor([0, 0, 1, 0, 1])
+    bank.push(more, lab)
+    other.push(more, lab)
+    assert all(torch.equal(bank.state_dict()[k], other.state_dict()[k]) for k in sd)
+    with pytest.raises(ValueError, match="MemoryBank.push"):
+        bank.push(torch.randn(2, 5), torch.tensor([0, 1]))
+
+
+# ---------------------------------------------------------------- hermes_step on a stand-in (call pattern, stats)
+
+class StandIn(nn.Module):
+    """Tiny deterministic model with HermesNet's output dict (no BN); records every forward call."""
+
+    def __init__(self):
+        super().__init__()
+        self.seg = nn.Conv2d(3, 2, 1)
+        self.pixel_head = nn.Conv2d(3, 8, 1)
+        self.cls = nn.Linear(3, 2)
+        self.image_head = nn.Linear(3, 4)
+        self.itc_c, self.itc_s = nn.Linear(3, 4), nn.Linear(3, 4)
+        self.calls = []
+
+    def forward_seg(self, x):
+        self.calls.append(("seg", x.shape[0], torch.is_grad_enabled()))
+        return {"seg_logits": self.seg(x), "pixel_emb": F.normalize(F.avg_pool2d(self.pixel_head(x), 4), dim=1),
+                "itc_seg": self.itc_s(x.mean((2, 3))), "feats": {}}
+
+    def forward_cls(self, x):
+        self.calls.append(("cls", x.shape[0], torch.is_grad_enabled()))
+        f = x.mean((2, 3))
+        return {"cls_logits": self.cls(f), "image_emb": F.normalize(self.image_head(f), dim=1),
+                "itc_cls": self.itc_c(f)}
+
+    def forward(self, x, ias=None):
+        self.calls.append(("joint", x.shape[0], torch.is_grad_enabled(), ias))
+        s, c = self.forward_seg(x), self.forward_cls(x)
+        self.calls = self.calls[:-2]
+        return {**s, **c, "saliency": None, "M_c": [], "M_s": []}
+
+
+def make_batches(seed, B_l=2, B_u=3, S=8):
+    g = torch.Generator().manual_seed(seed)
+    y = torch.zeros(B_l, S, S, dtype=torch.long)
+    y[:, :, S // 2:] = 1
+    x_w = torch.randn(B_u, 3, S, S, generator=g)
+    return ((torch.randn(B_l, 3, S, S, generator=g), y, torch.tensor([0, 1] * (B_l // 2) + [0] * (B_l % 2))),
+            (x_w, x_w + 0.3 * torch.randn(B_u, 3, S, S, generator=g), torch.randint(0, 2, (B_u, S, S), generator=g),
+             torch.randint(0, 2, (B_u,), generator=g)))
+
+
+def test_step_call_pattern_and_banks():
+    m = StandIn()
+    bl, bu = make_batches(0)
+    hermes.hermes_step(m, bl, bu, 0, 10, hermes.HermesConfig(threshold="none"))
+    # teacher (weak view, no grad) then ONE batched student forward of labeled + strong
+    assert m.calls == [("joint", 3, False, True), ("joint", 5, True, True)]
+    assert m.pixel_bank.dim == 8 and m.image_bank.dim == 4                         # widths read from the heads
+    assert "pixel_bank.feats" in m.state_dict() and "image_bank.ptr" in m.state_dict()
+    assert m.pixel_bank.filled.sum() > 0
+    m.calls = []
+    hermes.hermes_step(m, bl, bu, 0, 10, hermes.HermesConfig(dtcl=False, itcl=False, ias=False))
+    assert m.calls == [("joint", 2, True, False)]                                  # SupOnly: labeled only
+    m.calls = []
+    hermes.hermes_step(m, bl, bu, 0, 10, hermes.HermesConfig(dtcl=False))
+    assert m.calls == [("joint", 5, True, True)]                                   # itc alone needs no teacher
+    m.calls = []
+    hermes.hermes_step(m, bl, bu, 0, 10, hermes.HermesConfig(task="seg"))
+    assert m.calls == [("seg", 3, False), ("seg", 5, True)]
+    m.calls = []
+    hermes.hermes_step(m, bl, bu, 0, 10, hermes.HermesConfig(task="cls", itcl=False, dtcl=False))
+    assert m.calls == [("cls", 2, True)]
+
+
+def test_step_image_bank_receives_kept_and_labeled():
+    m = StandIn()
+    bl, bu = make_batches(1)
+    hermes.hermes_step(m, bl, bu, 0, 10, hermes.HermesConfig(threshold="none"))
+    # 3 unlabeled (all kept) + 2 labeled images
+    assert m.image_bank.filled.sum().item() == 5
+    hermes.hermes_step(m, bl, bu, 0, 10, hermes.HermesConfig(threshold="dual", eta_max=-1.0, eta_min=-1.0))
+    assert m.image_bank.filled.sum().item() == 7                                   # nothing kept: labeled only
+
+
+def test_step_stats_and_gt_unused():
+    m = StandIn()
+    bl, bu = make_batches(2)
+    torch.manual_seed(0)
+    loss, st = hermes.hermes_step(m, bl, bu, 3, 10, hermes.HermesConfig(threshold="none"))
+    assert set(STAT_KEYS) <= set(st)
+    for k, v in st.items():
+        assert torch.is_tensor(v) and v.dim() == 0 and not v.requires_grad and torch.isfinite(v), k
+    assert st["kappa"].item() == pytest.approx(hermes.uncertainty_threshold(3, 10))
+    assert st["tau"].item() == pytest.approx(hermes.confidence_threshold(3, 10))
+    assert st["kept_pix"].item() == 1.0 and st["kept_img"].item() == 1.0
+    with torch.no_grad():
+        out_w = m(bu[0])
+    acc_pix = (out_w["seg_logits"].argmax(1) == bu[2]).float().mean().item()
+    acc_img = (out_w["cls_logits"].argmax(1) == bu[3]).float().mean().item()
+    assert st["pl_acc_pix_all"].item() == pytest.approx(acc_pix) == pytest.approx(st["pl_acc_pix_kept"].item())
+    assert st["pl_acc_img_all"].item() == pytest.approx(acc_img) == pytest.approx(st["pl_acc_img_kept"].item())
+    parts = {k: st[k] for k in hermes.PARTS}
+    assert loss.item() == pytest.approx(losses.total_loss(parts).item(), rel=1e-6)
+    # the unlabeled ground truth only feeds statistics: other GT, same loss (same anchors via the seed)
+    m2 = StandIn()
+    m2.load_state_dict(StandIn().state_dict())
+    m3 = StandIn()
+    m3.load_state_dict(m2.state_dict())
+    torch.manual_seed(0)
+    l2, _ = hermes.hermes_step(m2, bl, bu, 3, 10, hermes.HermesConfig())
+    torch.manual_seed(0)
+    l3, s3 = hermes.hermes_step(m3, bl, (bu[0], bu[1], 1 - bu[2], 1 - bu[3]), 3, 10, hermes.HermesConfig())
+    assert l2.item() == l3.item()
+    # nothing kept: kept accuracies are 0, not NaN
+    _, st = hermes.hermes_step(m, bl, bu, 3, 10, hermes.HermesConfig(eta_max=-1.0, eta_min=-1.0))
+    assert st["n_kept_pix"].item() == 0 and st["pl_acc_pix_kept"].item() == 0.0 and st["seg_u"].item() == 0.0
+
+
+# ---------------------------------------------------------------- hermes_step on HermesNet (gradients per switch)
+
+GROUPS = ("seg_encoder", "seg_decoder", "pixel_head", "itc_seg_head", "cls_net", "ita", "image_head", "itc_cls_head")
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return HermesNet(seg_encoder="resnet18", pretrained=False).train()
+
+
+def step_grads(model, cfg, steps=1, S=32):
+    """Run `steps` steps (the earlier ones fill the banks), backward the last; -> (stats, {group: has grad})."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.zeros(2, S, S, dtype=torch.long)
+    y[:, :, S // 2:] = 1                                                           # both classes on the 2x2 grid
+    bl = (torch.randn(2, 3, S, S, generator=g), y, torch.tensor([0, 1]))
+    x_w = torch.randn(2, 3, S, S, generator=g)
+    bu = (x_w, x_w + 0.2 * torch.randn(2, 3, S, S, generator=g), y.clone(), torch.tensor([1, 0]))
+    for _ in range(steps):
+        model.zero_grad(set_to_none=True)
+        loss, stats = hermes.hermes_step(model, bl, bu, 1, 10, cfg)
+    assert torch.isfinite(loss)
+    loss.backward()
+    has = {}
+    for name in GROUPS:
+        ps = list(getattr(model, name).parameters())
+        if all(p.grad is None for p in ps):
+            has[name] = False
+        else:
+            assert all(torch.isfinite(p.grad).all() for p in ps if p.grad is not None), name
+            has[name] = any(p.grad is not None and p.grad.abs().sum() > 0 for p in ps)
+    for k in STAT_KEYS:
+        assert torch.isfinite(stats[k]), k
+    return stats, has
+
+
+def test_step_full_reaches_everything(net):
+    st, has = step_grads(net, hermes.HermesConfig(threshold="none"), steps=2)
+    assert all(has.values()), has
+    assert all(st[k].item() > 0 for k in hermes.PARTS), {k: st[k].item() for k in hermes.PARTS}
+
+
+@pytest.mark.parametrize("switch, off_terms, no_grad", [
+    (dict(itcl=False), ["itc"], ["itc_seg_head", "itc_cls_head"]),
+    (dict(dtcl=False), ["seg_u", "seg_c", "cls_u", "cls_c"], ["pixel_head", "image_head"]),
+    (dict(ias=False), [], ["ita"]),
+    (dict(dtcl=False, itcl=False, ias=False), ["seg_u", "seg_c", "cls_u", "cls_c", "itc"],
+     ["pixel_head", "image_head", "itc_seg_head", "itc_cls_head", "ita"]),
+    (dict(task="seg"), ["cls_l", "cls_u", "cls_c", "itc"],
+     ["cls_net", "ita", "image_head", "itc_cls_head", "itc_seg_head"]),
+    (dict(task="cls"), ["seg_l", "seg_u", "seg_c", "itc"],
+     ["seg_encoder", "seg_decoder", "pixel_head", "itc_seg_head", "ita", "itc_cls_head"]),
+])
+def test_step_switches(net, switch, off_terms, no_grad):
+    st, has = step_grads(net, hermes.HermesConfig(threshold="none", **switch), steps=1)
+    for k in off_terms:
+        assert st[k].item() == 0.0, k
+    for name in GROUPS:
+        assert has[name] == (name not in no_grad), (name, has)
+
+
+@pytest.mark.parametrize("threshold", ["none", "confidence", "dual"])
+def test_step_thresholds_run(net, threshold):
+    st, has = step_grads(net, hermes.HermesConfig(threshold=threshold))
+    assert has["seg_encoder"] and has["cls_net"]
+    if threshold == "none":
+        assert st["kept_pix"].item() == 1.0 and st["kept_img"].item() == 1.0
+
+
+def test_config_rejects_unknown_values():
+    with pytest.raises(ValueError, match="task"):
+        hermes.HermesConfig(task="both")
+    with pytest.raises(ValueError, match="threshold"):
+        hermes.HermesConfig(threshold="entropy")
+
+
+def test_step_under_bf16_autocast():
+    m = StandIn()
+    bl, bu = make_batches(3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for _ in range(2):
+            loss, st = hermes.hermes_step(m, bl, bu, 0, 10, hermes.HermesConfig(threshold="none"))
+    loss.backward()
+    assert torch.isfinite(loss) and loss.dtype == torch.float32
+    assert m.pixel_bank.feats.dtype == torch.float32 and m.pixel_bank.filled.sum() > 0
+    assert all(torch.isfinite(v) for v in st.values())

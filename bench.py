@@ -1,0 +1,168 @@
+"""Speed and memory of one training step: SupOnly, full Hermes, and Hermes with each component off.
+
+    python bench.py                                  # CPU, 224 px, 8 labeled + 8 unlabeled (the paper's batch)
+    python bench.py --device cuda --amp-compare      # CUDA, fp32 and bf16 autocast side by side
+    python bench.py --dataset busi --data-root ../shared/data/BUSI/Dataset_BUSI_with_GT --no-pretrained
+
+All variants run in one process on the same networks, the same batches and the same initial weights (restored
+before each variant). A step is what train.py does per iteration: `hermes_step` (eq. 15), one backward, the two
+optimizer steps. Reported: median seconds per step over --steps after --warmup, images per second (labeled +
+unlabeled images in the batch), peak memory during the variant's steps (RSS sampled every 5 ms on CPU,
+torch.cuda.max_memory_allocated on CUDA), and the ratio to SupOnly. Also: time to load and cache the dataset,
+and the data pipeline's time per step (decode-free: augmentation + collation of one labeled and one unlabeled
+batch) as a share of the Hermes step.
+"""
+import argparse
+import copy
+import os
+import statistics
+import threading
+import time
+
+import torch
+
+import data
+import hermes
+import train
+from models import HermesNet
+
+VARIANTS = {
+    "SupOnly": dict(dtcl=False, ias=False, itcl=False),
+    "Hermes": dict(),
+    "Hermes w/o DTCL": dict(dtcl=False),
+    "Hermes w/o SM/ITA": dict(ias=False),
+    "Hermes w/o ITCL": dict(itcl=False),
+}
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs, sampled from /proc every 5 ms."""
+
+    def __enter__(self):
+        self.peak, self._stop = self._rss(), threading.Event()
+        self._t = threading.Thread(target=self._watch, daemon=True)
+        self._t.start()
+        return self
+
+    def _rss(self):
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except OSError:  # not Linux: fall back to the process-wide high-water mark
+            import resource
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def _watch(self):
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self._rss())
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def time_variant(model, init_state, batches, cfg, device, steps, warmup, amp):
+    model.load_state_dict(init_state)
+    model.train()
+    opt_seg = torch.optim.Adam(model.seg_parameters(), lr=1e-4)
+    opt_cls = torch.optim.SGD(model.cls_parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
+    times = []
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    with PeakRSS() as rss:
+        for i in range(warmup + steps):
+            batch_l, batch_u = batches[i % len(batches)]
+            sync(device)
+            t = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                loss, _ = hermes.hermes_step(model, batch_l, batch_u, i, 3000, cfg)
+            opt_seg.zero_grad(set_to_none=True)
+            opt_cls.zero_grad(set_to_none=True)
+            loss.backward()
+            opt_seg.step()
+            opt_cls.step()
+            sync(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - t)
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else rss.peak
+    return statistics.median(times), peak
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--dataset", default="demo")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--image-size", type=int, default=224, help="paper §4.1: 224")
+    p.add_argument("--batch-size", type=int, default=8, help="labeled, and as many unlabeled (paper §4.1: 8)")
+    p.add_argument("--seg-encoder", default="resnet34", choices=["resnet34", "resnet18"])
+    p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=False)
+    p.add_argument("--steps", type=int, default=5, help="timed steps per variant (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
+    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--amp-compare", action="store_true", help="CUDA: time each variant in fp32 and bf16 autocast")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+
+    t = time.perf_counter()
+    ds = data.load_dataset(args.dataset, args.data_root, image_size=args.image_size, seed=args.seed)
+    load_s = time.perf_counter() - t
+    split = data.make_split(ds, train.DEFAULT_LABELS.get(args.dataset, 40), args.seed)
+    idx_l, idx_u, _ = data.split_indices(ds, split)
+    set_l, set_u = data.LabeledSet(ds, idx_l, train=True), data.UnlabeledSet(ds, idx_u)
+    B = args.batch_size
+    draw_l, draw_u = train.StepSampler(len(set_l), B, args.seed, 1), train.StepSampler(len(set_u), B, args.seed, 2)
+
+    n_batches = 4
+    t = time.perf_counter()
+    batches = [(train.make_batch(set_l, draw_l(i), device), train.make_batch(set_u, draw_u(i), device))
+               for i in range(n_batches)]
+    sync(device)
+    data_s = (time.perf_counter() - t) / n_batches
+
+    model = HermesNet(seg_encoder=args.seg_encoder, pretrained=args.pretrained).to(device)
+    hermes.attach_banks(model, hermes.HermesConfig())
+    model.to(device)
+    init_state = copy.deepcopy(model.state_dict())
+
+    amps = [False, True] if (args.amp_compare and device.type == "cuda") else [False]
+    rows = []
+    for amp in amps:
+        for name in args.variants:
+            cfg = hermes.HermesConfig(**VARIANTS[name])
+            sec, peak = time_variant(model, init_state, batches, cfg, device, args.steps, args.warmup, amp)
+            rows.append((name + (" (bf16)" if amp else ""), amp, sec, peak))
+            print(f"  {rows[-1][0]}: {sec:.3f} s/step", flush=True)
+
+    what = "peak CUDA memory" if device.type == "cuda" else "peak RSS"
+    threads = torch.get_num_threads() if device.type == "cpu" else "-"
+    print(f"\n{args.dataset}: {len(ds.labels)} images loaded and cached at {args.image_size} px in {load_s:.2f} s")
+    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{threads} threads'}), "
+          f"{args.image_size} px, batch {B} labeled + {B} unlabeled, seg encoder {args.seg_encoder}, "
+          f"median of {args.steps} steps after {args.warmup} warm-up\n")
+    print(f"| variant | s/step | images/s | {what} (MiB) | time vs SupOnly | memory vs SupOnly |")
+    print("|---|---|---|---|---|---|")
+    base = {amp: next((r for r in rows if r[1] == amp and r[0].startswith("SupOnly")), None) for amp in amps}
+    for name, amp, sec, peak in rows:
+        b = base[amp]
+        ratio_t = f"{sec / b[2]:.2f}×" if b else "-"
+        ratio_m = f"{peak / b[3]:.2f}×" if b else "-"
+        print(f"| {name} | {sec:.3f} | {2 * B / sec:.1f} | {peak / 2**20:.0f} | {ratio_t} | {ratio_m} |")
+    hermes_sec = next((r[2] for r in rows if r[0] == "Hermes"), None)
+    share = f" = {100 * data_s / (data_s + hermes_sec):.1f}% of a Hermes step" if hermes_sec else ""
+    print(f"\ndata pipeline (augment + collate one labeled and one unlabeled batch): {data_s:.3f} s/step{share}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""End-to-end tests of train.py on tiny generated data (CPU, 64 px, a few steps)."""
+import csv
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import train
+
+TINY = ["--dataset", "demo", "--demo-size", "40", "--image-size", "64", "--labels", "4", "--batch-size", "2",
+        "--seg-encoder", "resnet18", "--n-anchors", "16", "--pixel-bank-size", "64", "--image-bank-size", "8",
+        "--log-every", "1"]
+
+
+def run(tmp_path, *extra, name="run"):
+    out = str(tmp_path / name)
+    return out, train.train(TINY + ["--out", out, *extra])
+
+
+def read_log(out, kind="train"):
+    with open(os.path.join(out, "log.csv"), newline="") as f:
+        return [r for r in csv.DictReader(f) if r["kind"] == kind]
+
+
+def test_three_steps_write_every_output(tmp_path):
+    out, result = run(tmp_path, "--iters", "3", "--eval-every", "3")
+    for f in ["config.json", "split.json", "log.csv", "checkpoint.pt", "best.pt", "metrics.json"]:
+        assert os.path.isfile(os.path.join(out, f)), f
+    rows = read_log(out)
+    assert [int(r["iter"]) for r in rows] == [1, 2, 3]
+    for r in rows:
+        for k in ["loss", "seg_l", "cls_l", "kappa", "tau", "kept_pix", "lr_seg", "sec_per_step"]:
+            assert math.isfinite(float(r[k])), (k, r[k])
+    assert len(read_log(out, "eval")) == 1
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert metrics["iter"] == 3 and 0 <= metrics["dice_mean"] <= 1
+    assert "evaluation split" in metrics["best"]["selected_on"]
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert cfg["labels"] == 4 and "git_commit" in cfg
+    ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
+    assert ckpt["iter"] == 3
+    assert any(k.startswith("pixel_bank.") for k in ckpt["model"])
+    assert {"python", "numpy", "torch"} <= set(ckpt["rng"])
+
+
+def test_resume_continues_as_if_never_stopped(tmp_path):
+    full, _ = run(tmp_path, "--iters", "4", "--eval-every", "100", name="full")
+    part, stopped = run(tmp_path, "--iters", "4", "--eval-every", "100", "--ckpt-every", "1", "--stop-after", "2",
+                        name="part")
+    assert stopped is None
+    assert torch.load(os.path.join(part, "checkpoint.pt"), weights_only=True)["iter"] == 2
+    train.train(["--out", part, "--resume"])
+    a, b = read_log(full), read_log(part)
+    assert [r["iter"] for r in b] == ["1", "2", "3", "4"]
+    for ra, rb in zip(a, b):
+        assert float(ra["loss"]) == pytest.approx(float(rb["loss"]), rel=1e-5, abs=1e-6), ra["iter"]
+    wa = torch.load(os.path.join(full, "checkpoint.pt"), weights_only=True)["model"]
+    wb = torch.load(os.path.join(part, "checkpoint.pt"), weights_only=True)["model"]
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_existing_out_is_refused(tmp_path):
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "something.txt").write_text("x")
+    with pytest.raises(SystemExit, match="not empty"):
+        train.train(TINY + ["--out", str(out), "--iters", "1"])
+
+
+def test_killed_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
+    path = str(tmp_path / "checkpoint.pt")
+    train.save_atomic({"iter": 1, "w": torch.ones(3)}, path)
+
+    def dying_save(obj, f, *a, **k):
+        with open(f, "wb") as fh:
+            fh.write(b"half a checkpoi")
+        raise KeyboardInterrupt("killed during the write")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        train.save_atomic({"iter": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["iter"] == 1
+    assert os.listdir(tmp_path) == ["checkpoint.pt"]
+
+
+# Table 3's rows (DTCL, SM/ITA, ITCL), its single-task columns, and the three pseudo-label selections.
+ABLATIONS = [
+    ["--no-dtcl", "--no-ias", "--no-itcl"],
+    ["--no-ias", "--no-itcl"],
+    ["--no-dtcl", "--no-itcl"],
+    ["--no-dtcl"],
+    ["--no-itcl"],
+    [],
+    ["--task", "seg", "--no-ias", "--no-itcl"],
+    ["--task", "cls", "--no-ias", "--no-itcl"],
+    ["--task", "seg", "--no-dtcl", "--no-ias", "--no-itcl"],
+    ["--threshold", "confidence"],
+    ["--threshold", "none"],
+]
+
+
+@pytest.mark.parametrize("flags", ABLATIONS, ids=lambda f: " ".join(f) or "hermes")
+def test_every_ablation_runs_a_step(tmp_path, flags):
+    out, result = run(tmp_path, "--iters", "1", *flags)
+    assert math.isfinite(float(read_log(out)[0]["loss"]))
+    assert result["iter"] == 1
+
+
+def test_corrupt_image_in_folder_dataset_is_named(tmp_path):
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    rows = ["image,label"]
+    rng = np.random.default_rng(0)
+    for i in range(8):
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(root / "images" / f"im{i}.png")
+        m = np.zeros((40, 40), np.uint8)
+        m[10:30, 10:30] = 255
+        Image.fromarray(m).save(root / "masks" / f"im{i}.png")
+        rows.append(f"im{i}.png,{i % 2}")
+    (root / "images" / "im5.png").write_bytes(b"this is not a png")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(Exception, match="im5.png"):
+        train.train(["--dataset", "folder", "--data-root", str(root), "--no-pretrained", "--labels", "2",
+                     "--image-size", "64", "--out", str(tmp_path / "run"), "--iters", "1"])

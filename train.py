@@ -1,0 +1,396 @@
+"""Train one joint Hermes model (segmentation + classification) from a few labeled and many unlabeled images.
+
+    python train.py                                              # built-in demo data, CPU-sized, a few minutes
+    python train.py --dataset udiat --data-root PATH --labels 40 # the paper's configuration (Section 4.1)
+
+One step = one loss (eq. 15, `hermes.hermes_step`), one backward, then SGD steps the classification branch and
+Adam the segmentation branch, both with poly decay (Section 4.1). Everything an exact resume needs is written
+atomically to RUN_DIR/checkpoint.pt; `--resume` continues a killed run as if it had never stopped.
+"""
+import argparse
+import csv
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+from torch.utils.data import default_collate
+from tqdm import tqdm
+
+import data
+import evaluate
+import hermes
+from models import HermesNet
+
+# Smallest label budget of each dataset in the paper's Tables 1-2 (Section 4.1); demo: 40 of its 168 train images.
+DEFAULT_LABELS = {"demo": 40, "busi": 72, "udiat": 20, "sztus": 60, "folder": 40}
+# Keys of hermes_step's statistics written to log.csv, in this order.
+STAT_KEYS = ["loss", "seg_l", "seg_u", "seg_c", "cls_l", "cls_u", "cls_c", "itc", "kappa", "tau",
+             "kept_pix", "kept_img", "pl_acc_pix_all", "pl_acc_pix_kept", "pl_acc_img_all", "pl_acc_img_kept"]
+EVAL_KEYS = ["dice_mean", "iou_mean", "hd95_mean", "accuracy", "auc"]
+LOG_COLUMNS = ["kind", "iter"] + STAT_KEYS + ["lr_seg", "lr_cls", "sec_per_step"] + EVAL_KEYS
+# Arguments that may differ between a run and its resumption (they do not change what is computed).
+RESUME_OVERRIDABLE = {"resume", "device", "data_root", "stop_after", "out"}
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    a = p.add_argument
+    # data (Section 4.1, SPEC §2)
+    a("--dataset", default="demo", choices=["demo", "busi", "udiat", "sztus", "folder"],
+      help="dataset; demo is generated and needs no --data-root (default: demo)")
+    a("--data-root", default=None, help="folder of the dataset as its publisher ships it (README: Datasets)")
+    a("--labels", type=int, default=None,
+      help="labeled images, half per class (paper: BUSI 72/144/216, UDIAT 20/40/60, SZ-TUS 60/120; "
+           "default: the smallest budget of the dataset, demo 40)")
+    a("--image-size", type=int, default=None, help="side S of the S×S input (paper §4.1: 224; demo: 96)")
+    a("--demo-size", type=int, default=240, help="number of generated demo images (demo only)")
+    a("--split", default=None, help="reuse a split.json instead of drawing one from --seed")
+    a("--seed", type=int, default=0, help="seed of the split, initialisation, augmentation and sampling")
+    # optimisation (Section 4.1)
+    a("--batch-size", type=int, default=8, help="labeled images per step, and as many unlabeled (§4.1: 8 + 8)")
+    a("--iters", type=int, default=None, help="training iterations (paper: 3000; demo: 300)")
+    a("--lr", type=float, default=1e-4, help="initial lr of both branches (§4.1 and Table 4: 1e-4)")
+    a("--poly-power", type=float, default=0.9, help="poly decay lr·(1 - it/total)^power (§4.1: 0.9)")
+    a("--momentum", type=float, default=0.9, help="SGD momentum of the cls branch (§4.1: 0.9)")
+    a("--weight-decay", type=float, default=1e-4, help="SGD weight decay of the cls branch (§4.1: 1e-4)")
+    # model (Section 3.1-3.2, SPEC §3)
+    a("--seg-encoder", default="resnet34", choices=["resnet34", "resnet18"],
+      help="ResNet encoder of the U-Net (SPEC §3; the paper's 'pre-trained U-Net')")
+    a("--pretrained", action=argparse.BooleanOptionalAction, default=None,
+      help="ImageNet weights for both encoders (§4.1: pretrained; default on for real data, off for demo)")
+    a("--contrast-level", type=int, default=3, choices=[1, 2, 3, 4],
+      help="seg-encoder level of the pixel contrast (Table 5: Conv3 = layer3, best)")
+    a("--cross-grad", action="store_true", help="let features crossing branches carry gradient (default: detached)")
+    # method: ablation switches of Table 3 and the thresholds of Fig. 1 / Fig. 6
+    a("--dtcl", action=argparse.BooleanOptionalAction, default=True,
+      help="dual-threshold contrastive learning and the unlabeled losses (Table 3; all three off = SupOnly)")
+    a("--ias", action=argparse.BooleanOptionalAction, default=True, help="inter-task attention and saliency (Table 3)")
+    a("--itcl", action=argparse.BooleanOptionalAction, default=True, help="inter-task consistency learning (Table 3)")
+    a("--task", default="joint", choices=["joint", "seg", "cls"],
+      help="train both branches, or one (Table 3's SS / SC columns)")
+    a("--threshold", default="dual", choices=["dual", "confidence", "none"],
+      help="pseudo-label selection (eq. 7; Fig. 1 and Fig. 6 compare the three)")
+    # loss weights of eq. (15), Section 4.1
+    a("--lambda-seg", type=float, default=0.5, help="λ_seg of eq. 15 (§4.1: 0.5)")
+    a("--lambda-cls", type=float, default=1.0, help="λ_cls of eq. 15 (§4.1: 1.0)")
+    a("--alpha", type=float, default=0.8, help="α, weight of the pixel contrast (§4.1: 0.8)")
+    a("--beta", type=float, default=0.2, help="β, weight of the image contrast (§4.1: 0.2)")
+    a("--gamma", type=float, default=0.1, help="γ, weight of the inter-task consistency (§4.1: 0.1)")
+    a("--temperature", type=float, default=0.07, help="temperature of eq. 11-12 (§3.4: 0.07)")
+    a("--eta-max", type=float, default=0.75, help="η_max of eq. 16 (supp. §6: 0.75)")
+    a("--eta-min", type=float, default=0.25, help="η_min of eq. 16 (supp. §6: 0.25)")
+    a("--n-anchors", type=int, default=256, help="anchors per class and step, half hard, half easy (§3.4)")
+    a("--pixel-bank-size", type=int, default=4096, help="pixel memory bank entries per class (§3.4; size not given)")
+    a("--image-bank-size", type=int, default=256, help="image memory bank entries per class (§3.4; size not given)")
+    # running
+    a("--out", default=None, help="run folder (default runs/DATASET-LABELS-seedSEED); refused if non-empty "
+                                  "unless --resume")
+    a("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
+    a("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available")
+    a("--amp", action="store_true", help="bf16 autocast on CUDA (ignored on CPU)")
+    a("--eval-every", type=int, default=None, help="evaluate and checkpoint every N steps (default iters/10)")
+    a("--ckpt-every", type=int, default=None, help="write checkpoint.pt every N steps (default: --eval-every)")
+    a("--log-every", type=int, default=10, help="write a log.csv row every N steps")
+    a("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # simulate a kill after N steps (tests)
+    return p
+
+
+def resolve(args):
+    """Fill the dataset-dependent defaults (SPEC §2-3) and check the arguments."""
+    demo = args.dataset == "demo"
+    if args.labels is None:
+        args.labels = DEFAULT_LABELS[args.dataset]
+    if args.image_size is None:
+        args.image_size = 96 if demo else 224
+    if args.iters is None:
+        args.iters = 300 if demo else 3000
+    if args.pretrained is None:
+        args.pretrained = not demo
+    if args.eval_every is None:
+        args.eval_every = max(1, args.iters // 10)
+    if args.ckpt_every is None:
+        args.ckpt_every = args.eval_every
+    if args.out is None:
+        args.out = os.path.join("runs", f"{args.dataset}-{args.labels}-seed{args.seed}")
+    if not demo and args.data_root is None:
+        raise SystemExit(f"--data-root is required for --dataset {args.dataset} (see README, Datasets)")
+    if args.image_size % 32:
+        raise SystemExit(f"--image-size {args.image_size} must be divisible by 32 (the encoder downsamples 32×)")
+    if args.iters < 1 or args.batch_size < 1:
+        raise SystemExit("--iters and --batch-size must be positive")
+    return args
+
+
+def git_commit():
+    try:
+        here = os.path.dirname(os.path.abspath(__file__))
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def hermes_config(cfg):
+    return hermes.HermesConfig(
+        dtcl=cfg["dtcl"], ias=cfg["ias"], itcl=cfg["itcl"], task=cfg["task"], threshold=cfg["threshold"],
+        lambda_seg=cfg["lambda_seg"], lambda_cls=cfg["lambda_cls"], alpha=cfg["alpha"], beta=cfg["beta"],
+        gamma=cfg["gamma"], temperature=cfg["temperature"], n_anchors=cfg["n_anchors"],
+        pixel_bank_size=cfg["pixel_bank_size"], image_bank_size=cfg["image_bank_size"],
+        eta_max=cfg["eta_max"], eta_min=cfg["eta_min"])
+
+
+class StepSampler:
+    """Indices of the batch of step t: a fresh seeded permutation every pass over the set (drop-last).
+
+    Stateless in t, so a resumed run draws exactly the batches the uninterrupted run would have drawn.
+    A set smaller than the batch is repeated within the batch."""
+
+    def __init__(self, n, batch_size, seed, stream):
+        if n == 0:
+            raise ValueError(f"cannot draw batches from an empty set ({stream})")
+        self.n, self.B, self.seed, self.stream = n, batch_size, seed, stream
+        self.per_pass = max(1, n // batch_size)
+
+    def __call__(self, t):
+        epoch, pos = divmod(t, self.per_pass)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.stream * 7_919 + epoch)
+        perm = torch.randperm(self.n, generator=g)
+        if self.n < self.B:
+            perm = perm.repeat(math.ceil(self.B / self.n))
+        return perm[pos * self.B:(pos + 1) * self.B].tolist()
+
+
+def make_batch(dataset, indices, device):
+    # The augmentation draws from the global torch RNG, which the checkpoint saves (exact resume).
+    batch = default_collate([dataset[i] for i in indices])
+    return tuple(b.to(device, non_blocking=True) for b in batch)
+
+
+def poly_lr(base, it, total, power):
+    return base * (1 - it / total) ** power  # §4.1: lr = lr_init·(1 - iter/iter_total)^0.9
+
+
+def rng_state():
+    np_state = np.random.get_state()
+    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
+             "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_atomic(obj, path):
+    """torch.save to a temporary file in the same folder, then rename: a kill leaves the old file intact."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json_atomic(obj, path):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def checkpoint(model, opt_seg, opt_cls, it, best, cfg):
+    return {"model": model.state_dict(), "opt_seg": opt_seg.state_dict(), "opt_cls": opt_cls.state_dict(),
+            "iter": it, "rng": rng_state(), "best_dice": best["dice"], "best_iter": best["iter"], "config": cfg}
+
+
+class CsvLog:
+    """log.csv with one row per logged step and one per evaluation; on resume, rows past the checkpoint go."""
+
+    def __init__(self, path, resume_iter=None):
+        self.path = path
+        rows = []
+        if resume_iter is not None and os.path.exists(path):
+            with open(path, newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["iter"]) <= resume_iter]
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, LOG_COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+
+    def write(self, row):
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, LOG_COLUMNS).writerow({k: _fmt(row.get(k, "")) for k in LOG_COLUMNS})
+
+
+def _fmt(v):
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+def pick_device(name):
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def prepare_run(args):
+    """Create or reopen the run folder; return (config dict, checkpoint or None)."""
+    out = args.out
+    ckpt_path = os.path.join(out, "checkpoint.pt")
+    if args.resume and os.path.exists(ckpt_path):
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        cfg = dict(ckpt["config"])
+        new = vars(args)
+        changed = {k: (cfg.get(k), new[k]) for k in new
+                   if k not in RESUME_OVERRIDABLE and new[k] != cfg.get(k) and k in cfg}
+        if changed:
+            print(f"--resume: keeping the run's own settings, ignoring {sorted(changed)}", file=sys.stderr)
+        cfg.update(resume=True, device=new["device"], stop_after=new["stop_after"])
+        if new["data_root"] is not None:
+            cfg["data_root"] = new["data_root"]
+        return cfg, ckpt
+    if os.path.isdir(out) and os.listdir(out) and not args.resume:
+        raise SystemExit(f"run folder {out} exists and is not empty: pass --resume to continue it, "
+                         f"or another --out")
+    if args.resume:
+        print(f"--resume: no checkpoint.pt in {out} yet, starting from step 0", file=sys.stderr)
+    os.makedirs(out, exist_ok=True)
+    cfg = dict(vars(args))
+    cfg["git_commit"] = git_commit()
+    write_json_atomic(cfg, os.path.join(out, "config.json"))
+    return cfg, None
+
+
+def train(argv=None):
+    args = resolve(build_parser().parse_args(argv))
+    cfg, ckpt = prepare_run(args)
+    out = cfg["out"] = args.out
+    device = pick_device(cfg["device"])
+    amp = bool(cfg["amp"]) and device.type == "cuda"
+
+    random.seed(cfg["seed"])
+    np.random.seed(cfg["seed"])
+    torch.manual_seed(cfg["seed"])
+
+    t0 = time.perf_counter()
+    ds = data.load_dataset(cfg["dataset"], cfg["data_root"], image_size=cfg["image_size"], seed=cfg["seed"],
+                           demo_size=cfg["demo_size"])
+    load_s = time.perf_counter() - t0
+    split_path = os.path.join(out, "split.json")
+    if os.path.exists(split_path):
+        split = data.load_split(split_path)
+    else:
+        split = data.load_split(cfg["split"]) if cfg["split"] else data.make_split(ds, cfg["labels"], cfg["seed"])
+        data.save_split(split, split_path)
+    idx_l, idx_u, idx_eval = data.split_indices(ds, split)
+    print(f"{cfg['dataset']}: {len(ds.labels)} images loaded in {load_s:.1f}s; "
+          f"{len(idx_l)} labeled, {len(idx_u)} unlabeled, {len(idx_eval)} evaluation")
+
+    set_l, set_u = data.LabeledSet(ds, idx_l, train=True), data.UnlabeledSet(ds, idx_u)
+    eval_loader = torch.utils.data.DataLoader(data.LabeledSet(ds, idx_eval, train=False),
+                                              batch_size=cfg["batch_size"], shuffle=False)
+    B = cfg["batch_size"]
+    draw_l = StepSampler(len(set_l), B, cfg["seed"], stream=1)
+    draw_u = StepSampler(len(set_u), B, cfg["seed"], stream=2)
+
+    hcfg = hermes_config(cfg)
+    model = HermesNet(seg_encoder=cfg["seg_encoder"], pretrained=cfg["pretrained"], ias=cfg["ias"],
+                      cross_grad=cfg["cross_grad"], contrast_level=cfg["contrast_level"])
+    hermes.attach_banks(model, hcfg)
+    model.to(device)
+    # §4.1: Adam for the segmentation branch, SGD (momentum 0.9, weight decay 1e-4) for the classification one.
+    opt_seg = torch.optim.Adam(model.seg_parameters(), lr=cfg["lr"])
+    opt_cls = torch.optim.SGD(model.cls_parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                              weight_decay=cfg["weight_decay"])
+    total = cfg["iters"]
+    start, best = 0, {"dice": -1.0, "iter": -1}
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        opt_seg.load_state_dict(ckpt["opt_seg"])
+        opt_cls.load_state_dict(ckpt["opt_cls"])
+        start, best = ckpt["iter"], {"dice": ckpt["best_dice"], "iter": ckpt["best_iter"]}
+        set_rng_state(ckpt["rng"])
+        print(f"resumed {out} at step {start}/{total}")
+    log = CsvLog(os.path.join(out, "log.csv"), resume_iter=start if ckpt is not None else None)
+    ckpt_path, best_path = os.path.join(out, "checkpoint.pt"), os.path.join(out, "best.pt")
+
+    model.train()
+    bar = tqdm(range(start, total), initial=start, total=total, desc="hermes", dynamic_ncols=True,
+               disable=None)
+    step_seconds, n_since_log = 0.0, 0  # training time only: evaluation and checkpoints excluded
+    for it in bar:
+        t_it = time.perf_counter()
+        lr_it = poly_lr(cfg["lr"], it, total, cfg["poly_power"])
+        for opt in (opt_seg, opt_cls):
+            for g in opt.param_groups:
+                g["lr"] = lr_it
+        batch_l = make_batch(set_l, draw_l(it), device)
+        batch_u = make_batch(set_u, draw_u(it), device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss, stats = hermes.hermes_step(model, batch_l, batch_u, it, total, hcfg)
+        if not torch.isfinite(loss):
+            terms = {k: float(stats[k]) for k in STAT_KEYS if k in stats}
+            raise SystemExit(f"non-finite loss at step {it}: {terms}. The last good checkpoint "
+                             f"({ckpt_path}) is kept; lower --lr or check the data.")
+        opt_seg.zero_grad(set_to_none=True)
+        opt_cls.zero_grad(set_to_none=True)
+        loss.backward()  # one backward of eq. (15) ...
+        opt_seg.step()   # ... then each branch's optimizer (§4.1)
+        opt_cls.step()
+        done, n_since_log = it + 1, n_since_log + 1
+        step_seconds += time.perf_counter() - t_it
+
+        if done % cfg["log_every"] == 0 or done == total:
+            row = {k: float(stats[k]) for k in STAT_KEYS if k in stats}
+            row.update(kind="train", iter=done, lr_seg=lr_it, lr_cls=lr_it, sec_per_step=step_seconds / n_since_log)
+            step_seconds, n_since_log = 0.0, 0
+            log.write(row)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", kept_pix=f"{row.get('kept_pix', 0):.2f}",
+                            kept_img=f"{row.get('kept_img', 0):.2f}", pl_acc=f"{row.get('pl_acc_pix_kept', 0):.3f}")
+        if done % cfg["eval_every"] == 0 or done == total:
+            metrics, _ = evaluate.evaluate_model(model, eval_loader, device, amp=amp)
+            log.write({"kind": "eval", "iter": done, **{k: metrics[k] for k in EVAL_KEYS}})
+            tqdm.write(f"step {done}: eval Dice {metrics['dice_mean']:.4f}  Acc {metrics['accuracy']:.4f}")
+            if metrics["dice_mean"] > best["dice"]:
+                best = {"dice": metrics["dice_mean"], "iter": done}
+                save_atomic(checkpoint(model, opt_seg, opt_cls, done, best, cfg), best_path)
+        if done % cfg["ckpt_every"] == 0 or done == total:
+            save_atomic(checkpoint(model, opt_seg, opt_cls, done, best, cfg), ckpt_path)
+        if cfg.get("stop_after") is not None and done >= cfg["stop_after"]:
+            save_atomic(checkpoint(model, opt_seg, opt_cls, done, best, cfg), ckpt_path)
+            print(f"stopped after step {done} (--stop-after); continue with --resume --out {out}")
+            return None
+    bar.close()
+
+    metrics, _ = evaluate.evaluate_model(model, eval_loader, device, amp=amp)
+    result = {"checkpoint": "checkpoint.pt (final)", "iter": total, **metrics,
+              "best": {"checkpoint": "best.pt", "iter": best["iter"], "dice_mean": best["dice"],
+                       "selected_on": "evaluation split (the paper's protocol; optimistic, not a test score)"},
+              "dataset": cfg["dataset"], "labels": cfg["labels"], "seed": cfg["seed"],
+              "train_seconds": round(time.perf_counter() - t0, 1)}
+    write_json_atomic(result, os.path.join(out, "metrics.json"))
+    print(f"\nrun folder: {out}  (config.json, split.json, log.csv, checkpoint.pt, best.pt, metrics.json)")
+    print(f"final checkpoint on the evaluation split ({metrics['n_images']} images): "
+          f"Dice {metrics['dice_mean']:.4f} ± {metrics['dice_std']:.4f}  IoU {metrics['iou_mean']:.4f}  "
+          f"HD95 {metrics['hd95_mean']:.2f} px  Acc {metrics['accuracy']:.4f}  AUC {metrics['auc']:.4f}")
+    print(f"best evaluation Dice {best['dice']:.4f} at step {best['iter']} (best.pt, selected on the evaluation split)")
+    return result
+
+
+if __name__ == "__main__":
+    train()

@@ -4,6 +4,7 @@
     python evaluate.py runs/demo-40-seed0 --checkpoint best    # best.pt -> metrics_best.json
     python evaluate.py runs/x/checkpoint.pt --overlays ov/     # PNG overlays + attention panels
     python evaluate.py --summary runs/busi-72-seed* runs/busi-144-seed* --out table.md   # paper Tables 1-2
+    python evaluate.py --plot-pseudo-labels runs/busi-72-seed* --out fig1.png   # paper Fig. 1 from log.csv
 
 Metrics (paper Sec. 4.1 names Dice ± std and accuracy; SPEC §5 adds the rest). Per image, binary masks (H,W):
     Dice = 2|P∩G| / (|P|+|G|),  IoU = |P∩G| / |P∪G|,
@@ -628,12 +629,362 @@ def summary_markdown(run_dirs):
     return "\n".join(text) + "\n"
 
 
+# ------------------------------------------------------------------------------ pseudo-label plot (Fig. 1)
+PL_TARGETS = [("pix", "pixels", "Segmentation pseudo-masks (pixels)"),
+              ("img", "images", "Classification pseudo-labels (images)")]
+RULE_LABELS = {"dual": "dual threshold (τ, κ)", "confidence": "confidence (τ)", "none": "no threshold"}
+# Curves per target: (curve key, accuracy column, kept-fraction column or None = all kept, colour).
+PL_CURVES = [("all", "pl_acc_{t}_all", None, (31, 119, 180)),
+             ("conf", "pl_acc_{t}_conf", "kept_{t}_conf", (255, 127, 14)),
+             ("kept", "pl_acc_{t}_kept", "kept_{t}", (44, 160, 44))]
+
+
+def _float_or_nan(v):
+    try:
+        return float(v) if v is not None and str(v).strip() != "" else float("nan")
+    except ValueError:
+        return float("nan")
+
+
+def load_pl_log(run_dir):
+    """Pseudo-label statistics of one run from RUN_DIR/log.csv (train rows only; eval rows are skipped).
+
+    Returns (iters (n,) int, {column: (n,) float}, rule): the pl_acc_* / kept_* columns, NaN where a row leaves
+    them empty or the log lacks the column; an accuracy whose kept fraction is 0 (0 by convention) is NaN too.
+    rule = config.json's "threshold" (the rule behind *_kept), "dual" (train.py's default) if unknown.
+    Rows without any of these values are left out; a repeated iteration keeps its last row.
+    """
+    path = os.path.join(run_dir, "log.csv")
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("kind", "train") in ("train", None)]
+    names = [c.format(t=t) for t, *_ in PL_TARGETS for _, *cs, _ in PL_CURVES for c in cs if c is not None]
+    by_iter = {}
+    for r in rows:
+        it = _float_or_nan(r.get("iter"))
+        if np.isfinite(it) and any(np.isfinite(_float_or_nan(r.get(c))) for c in names):
+            by_iter[int(it)] = r
+    iters = np.array(sorted(by_iter), dtype=np.int64)
+    cols = {}
+    for t, _, _ in PL_TARGETS:
+        for _, acc_col, kept_col, _ in PL_CURVES:
+            for c in (acc_col, kept_col):
+                if c is not None:
+                    c = c.format(t=t)
+                    cols[c] = np.array([_float_or_nan(by_iter[i].get(c)) for i in iters], dtype=np.float64)
+            if kept_col is not None:  # kept fraction 0 -> accuracy 0 by convention: not a measurement
+                acc, kept = cols[acc_col.format(t=t)], cols[kept_col.format(t=t)]
+                acc[~(kept > 0)] = np.nan
+    rule = "dual"
+    cfg_path = os.path.join(run_dir, "config.json")
+    if os.path.isfile(cfg_path):
+        with open(cfg_path) as f:
+            rule = json.load(f).get("threshold", "dual")
+    return iters, cols, rule
+
+
+def moving_average(y, window):
+    """Centred moving average over `window` consecutive entries of y, ignoring NaNs (the window shrinks at
+    the ends); entries that are NaN stay NaN, so smoothing never invents points. window <= 1: y unchanged."""
+    y = np.asarray(y, dtype=np.float64)
+    if window is None or window <= 1 or y.size == 0:
+        return y.copy()
+    ok = np.isfinite(y)
+    csum = np.concatenate([[0.0], np.cumsum(np.where(ok, y, 0.0))])
+    ccnt = np.concatenate([[0], np.cumsum(ok)])
+    i = np.arange(y.size)
+    lo, hi = np.clip(i - (window - 1) // 2, 0, y.size), np.clip(i + window // 2 + 1, 0, y.size)
+    cnt = ccnt[hi] - ccnt[lo]
+    out = (csum[hi] - csum[lo]) / np.maximum(cnt, 1)
+    out[~ok] = np.nan
+    return out
+
+
+def pseudo_label_curves(run_dirs):
+    """Curves of the runs averaged at equal iterations (NaN-aware: a run without a value there is left out).
+
+    Returns {"iter": (n,), "runs": [dirs], "rule": str, "pix"/"img": {"all"|"conf"|"kept": (n,) accuracy,
+    "kept_conf"|"kept_kept": (n,) fraction kept}}. Folders without log.csv are reported on stderr and skipped.
+    """
+    logs = []
+    for d in run_dirs:
+        if not os.path.isfile(os.path.join(d, "log.csv")):
+            print(f"evaluate.py --plot-pseudo-labels: skipping {d}: no log.csv", file=sys.stderr)
+            continue
+        logs.append((d, *load_pl_log(d)))
+    if not logs:
+        raise FileNotFoundError("evaluate.py --plot-pseudo-labels: no run folder with a log.csv")
+    iters = np.array(sorted({int(i) for _, its, _, _ in logs for i in its}), dtype=np.int64)
+    rules = sorted({rule for *_, rule in logs})
+    if len(rules) > 1:
+        print(f"evaluate.py --plot-pseudo-labels: runs use different threshold rules ({', '.join(rules)}); "
+              "their kept curves are averaged together", file=sys.stderr)
+
+    def mean_over_runs(col):
+        stack = np.full((len(logs), iters.size), np.nan)
+        for k, (_, its, cols, _) in enumerate(logs):
+            stack[k, np.searchsorted(iters, its)] = cols[col]
+        cnt = np.isfinite(stack).sum(0)
+        return np.where(cnt > 0, np.nansum(stack, 0) / np.maximum(cnt, 1), np.nan)
+
+    out = {"iter": iters, "runs": [d for d, *_ in logs], "rule": rules[0] if len(rules) == 1 else "mixed"}
+    for t, _, _ in PL_TARGETS:
+        out[t] = {}
+        for key, acc_col, kept_col, _ in PL_CURVES:
+            out[t][key] = mean_over_runs(acc_col.format(t=t))
+            out[t][f"kept_{key}"] = (mean_over_runs(kept_col.format(t=t)) if kept_col
+                                     else np.where(np.isfinite(out[t][key]), 1.0, np.nan))
+    return out
+
+
+def _curve_label(key, rule):
+    if key == "all":
+        return "no threshold"
+    if key == "conf":
+        return "confidence (τ)"
+    return RULE_LABELS["dual"] if rule == "dual" else f"run's rule: {RULE_LABELS.get(rule, rule)}"
+
+
+def pseudo_label_table(curves):
+    """Rows {target, rule, accuracy, kept, n} of the run-averaged (unsmoothed) curves: means over the logged
+    iterations of the second half of training (iter > last logged iter / 2) of the accuracy (points where
+    nothing was kept are left out) and of the fraction kept ("no threshold" keeps everything: 1)."""
+    iters = curves["iter"]
+    half = iters > (iters.max() / 2 if iters.size else 0)
+    rows = []
+    for t, name, _ in PL_TARGETS:
+        for key, *_ in PL_CURVES:
+            acc, kept = curves[t][key][half], curves[t][f"kept_{key}"][half]
+            fa, fk = acc[np.isfinite(acc)], kept[np.isfinite(kept)]
+            rows.append({"target": name, "rule": _curve_label(key, curves["rule"]),
+                         "accuracy": float(fa.mean()) if fa.size else float("nan"),
+                         "kept": float(fk.mean()) if fk.size else float("nan"), "n": int(fa.size)})
+    return rows
+
+
+def format_pl_table(curves, rows):
+    """Markdown table of pseudo_label_table's rows (percentages)."""
+    iters = curves["iter"]
+    last = int(iters.max()) if iters.size else 0
+    pct = lambda v: "–" if not np.isfinite(v) else f"{100 * v:.2f}"
+    lines = [f"Pseudo-label accuracy and fraction kept, means over the second half of training "
+             f"(logged iterations > {last / 2:g} of {last}), {len(curves['runs'])} run(s) averaged at equal "
+             f"iterations, unsmoothed:", "",
+             "| Pseudo-labels | Rule | Accuracy (%) | Kept (%) | Points |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['target']} | {r['rule']} | {pct(r['accuracy'])} | {pct(r['kept'])} | {r['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def _font(px):
+    """PIL's default font at px pixels (Pillow >= 10.1 with FreeType); the fixed bitmap font otherwise."""
+    from PIL import ImageFont
+    try:
+        return ImageFont.load_default(size=px)
+    except (TypeError, AttributeError, ImportError, OSError):
+        font = ImageFont.load_default()
+        font.hermes_scale = max(1, round(px / 11))  # _text enlarges the ~11 px bitmap glyphs by this
+        return font
+
+
+def _text_width(font, s):
+    if not _has_greek(font):
+        s = s.replace("τ", "tau").replace("κ", "kappa")
+    return (font.getbbox(s)[2] - font.getbbox(s)[0]) * getattr(font, "hermes_scale", 1)
+
+
+def _has_greek(font):
+    """Whether font draws τ and κ (PIL's default fonts do not: they would come out as boxes)."""
+    def mask(s):
+        m = font.getmask(s)
+        return m.size, bytes(m)
+    try:
+        missing = mask("\U0010FFFF")
+        return mask("τ") != missing and mask("κ") != missing
+    except Exception:
+        return False
+
+
+def _text(img, xy, s, font, fill=(0, 0, 0), anchor="la", angle=0):
+    """Draw s at xy (anchor: l/m/r + a/m/b as in PIL) on img, rotated by angle degrees (90: reads bottom-up).
+    Greek letters fall back to names if the font cannot draw them (the bitmap font)."""
+    if not _has_greek(font):
+        s = s.replace("τ", "tau").replace("κ", "kappa")
+    l, t, r, b = font.getbbox(s)
+    tile = Image.new("RGBA", (max(r - l, 1) + 2, max(b - t, 1) + 2), (255, 255, 255, 0))
+    ImageDraw.Draw(tile).text((1 - l, 1 - t), s, font=font, fill=fill)
+    scale = getattr(font, "hermes_scale", 1)
+    if scale > 1:
+        tile = tile.resize((tile.width * scale, tile.height * scale), Image.NEAREST)
+    if angle:
+        tile = tile.rotate(angle, expand=True)
+    w, h = tile.size
+    x = xy[0] - {"l": 0, "m": w / 2, "r": w}[anchor[0]]
+    y = xy[1] - {"a": 0, "m": h / 2, "b": h}[anchor[1]]
+    img.paste(tile, (int(round(x)), int(round(y))), tile)
+
+
+def _nice_step(span, n):
+    raw = max(span, 1e-12) / max(n, 1)
+    mag = 10 ** math.floor(math.log10(raw))
+    return next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw * (1 - 1e-9))
+
+
+def _ticks(lo, hi, n):
+    step = _nice_step(hi - lo, n)
+    first = math.ceil(lo / step - 1e-9) * step
+    return [round(first + k * step, 10) for k in range(int(math.floor((hi - first) / step + 1e-9)) + 1)], step
+
+
+def _fmt_tick(v, step):
+    digits = max(0, -int(math.floor(math.log10(step) + 1e-9))) if step < 1 else 0
+    return f"{v:.{digits}f}"
+
+
+def _polyline(draw, pts, fill, width, dash=None):
+    """A line through the finite points (x, y), skipping NaN ones (a single point becomes a dot);
+    dash = (on, off) lengths for a dashed line."""
+    pts = [p for p in pts if np.isfinite(p[0]) and np.isfinite(p[1])]
+    if len(pts) == 1:
+        x, y = pts[0]
+        draw.ellipse([x - width, y - width, x + width, y + width], fill=fill)
+    elif pts and dash is None:
+        draw.line(pts, fill=fill, width=width, joint="curve")
+    elif pts:  # dashed: walk along the polyline, alternating on/off lengths
+        on, off = dash
+        pos = 0.0
+        for (x0, y0), (x1, y1) in zip(pts[:-1], pts[1:]):
+            length, a = math.hypot(x1 - x0, y1 - y0), 0.0
+            while a < length:
+                phase = pos % (on + off)
+                step = min((on - phase) if phase < on else (on + off - phase), length - a)
+                if phase < on:
+                    f0, f1 = a / length, (a + step) / length
+                    draw.line([(x0 + f0 * (x1 - x0), y0 + f0 * (y1 - y0)),
+                               (x0 + f1 * (x1 - x0), y0 + f1 * (y1 - y0))], fill=fill, width=width)
+                a += step
+                pos += step
+
+
+def _lighter(c, f=0.35):
+    return tuple(int(round(255 - f * (255 - v))) for v in c)
+
+
+def plot_pseudo_labels(run_dirs, out_png, smooth=5, size=(1200, 500)):
+    """Fig.-1-style PNG of pseudo-label accuracy over training from the runs' log.csv (seeds averaged).
+
+    Two panels, segmentation pixels | classification images. Upper plot: accuracy of all pseudo-labels (no
+    threshold), of those confidence alone keeps (max p >= τ) and of those the run's rule keeps (the dual
+    threshold, eq. 7, by default; config.json's "threshold"), x = iteration; bold = centred moving average over
+    `smooth` logged rows (1 = none), faint = the run-averaged values. Lower strip: the fraction kept by the
+    confidence and the run's rule. Points where nothing was kept are not drawn.
+    Returns {"png", "curves" (pseudo_label_curves), "table" (pseudo_label_table rows), "text" (markdown)}.
+    """
+    curves = pseudo_label_curves(run_dirs)
+    rows = pseudo_label_table(curves)
+    text = format_pl_table(curves, rows)
+    ss = 2  # drawn at twice the size and downsampled: smooth lines and text
+    W, H = size
+    img = Image.new("RGB", (W * ss, H * ss), "white")
+    draw = ImageDraw.Draw(img)
+    f_title, f_sub, f_lab, f_tick = (_font(px * ss) for px in (19, 16, 14, 12))
+    iters = curves["iter"].astype(np.float64)
+    x_hi = float(iters.max()) if iters.size else 1.0
+    x_ticks, x_step = _ticks(0.0, max(x_hi, 1.0), 6)
+    x_hi = max(x_hi, 1.0)
+    labels = [_curve_label(k, curves["rule"]) for k, *_ in PL_CURVES]
+
+    n = len(curves["runs"])
+    what = f"{n} runs averaged at equal iterations" if n > 1 else os.path.basename(os.path.normpath(curves["runs"][0]))
+    title = (f"Pseudo-label accuracy during training ({what}"
+             + (f", moving average over {smooth} logged rows)" if smooth and smooth > 1 else ")"))
+    _text(img, (W * ss / 2, 8 * ss), title, f_title, anchor="ma")
+
+    top, acc_bot, strip_top, strip_bot = 62, 292, 312, 392
+    pw = W / len(PL_TARGETS)
+    for p, (t, _, subtitle) in enumerate(PL_TARGETS):
+        x0, x1 = p * pw + 78, (p + 1) * pw - 22
+        sx = lambda v: ss * (x0 + (x1 - x0) * v / x_hi)
+        finite = np.concatenate([curves[t][k][np.isfinite(curves[t][k])] for k, *_ in PL_CURVES])
+        vmin = float(finite.min()) if finite.size else 0.0
+        vmin = min(vmin, 0.98)
+        y_step = _nice_step(1.0 - vmin, 5)
+        y_lo = max(0.0, math.floor(vmin / y_step + 1e-9) * y_step)
+        if vmin - y_lo < 0.05 * y_step and y_lo > 0:  # keep the lowest point off the frame
+            y_lo = max(0.0, y_lo - y_step)
+        y_hi = 1.0
+        y_ticks, y_step = _ticks(y_lo, y_hi, 5)
+
+        def band(lo, hi, ytop, ybot, v):
+            return ss * (ybot - (ybot - ytop) * (v - lo) / (hi - lo))
+
+        sy = lambda v: band(y_lo, y_hi, top + 4, acc_bot, v)
+        sk = lambda v: band(0.0, 1.0, strip_top + 3, strip_bot - 3, v)
+        _text(img, (ss * (x0 + x1) / 2, ss * (top - 22)), subtitle, f_sub, anchor="ma")
+        for ytop, ybot, ticks, to_y, step, name in ((top, acc_bot, y_ticks, sy, y_step, "accuracy"),
+                                                     (strip_top, strip_bot, [0.0, 0.5, 1.0], sk, 0.5, "kept")):
+            for v in ticks:  # horizontal grid + y tick labels
+                y = to_y(v)
+                draw.line([(ss * x0, y), (ss * x1, y)], fill=(225, 225, 225), width=ss)
+                draw.line([(ss * x0 - 5 * ss, y), (ss * x0, y)], fill=(0, 0, 0), width=ss)
+                _text(img, (ss * x0 - 7 * ss, y), _fmt_tick(v, step), f_tick, anchor="rm")
+            for v in x_ticks:
+                draw.line([(sx(v), ss * ytop), (sx(v), ss * ybot)], fill=(225, 225, 225), width=ss)
+            draw.rectangle([ss * x0, ss * ytop, ss * x1, ss * ybot], outline=(0, 0, 0), width=ss)
+            _text(img, (ss * (x0 - 44), ss * (ytop + ybot) / 2), name, f_lab, anchor="rm", angle=90)
+        for v in x_ticks:
+            draw.line([(sx(v), ss * strip_bot), (sx(v), ss * (strip_bot + 5))], fill=(0, 0, 0), width=ss)
+            _text(img, (sx(v), ss * (strip_bot + 7)), _fmt_tick(v, x_step), f_tick, anchor="ma")
+        _text(img, (ss * (x0 + x1) / 2, ss * (strip_bot + 24)), "iteration", f_lab, anchor="ma")
+
+        def clip_pts(ys, to_y):
+            return [(sx(x), to_y(y) if np.isfinite(y) else float("nan")) for x, y in zip(iters, ys)]
+
+        for key, _, kept_col, colour in PL_CURVES:  # faint raw values first, then the smoothed curves
+            if smooth and smooth > 1:
+                _polyline(draw, clip_pts(curves[t][key], sy), _lighter(colour), ss)
+        for key, _, kept_col, colour in PL_CURVES:
+            _polyline(draw, clip_pts(moving_average(curves[t][key], smooth), sy), colour, 2 * ss + 1)
+            if kept_col is not None:
+                _polyline(draw, clip_pts(moving_average(curves[t][f"kept_{key}"], smooth), sk), colour,
+                          2 * ss, dash=(7 * ss, 4 * ss) if key == "conf" else None)
+
+    # legend: one row of curve keys, one line saying what the strips and line styles are
+    ly = H - 44
+    items = [(lab if any(np.isfinite(curves[t][k]).any() for t, *_ in PL_TARGETS) else f"{lab}: not in log.csv",
+              c) for lab, (k, *_, c) in zip(labels, PL_CURVES)]
+    widths = [34 + _text_width(f_lab, lab) / ss + 28 for lab, _ in items]
+    x = (W - sum(widths)) / 2
+    for (lab, c), w in zip(items, widths):
+        draw.line([(ss * x, ss * ly), (ss * (x + 26), ss * ly)], fill=c, width=3 * ss)
+        _text(img, (ss * (x + 34), ss * ly), lab, f_lab, anchor="lm")
+        x += w
+    note = ("upper plots: accuracy of the pseudo-labels each rule keeps"
+            + (" (bold: smoothed, faint: raw)" if smooth and smooth > 1 else "")
+            + ";  lower strips: fraction kept (dashed: confidence, solid: "
+            + ("dual" if curves["rule"] == "dual" else "run's rule") + ")")
+    _text(img, (W * ss / 2, ss * (ly + 20)), note, f_tick, fill=(70, 70, 70), anchor="ma")
+
+    img = img.resize((W, H), Image.LANCZOS)
+    folder = os.path.dirname(os.path.abspath(out_png))
+    os.makedirs(folder, exist_ok=True)
+    img.save(out_png)
+    return {"png": out_png, "curves": curves, "table": rows, "text": text}
+
+
 # ------------------------------------------------------------------------------------------------- CLI
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("paths", nargs="+", help="a run folder or checkpoint file; with --summary, run folders")
+    p.add_argument("paths", nargs="+", help="a run folder or checkpoint file; with --summary or "
+                                               "--plot-pseudo-labels, run folders")
     p.add_argument("--summary", action="store_true", help="tabulate several runs (paper Tables 1-2)")
-    p.add_argument("--out", default=None, help="--summary: also write the markdown to this file")
+    p.add_argument("--plot-pseudo-labels", action="store_true",
+                   help="plot pseudo-label accuracy over training from the runs' log.csv (paper Fig. 1 style; "
+                        "several runs are averaged) and print the second-half means")
+    p.add_argument("--smooth", type=int, default=5,
+                   help="--plot-pseudo-labels: moving-average window in logged rows (1 = none)")
+    p.add_argument("--out", default=None, help="--summary: also write the markdown to this file; "
+                                               "--plot-pseudo-labels: the PNG (default "
+                                               "<first run>/pseudo_labels.png)")
     p.add_argument("--data-root", default=None, help="dataset folder, if not the one in the run's config")
     p.add_argument("--checkpoint", default="final", choices=["final", "best"],
                    help="for a run folder: checkpoint.pt (final, the headline) or best.pt (selected on the "
@@ -650,6 +1001,12 @@ def main(argv=None):
             with open(args.out, "w") as f:
                 f.write(md)
         return md
+    if args.plot_pseudo_labels:
+        out = args.out or os.path.join(args.paths[0], "pseudo_labels.png")
+        res = plot_pseudo_labels(args.paths, out, smooth=args.smooth)
+        print(res["text"])
+        print(f"written: {out}")
+        return res
     if len(args.paths) != 1:
         p.error("give one run folder or checkpoint (or --summary for several runs)")
     m = evaluate_run(args.paths[0], data_root=args.data_root, which=args.checkpoint, overlays=args.overlays,

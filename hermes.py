@@ -244,6 +244,14 @@ def _select(p, kappa, tau, rule):
     return torch.ones_like(p[:, 0])
 
 
+def _confidence_only_stats(p_w, right, tau, kind):
+    """Fraction kept and accuracy of the pseudo-labels that confidence alone (max p >= tau) would keep,
+    whatever rule trains the model: the paper's Fig. 1 compares it with the dual threshold."""
+    w_conf = (p_w.amax(1) >= tau).to(right.dtype)
+    return {f"kept_{kind}_conf": w_conf.mean(),
+            f"pl_acc_{kind}_conf": (right * w_conf).sum() / w_conf.sum().clamp_min(1)}
+
+
 def hermes_step(model, batch_l, batch_u, it, total, cfg):
     """All losses of one Hermes step; returns (loss (eq. 15), stats). Does not call backward.
 
@@ -269,6 +277,7 @@ def hermes_step(model, batch_l, batch_u, it, total, cfg):
     stats: 0-d detached tensors (no host sync): the seven parts, loss, kappa, tau, kept_pix, kept_img
     (fraction kept), n_kept_pix, n_kept_img, pl_acc_pix_all / pl_acc_img_all (pseudo-label accuracy over
     all unlabeled pixels / images), pl_acc_pix_kept / pl_acc_img_kept (over the kept ones; 0 if none),
+    kept_*_conf / pl_acc_*_conf (the same for confidence alone, max p >= tau: Fig. 1's comparison),
     n_anchors, bank_pix, bank_img. Pseudo-label statistics are 0 when the teacher pass is skipped.
     """
     if not hasattr(model, "pixel_bank") or not hasattr(model, "image_bank"):
@@ -297,7 +306,8 @@ def hermes_step(model, batch_l, batch_u, it, total, cfg):
     zero = torch.zeros((), device=dev)
     parts = {k: zero for k in PARTS}
     st = {k: zero for k in ("kept_pix", "kept_img", "n_kept_pix", "n_kept_img", "pl_acc_pix_all",
-                            "pl_acc_pix_kept", "pl_acc_img_all", "pl_acc_img_kept", "n_anchors")}
+                            "pl_acc_pix_kept", "pl_acc_img_all", "pl_acc_img_kept", "n_anchors",
+                            "kept_pix_conf", "pl_acc_pix_conf", "kept_img_conf", "pl_acc_img_conf")}
 
     if seg_on:
         seg_logits = out["seg_logits"]                                             # (B_l[+B_u],2,S,S)
@@ -336,6 +346,7 @@ def hermes_step(model, batch_l, batch_u, it, total, cfg):
         right = (pl_pix == y_gt.long()).to(w_pix.dtype)
         st.update(kept_pix=w_pix.mean(), n_kept_pix=kept, pl_acc_pix_all=right.mean(),
                   pl_acc_pix_kept=(right * w_pix).sum() / kept.clamp_min(1), n_anchors=zero + idx.numel())
+        st.update(_confidence_only_stats(p_w, right, tau, "pix"))  # Fig. 1's middle curve, logged alongside
 
     if cfg.dtcl and cls_on:
         logits_w = out_w["cls_logits"]                                             # (B_u,2)
@@ -357,6 +368,7 @@ def hermes_step(model, batch_l, batch_u, it, total, cfg):
         right = (pl_img == z_gt.long()).to(w_img.dtype)
         st.update(kept_img=w_img.mean(), n_kept_img=kept, pl_acc_img_all=right.mean(),
                   pl_acc_img_kept=(right * w_img).sum() / kept.clamp_min(1))
+        st.update(_confidence_only_stats(p_w, right, tau, "img"))
 
     if cfg.itcl and cfg.task == "joint":
         parts["itc"] = inter_task_consistency_loss(out["itc_cls"][B_l:], out["itc_seg"][B_l:])  # eq. (14)

@@ -31,7 +31,8 @@ from models import HermesNet
 DEFAULT_LABELS = {"demo": 40, "busi": 72, "udiat": 20, "sztus": 60, "folder": 40}
 # Keys of hermes_step's statistics written to log.csv, in this order.
 STAT_KEYS = ["loss", "seg_l", "seg_u", "seg_c", "cls_l", "cls_u", "cls_c", "itc", "kappa", "tau",
-             "kept_pix", "kept_img", "pl_acc_pix_all", "pl_acc_pix_kept", "pl_acc_img_all", "pl_acc_img_kept"]
+             "kept_pix", "kept_img", "pl_acc_pix_all", "pl_acc_pix_kept", "pl_acc_img_all", "pl_acc_img_kept",
+             "kept_pix_conf", "pl_acc_pix_conf", "kept_img_conf", "pl_acc_img_conf"]
 EVAL_KEYS = ["dice_mean", "iou_mean", "hd95_mean", "accuracy", "auc"]
 LOG_COLUMNS = ["kind", "iter"] + STAT_KEYS + ["lr_seg", "lr_cls", "sec_per_step"] + EVAL_KEYS
 # Arguments that may differ between a run and its resumption (they do not change what is computed).
@@ -54,7 +55,7 @@ def build_parser():
     a("--seed", type=int, default=0, help="seed of the split, initialisation, augmentation and sampling")
     # optimisation (Section 4.1)
     a("--batch-size", type=int, default=8, help="labeled images per step, and as many unlabeled (§4.1: 8 + 8)")
-    a("--iters", type=int, default=None, help="training iterations (paper: 3000; demo: 300)")
+    a("--iters", type=int, default=None, help="training iterations (paper: 3000; demo: 200, CPU-sized)")
     a("--lr", type=float, default=1e-4, help="initial lr of both branches (§4.1 and Table 4: 1e-4)")
     a("--poly-power", type=float, default=0.9, help="poly decay lr·(1 - it/total)^power (§4.1: 0.9)")
     a("--momentum", type=float, default=0.9, help="SGD momentum of the cls branch (§4.1: 0.9)")
@@ -109,7 +110,7 @@ def resolve(args):
     if args.image_size is None:
         args.image_size = 96 if demo else 224
     if args.iters is None:
-        args.iters = 300 if demo else 3000
+        args.iters = 200 if demo else 3000
     if args.pretrained is None:
         args.pretrained = not demo
     if args.eval_every is None:

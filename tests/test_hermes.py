@@ -12,7 +12,7 @@ from models import HermesNet
 
 STAT_KEYS = ["loss", "seg_l", "seg_u", "seg_c", "cls_l", "cls_u", "cls_c", "itc", "kappa", "tau",
              "kept_pix", "kept_img", "pl_acc_pix_all", "pl_acc_pix_kept", "pl_acc_img_all", "pl_acc_img_kept",
-             "n_kept_pix", "n_kept_img"]
+             "n_kept_pix", "n_kept_img", "kept_pix_conf", "pl_acc_pix_conf", "kept_img_conf", "pl_acc_img_conf"]
 
 
 # ---------------------------------------------------------------- anchor sampling
@@ -283,6 +283,15 @@ def test_step_stats_and_gt_unused():
     # nothing kept: kept accuracies are 0, not NaN
     _, st = hermes.hermes_step(m, bl, bu, 3, 10, hermes.HermesConfig(eta_max=-1.0, eta_min=-1.0))
     assert st["n_kept_pix"].item() == 0 and st["pl_acc_pix_kept"].item() == 0.0 and st["seg_u"].item() == 0.0
+    # the confidence-only statistics (Fig. 1) do not depend on kappa: by hand from the teacher probabilities
+    tau = hermes.confidence_threshold(3, 10)
+    for kind, logits, gt in (("pix", out_w["seg_logits"], bu[2]), ("img", out_w["cls_logits"], bu[3])):
+        p = logits.softmax(1)
+        keep = p.amax(1) >= tau
+        right = p.argmax(1) == gt
+        assert st[f"kept_{kind}_conf"].item() == pytest.approx(keep.float().mean().item())
+        expected = (right & keep).sum().item() / max(keep.sum().item(), 1)
+        assert st[f"pl_acc_{kind}_conf"].item() == pytest.approx(expected)
 
 
 # ---------------------------------------------------------------- hermes_step on HermesNet (gradients per switch)

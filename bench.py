@@ -10,7 +10,7 @@ optimizer steps. Reported: median seconds per step over --steps after --warmup, 
 unlabeled images in the batch), peak memory during the variant's steps (RSS sampled every 5 ms on CPU,
 torch.cuda.max_memory_allocated on CUDA), and the ratio to SupOnly. Also: time to load and cache the dataset,
 and the data pipeline's time per step (decode-free: augmentation + collation of one labeled and one unlabeled
-batch) as a share of the Hermes step.
+batch, in the main process) as a share of the Hermes step; train.py hides it behind the step with --workers.
 """
 import argparse
 import copy
@@ -122,12 +122,11 @@ def main(argv=None):
     idx_l, idx_u, _ = data.split_indices(ds, split)
     set_l, set_u = data.LabeledSet(ds, idx_l, train=True), data.UnlabeledSet(ds, idx_u)
     B = args.batch_size
-    draw_l, draw_u = train.StepSampler(len(set_l), B, args.seed, 1), train.StepSampler(len(set_u), B, args.seed, 2)
+    steps = train.StepBatches(set_l, set_u, B, args.seed)
 
     n_batches = 4
     t = time.perf_counter()
-    batches = [(train.make_batch(set_l, draw_l(i), device), train.make_batch(set_u, draw_u(i), device))
-               for i in range(n_batches)]
+    batches = [tuple(train.to_device(b, device) for b in steps[i]) for i in range(n_batches)]
     sync(device)
     data_s = (time.perf_counter() - t) / n_batches
 

@@ -36,7 +36,7 @@ STAT_KEYS = ["loss", "seg_l", "seg_u", "seg_c", "cls_l", "cls_u", "cls_c", "itc"
 EVAL_KEYS = ["dice_mean", "iou_mean", "hd95_mean", "accuracy", "auc"]
 LOG_COLUMNS = ["kind", "iter"] + STAT_KEYS + ["lr_seg", "lr_cls", "sec_per_step"] + EVAL_KEYS
 # Arguments that may differ between a run and its resumption (they do not change what is computed).
-RESUME_OVERRIDABLE = {"resume", "device", "data_root", "stop_after", "out"}
+RESUME_OVERRIDABLE = {"resume", "device", "data_root", "stop_after", "out", "workers"}
 
 
 def build_parser():
@@ -95,6 +95,8 @@ def build_parser():
     a("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
     a("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available")
     a("--amp", action="store_true", help="bf16 autocast on CUDA (ignored on CPU)")
+    a("--workers", type=int, default=None,
+      help="processes preparing batches ahead (default 0 on CPU, 4 on CUDA; results do not depend on it)")
     a("--eval-every", type=int, default=None, help="evaluate and checkpoint every N steps (default iters/10)")
     a("--ckpt-every", type=int, default=None, help="write checkpoint.pt every N steps (default: --eval-every)")
     a("--log-every", type=int, default=10, help="write a log.csv row every N steps")
@@ -167,9 +169,38 @@ class StepSampler:
         return perm[pos * self.B:(pos + 1) * self.B].tolist()
 
 
-def make_batch(dataset, indices, device):
-    # The augmentation draws from the global torch RNG, which the checkpoint saves (exact resume).
-    batch = default_collate([dataset[i] for i in indices])
+class StepBatches(torch.utils.data.Dataset):
+    """Item t = (labeled batch, unlabeled batch) of training step t, freshly augmented.
+
+    The augmentation of step t draws from a torch RNG seeded by (seed, t) — forked, so the global RNG that
+    anchor sampling uses is untouched — which makes every batch a pure function of the step: identical with
+    any number of loader workers, and after a resume."""
+
+    def __init__(self, set_l, set_u, batch_size, seed):
+        self.set_l, self.set_u, self.seed = set_l, set_u, seed
+        self.draw_l = StepSampler(len(set_l), batch_size, seed, stream=1)
+        self.draw_u = StepSampler(len(set_u), batch_size, seed, stream=2)
+
+    def __len__(self):
+        return 2 ** 62  # indexed by step; the loader's sampler says which steps
+
+    def __getitem__(self, t):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + t)
+            batch_l = default_collate([self.set_l[i] for i in self.draw_l(t)])
+            batch_u = default_collate([self.set_u[i] for i in self.draw_u(t)])
+        return batch_l, batch_u
+
+
+def step_loader(batches, start, total, workers):
+    """Batches of steps start..total-1, prepared by `workers` processes ahead of the training step."""
+    # Its own generator: creating the iterator must not draw from the global RNG (exact resume).
+    return torch.utils.data.DataLoader(batches, sampler=range(start, total), batch_size=None,
+                                       num_workers=workers, pin_memory=torch.cuda.is_available(),
+                                       prefetch_factor=4 if workers else None, generator=torch.Generator())
+
+
+def to_device(batch, device):
     return tuple(b.to(device, non_blocking=True) for b in batch)
 
 
@@ -261,7 +292,7 @@ def prepare_run(args):
                    if k not in RESUME_OVERRIDABLE and new[k] != cfg.get(k) and k in cfg}
         if changed:
             print(f"--resume: keeping the run's own settings, ignoring {sorted(changed)}", file=sys.stderr)
-        cfg.update(resume=True, device=new["device"], stop_after=new["stop_after"])
+        cfg.update(resume=True, device=new["device"], stop_after=new["stop_after"], workers=new["workers"])
         if new["data_root"] is not None:
             cfg["data_root"] = new["data_root"]
         return cfg, ckpt
@@ -305,9 +336,7 @@ def train(argv=None):
     set_l, set_u = data.LabeledSet(ds, idx_l, train=True), data.UnlabeledSet(ds, idx_u)
     eval_loader = torch.utils.data.DataLoader(data.LabeledSet(ds, idx_eval, train=False),
                                               batch_size=cfg["batch_size"], shuffle=False)
-    B = cfg["batch_size"]
-    draw_l = StepSampler(len(set_l), B, cfg["seed"], stream=1)
-    draw_u = StepSampler(len(set_u), B, cfg["seed"], stream=2)
+    batches = StepBatches(set_l, set_u, cfg["batch_size"], cfg["seed"])
 
     hcfg = hermes_config(cfg)
     model = HermesNet(seg_encoder=cfg["seg_encoder"], pretrained=cfg["pretrained"], ias=cfg["ias"],
@@ -334,14 +363,15 @@ def train(argv=None):
     bar = tqdm(range(start, total), initial=start, total=total, desc="hermes", dynamic_ncols=True,
                disable=None)
     step_seconds, n_since_log = 0.0, 0  # training time only: evaluation and checkpoints excluded
+    workers = cfg["workers"] if cfg["workers"] is not None else (0 if device.type == "cpu" else 4)
+    loader = iter(step_loader(batches, start, total, workers))
     for it in bar:
         t_it = time.perf_counter()
         lr_it = poly_lr(cfg["lr"], it, total, cfg["poly_power"])
         for opt in (opt_seg, opt_cls):
             for g in opt.param_groups:
                 g["lr"] = lr_it
-        batch_l = make_batch(set_l, draw_l(it), device)
-        batch_u = make_batch(set_u, draw_u(it), device)
+        batch_l, batch_u = (to_device(b, device) for b in next(loader))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
             loss, stats = hermes.hermes_step(model, batch_l, batch_u, it, total, hcfg)
         if not torch.isfinite(loss):

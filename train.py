@@ -55,7 +55,7 @@ def build_parser():
     a("--seed", type=int, default=0, help="seed of the split, initialisation, augmentation and sampling")
     # optimisation (Section 4.1)
     a("--batch-size", type=int, default=8, help="labeled images per step, and as many unlabeled (§4.1: 8 + 8)")
-    a("--iters", type=int, default=None, help="training iterations (paper: 3000; demo: 200, CPU-sized)")
+    a("--iters", type=int, default=None, help="training iterations (paper: 3000; demo: 120, CPU-sized)")
     a("--lr", type=float, default=1e-4, help="initial lr of both branches (§4.1 and Table 4: 1e-4)")
     a("--poly-power", type=float, default=0.9, help="poly decay lr·(1 - it/total)^power (§4.1: 0.9)")
     a("--momentum", type=float, default=0.9, help="SGD momentum of the cls branch (§4.1: 0.9)")
@@ -112,7 +112,7 @@ def resolve(args):
     if args.image_size is None:
         args.image_size = 96 if demo else 224
     if args.iters is None:
-        args.iters = 200 if demo else 3000
+        args.iters = 120 if demo else 3000
     if args.pretrained is None:
         args.pretrained = not demo
     if args.eval_every is None:
@@ -237,10 +237,21 @@ def save_atomic(obj, path):
             os.remove(tmp)
 
 
+def _strict_json(v):
+    """NaN (e.g. AUC when the evaluation split has one class) becomes null, so the file stays valid JSON."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _strict_json(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_strict_json(x) for x in v]
+    return v
+
+
 def write_json_atomic(obj, path):
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
+        json.dump(_strict_json(obj), f, indent=2, allow_nan=False)
     os.replace(tmp, path)
 
 

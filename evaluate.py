@@ -250,7 +250,8 @@ def _jsonable(v):
     return v
 
 
-def _write_json(obj, path):
+def write_json_atomic(obj, path):
+    """JSON (NaN -> null) to a temporary file, then rename: a kill never leaves half a file."""
     tmp = f"{path}.tmp{os.getpid()}"
     with open(tmp, "w") as f:
         json.dump(_jsonable(obj), f, indent=2, allow_nan=False)
@@ -324,7 +325,7 @@ def evaluate_run(run_dir_or_ckpt, data_root=None, which="final", overlays=None, 
     if os.path.isfile(metrics_path):  # keep what train.py wrote and we do not recompute (e.g. "best")
         with open(metrics_path) as f:
             previous = json.load(f)
-    _write_json({**previous, **result}, metrics_path)
+    write_json_atomic({**previous, **result}, metrics_path)
     result["metrics_file"] = metrics_path
     return result
 

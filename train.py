@@ -237,24 +237,6 @@ def save_atomic(obj, path):
             os.remove(tmp)
 
 
-def _strict_json(v):
-    """NaN (e.g. AUC when the evaluation split has one class) becomes null, so the file stays valid JSON."""
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if isinstance(v, dict):
-        return {k: _strict_json(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_strict_json(x) for x in v]
-    return v
-
-
-def write_json_atomic(obj, path):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(_strict_json(obj), f, indent=2, allow_nan=False)
-    os.replace(tmp, path)
-
-
 def checkpoint(model, opt_seg, opt_cls, it, best, cfg):
     return {"model": model.state_dict(), "opt_seg": opt_seg.state_dict(), "opt_cls": opt_cls.state_dict(),
             "iter": it, "rng": rng_state(), "best_dice": best["dice"], "best_iter": best["iter"], "config": cfg}
@@ -283,14 +265,6 @@ def _fmt(v):
     return f"{v:.6g}" if isinstance(v, float) else v
 
 
-def pick_device(name):
-    if name == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 def prepare_run(args):
     """Create or reopen the run folder; return (config dict, checkpoint or None)."""
     out = args.out
@@ -315,7 +289,7 @@ def prepare_run(args):
     os.makedirs(out, exist_ok=True)
     cfg = dict(vars(args))
     cfg["git_commit"] = git_commit()
-    write_json_atomic(cfg, os.path.join(out, "config.json"))
+    evaluate.write_json_atomic(cfg, os.path.join(out, "config.json"))
     return cfg, None
 
 
@@ -323,7 +297,7 @@ def train(argv=None):
     args = resolve(build_parser().parse_args(argv))
     cfg, ckpt = prepare_run(args)
     out = cfg["out"] = args.out
-    device = pick_device(cfg["device"])
+    device = evaluate.pick_device(cfg["device"])
     amp = bool(cfg["amp"]) and device.type == "cuda"
 
     random.seed(cfg["seed"])
@@ -425,7 +399,7 @@ def train(argv=None):
                        "selected_on": "evaluation split (the paper's protocol; optimistic, not a test score)"},
               "dataset": cfg["dataset"], "labels": cfg["labels"], "seed": cfg["seed"],
               "train_seconds": round(time.perf_counter() - t0, 1)}
-    write_json_atomic(result, os.path.join(out, "metrics.json"))
+    evaluate.write_json_atomic(result, os.path.join(out, "metrics.json"))
     print(f"\nrun folder: {out}  (config.json, split.json, log.csv, checkpoint.pt, best.pt, metrics.json)")
     print(f"final checkpoint on the evaluation split ({metrics['n_images']} images): "
           f"Dice {metrics['dice_mean']:.4f} ± {metrics['dice_std']:.4f}  IoU {metrics['iou_mean']:.4f}  "

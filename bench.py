@@ -122,7 +122,7 @@ def main(argv=None):
     idx_l, idx_u, _ = data.split_indices(ds, split)
     set_l, set_u = data.LabeledSet(ds, idx_l, train=True), data.UnlabeledSet(ds, idx_u)
     B = args.batch_size
-    steps = train.StepBatches(set_l, set_u, B, args.seed)
+    steps = data.StepBatches(set_l, set_u, B, args.seed)
 
     n_batches = 4
     t = time.perf_counter()

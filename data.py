@@ -26,6 +26,7 @@ import argparse
 import csv
 import functools
 import json
+import math
 import os
 import re
 import time
@@ -36,7 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
@@ -720,13 +721,67 @@ def make_loaders(ds, split, batch_size=8, num_workers=0, seed=0):
 
     loader_l: (x (B,3,S,S), y (B,S,S), z (B,)); loader_u: (x_w, x_s (B,3,S,S), y_gt (B,S,S), z_gt (B,));
     loader_eval: like loader_l without augmentation, in split order, last batch kept. Train loaders reshuffle
-    (generators seeded from seed) and re-augment every pass."""
+    (generators seeded from seed) and re-augment every pass. For notebooks and custom loops; train.py draws
+    its batches with StepBatches instead, which makes every batch a pure function of the step (exact resume)."""
     idx_l, idx_u, idx_eval = split_indices(ds, split)
     loader_l = _train_loader(LabeledSet(ds, idx_l, train=True), batch_size, num_workers, seed)
     loader_u = _train_loader(UnlabeledSet(ds, idx_u), batch_size, num_workers, seed + 1)
     loader_eval = DataLoader(LabeledSet(ds, idx_eval, train=False), batch_size=batch_size, shuffle=False,
                              num_workers=num_workers, pin_memory=torch.cuda.is_available())
     return loader_l, loader_u, loader_eval
+
+
+# ------------------------------------------------------------------- step batches (train.py)
+class StepSampler:
+    """Indices of the batch of step t: a fresh seeded permutation every pass over the set (drop-last).
+
+    Stateless in t, so a resumed run draws exactly the batches the uninterrupted run would have drawn.
+    A set smaller than the batch is repeated within the batch."""
+
+    def __init__(self, n, batch_size, seed, stream):
+        if n == 0:
+            raise ValueError(f"cannot draw batches from an empty set ({stream})")
+        self.n, self.B, self.seed, self.stream = n, batch_size, seed, stream
+        self.per_pass = max(1, n // batch_size)
+
+    def __call__(self, t):
+        epoch, pos = divmod(t, self.per_pass)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.stream * 7_919 + epoch)
+        perm = torch.randperm(self.n, generator=g)
+        if self.n < self.B:
+            perm = perm.repeat(math.ceil(self.B / self.n))
+        return perm[pos * self.B:(pos + 1) * self.B].tolist()
+
+
+class StepBatches(Dataset):
+    """Item t = (labeled batch, unlabeled batch) of training step t, freshly augmented.
+
+    The augmentation of step t draws from a torch RNG seeded by (seed, t) — forked, so the global RNG that
+    anchor sampling uses is untouched — which makes every batch a pure function of the step: identical with
+    any number of loader workers, and after a resume."""
+
+    def __init__(self, set_l, set_u, batch_size, seed):
+        self.set_l, self.set_u, self.seed = set_l, set_u, seed
+        self.draw_l = StepSampler(len(set_l), batch_size, seed, stream=1)
+        self.draw_u = StepSampler(len(set_u), batch_size, seed, stream=2)
+
+    def __len__(self):
+        return 2 ** 62  # indexed by step; the loader's sampler says which steps
+
+    def __getitem__(self, t):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed * 1_000_003 + t)
+            batch_l = default_collate([self.set_l[i] for i in self.draw_l(t)])
+            batch_u = default_collate([self.set_u[i] for i in self.draw_u(t)])
+        return batch_l, batch_u
+
+
+def step_loader(batches, start, total, workers):
+    """Batches of steps start..total-1, prepared by `workers` processes ahead of the training step."""
+    # Its own generator: creating the iterator must not draw from the global RNG (exact resume).
+    return DataLoader(batches, sampler=range(start, total), batch_size=None,
+                      num_workers=workers, pin_memory=torch.cuda.is_available(),
+                      prefetch_factor=4 if workers else None, generator=torch.Generator())
 
 
 # ------------------------------------------------------------------------------------------- preview

@@ -10,7 +10,6 @@ atomically to RUN_DIR/checkpoint.pt; `--resume` continues a killed run as if it 
 import argparse
 import csv
 import json
-import math
 import os
 import random
 import subprocess
@@ -19,7 +18,6 @@ import time
 
 import numpy as np
 import torch
-from torch.utils.data import default_collate
 from tqdm import tqdm
 
 import data
@@ -148,58 +146,6 @@ def hermes_config(cfg):
         eta_max=cfg["eta_max"], eta_min=cfg["eta_min"])
 
 
-class StepSampler:
-    """Indices of the batch of step t: a fresh seeded permutation every pass over the set (drop-last).
-
-    Stateless in t, so a resumed run draws exactly the batches the uninterrupted run would have drawn.
-    A set smaller than the batch is repeated within the batch."""
-
-    def __init__(self, n, batch_size, seed, stream):
-        if n == 0:
-            raise ValueError(f"cannot draw batches from an empty set ({stream})")
-        self.n, self.B, self.seed, self.stream = n, batch_size, seed, stream
-        self.per_pass = max(1, n // batch_size)
-
-    def __call__(self, t):
-        epoch, pos = divmod(t, self.per_pass)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.stream * 7_919 + epoch)
-        perm = torch.randperm(self.n, generator=g)
-        if self.n < self.B:
-            perm = perm.repeat(math.ceil(self.B / self.n))
-        return perm[pos * self.B:(pos + 1) * self.B].tolist()
-
-
-class StepBatches(torch.utils.data.Dataset):
-    """Item t = (labeled batch, unlabeled batch) of training step t, freshly augmented.
-
-    The augmentation of step t draws from a torch RNG seeded by (seed, t) — forked, so the global RNG that
-    anchor sampling uses is untouched — which makes every batch a pure function of the step: identical with
-    any number of loader workers, and after a resume."""
-
-    def __init__(self, set_l, set_u, batch_size, seed):
-        self.set_l, self.set_u, self.seed = set_l, set_u, seed
-        self.draw_l = StepSampler(len(set_l), batch_size, seed, stream=1)
-        self.draw_u = StepSampler(len(set_u), batch_size, seed, stream=2)
-
-    def __len__(self):
-        return 2 ** 62  # indexed by step; the loader's sampler says which steps
-
-    def __getitem__(self, t):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed * 1_000_003 + t)
-            batch_l = default_collate([self.set_l[i] for i in self.draw_l(t)])
-            batch_u = default_collate([self.set_u[i] for i in self.draw_u(t)])
-        return batch_l, batch_u
-
-
-def step_loader(batches, start, total, workers):
-    """Batches of steps start..total-1, prepared by `workers` processes ahead of the training step."""
-    # Its own generator: creating the iterator must not draw from the global RNG (exact resume).
-    return torch.utils.data.DataLoader(batches, sampler=range(start, total), batch_size=None,
-                                       num_workers=workers, pin_memory=torch.cuda.is_available(),
-                                       prefetch_factor=4 if workers else None, generator=torch.Generator())
-
-
 def to_device(batch, device):
     return tuple(b.to(device, non_blocking=True) for b in batch)
 
@@ -321,7 +267,7 @@ def train(argv=None):
     set_l, set_u = data.LabeledSet(ds, idx_l, train=True), data.UnlabeledSet(ds, idx_u)
     eval_loader = torch.utils.data.DataLoader(data.LabeledSet(ds, idx_eval, train=False),
                                               batch_size=cfg["batch_size"], shuffle=False)
-    batches = StepBatches(set_l, set_u, cfg["batch_size"], cfg["seed"])
+    batches = data.StepBatches(set_l, set_u, cfg["batch_size"], cfg["seed"])
 
     hcfg = hermes_config(cfg)
     model = HermesNet(seg_encoder=cfg["seg_encoder"], pretrained=cfg["pretrained"], ias=cfg["ias"],
@@ -349,7 +295,7 @@ def train(argv=None):
                disable=None)
     step_seconds, n_since_log = 0.0, 0  # training time only: evaluation and checkpoints excluded
     workers = cfg["workers"] if cfg["workers"] is not None else (0 if device.type == "cpu" else 4)
-    loader = iter(step_loader(batches, start, total, workers))
+    loader = iter(data.step_loader(batches, start, total, workers))
     for it in bar:
         t_it = time.perf_counter()
         lr_it = poly_lr(cfg["lr"], it, total, cfg["poly_power"])

@@ -501,3 +501,31 @@ def test_preview_cli(tmp_path, capsys):
     data.main(["--preview", str(tmp_path / "b.png"), "--dataset", "busi", "--data-root", str(tmp_path / "b"),
                "--image-size", "16", "--rows", "2", "--cols", "2"])
     assert (tmp_path / "b.png").exists()
+
+
+def test_step_sampler_covers_each_pass_and_repeats_small_sets():
+    draw = data.StepSampler(10, 4, seed=3, stream=1)
+    assert draw.per_pass == 2
+    first_pass = draw(0) + draw(1)
+    assert len(set(first_pass)) == 8 and set(first_pass) <= set(range(10))      # drop-last, no repeat
+    assert draw(2) != draw(0) or draw(3) != draw(1)                               # a new permutation per pass
+    assert draw(5) == data.StepSampler(10, 4, seed=3, stream=1)(5)               # stateless in the step
+    small = data.StepSampler(3, 8, seed=0, stream=2)(0)
+    assert len(small) == 8 and set(small) == {0, 1, 2}
+
+
+def test_step_batches_are_a_pure_function_of_the_step():
+    ds = data.load_dataset("demo", image_size=64, demo_size=24, seed=0)
+    split = data.make_split(ds, 4, seed=0)
+    idx_l, idx_u, _ = data.split_indices(ds, split)
+    make = lambda: data.StepBatches(data.LabeledSet(ds, idx_l), data.UnlabeledSet(ds, idx_u), 2, seed=5)
+    a, b = make(), make()
+    torch.manual_seed(0)
+    (xa, ya, za), (wa, sa, _, _) = a[7]
+    _ = b[3]                                                                       # other steps in between
+    (xb, yb, zb), (wb, sb, _, _) = b[7]
+    assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(wa, wb) and torch.equal(sa, sb)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    _ = a[1]
+    assert torch.equal(torch.get_rng_state(), before)                              # the global RNG is untouched

@@ -294,6 +294,7 @@ def train(argv=None):
     bar = tqdm(range(start, total), initial=start, total=total, desc="hermes", dynamic_ncols=True,
                disable=None)
     step_seconds, n_since_log = 0.0, 0  # training time only: evaluation and checkpoints excluded
+    final_metrics = None  # the evaluation at the last step, reused for metrics.json
     workers = cfg["workers"] if cfg["workers"] is not None else (0 if device.type == "cpu" else 4)
     loader = iter(data.step_loader(batches, start, total, workers))
     for it in bar:
@@ -328,6 +329,7 @@ def train(argv=None):
             metrics, _ = evaluate.evaluate_model(model, eval_loader, device, amp=amp)
             log.write({"kind": "eval", "iter": done, **{k: metrics[k] for k in EVAL_KEYS}})
             tqdm.write(f"step {done}: eval Dice {metrics['dice_mean']:.4f}  Acc {metrics['accuracy']:.4f}")
+            final_metrics = metrics if done == total else None
             if metrics["dice_mean"] > best["dice"]:
                 best = {"dice": metrics["dice_mean"], "iter": done}
                 save_atomic(checkpoint(model, opt_seg, opt_cls, done, best, cfg), best_path)
@@ -339,7 +341,8 @@ def train(argv=None):
             return None
     bar.close()
 
-    metrics, _ = evaluate.evaluate_model(model, eval_loader, device, amp=amp)
+    metrics = final_metrics if final_metrics is not None else evaluate.evaluate_model(model, eval_loader, device,
+                                                                                      amp=amp)[0]
     result = {"checkpoint": "checkpoint.pt (final)", "iter": total, **metrics,
               "best": {"checkpoint": "best.pt", "iter": best["iter"], "dice_mean": best["dice"],
                        "selected_on": "evaluation split (the paper's protocol; optimistic, not a test score)"},

@@ -345,7 +345,7 @@ def train(argv=None):
                                                                                       amp=amp)[0]
     result = {"checkpoint": "checkpoint.pt (final)", "iter": total, **metrics,
               "best": {"checkpoint": "best.pt", "iter": best["iter"], "dice_mean": best["dice"],
-                       "selected_on": "evaluation split (the paper's protocol; optimistic, not a test score)"},
+                       "selected_on": evaluate.SELECTED_ON_BEST},
               "dataset": cfg["dataset"], "labels": cfg["labels"], "seed": cfg["seed"],
               "train_seconds": round(time.perf_counter() - t0, 1)}
     evaluate.write_json_atomic(result, os.path.join(out, "metrics.json"))

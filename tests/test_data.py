@@ -1,6 +1,5 @@
 """Tests of data.py on tiny fixtures written to tmp_path: readers, demo set, splits, augmentation, loaders, errors."""
 import json
-import time
 
 import numpy as np
 import openpyxl
@@ -276,11 +275,8 @@ def test_empty_class_and_empty_dataset(tmp_path):
 
 
 # -------------------------------------------------------------------------------------------- demo set
-def test_demo_default_size_signs_and_speed():
-    t0 = time.perf_counter()
-    ds = data.load_dataset("demo", image_size=96, seed=0)
-    dt = time.perf_counter() - t0
-    assert dt < 10, f"demo generation took {dt:.1f} s"  # ~1.5 s on one free core; CI machines are shared
+def test_demo_default_size_and_signs():
+    ds = data.load_dataset("demo", image_size=96, seed=0)  # speed is measured by bench.py, not asserted here
     assert ds.images.shape == (240, 96, 96, 3) and ds.masks.shape == (240, 96, 96)
     assert (ds.labels == 0).sum() == 144 and (ds.labels == 1).sum() == 96
     assert 0.1 < ds.borderline.mean() < 0.25

@@ -9,7 +9,6 @@ atomically to RUN_DIR/checkpoint.pt; `--resume` continues a killed run as if it 
 """
 import argparse
 import csv
-import json
 import os
 import random
 import subprocess

@@ -107,6 +107,8 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
     p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--amp-compare", action="store_true", help="CUDA: time each variant in fp32 and bf16 autocast")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one full Hermes step and print where its time goes")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
@@ -161,6 +163,26 @@ def main(argv=None):
     hermes_sec = next((r[2] for r in rows if r[0] == "Hermes"), None)
     share = f" = {100 * data_s / (data_s + hermes_sec):.1f}% of a Hermes step" if hermes_sec else ""
     print(f"\ndata pipeline (augment + collate one labeled and one unlabeled batch): {data_s:.3f} s/step{share}")
+    if args.profile:
+        profile_step(model, init_state, batches[0], device)
+
+
+def profile_step(model, init_state, batch, device):
+    """torch.profiler over one full Hermes step (step + backward): top operators and the convolutions' share."""
+    model.load_state_dict(init_state)
+    model.train()
+    cfg = hermes.HermesConfig()
+    hermes.hermes_step(model, *batch, 0, 3000, cfg)[0].backward()  # warm-up
+    with torch.profiler.profile() as prof:
+        loss, _ = hermes.hermes_step(model, *batch, 1, 3000, cfg)
+        loss.backward()
+        sync(device)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key)
+    print(f"\nprofile of one Hermes step: convolution operators (forward and backward) take "
+          f"{100 * conv / total:.0f}% of self CPU time")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=12))
 
 
 if __name__ == "__main__":

@@ -578,15 +578,45 @@ def make_split(ds, labels, seed):
 _SPLIT_KEYS = ("train_labeled", "train_unlabeled", "eval")
 
 
+# ------------------------------------------------------------------------------------- run-folder files
+def atomic_write(path, write, binary=False):
+    """The project's one atomic writer: write(f) fills a temporary file in the same folder (unique name), which
+    is flushed to disk and renamed over `path`; a kill leaves either the old file or the new one, never half."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb" if binary else "w") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v) if np.isfinite(v) else None  # NaN/inf -> null: strict JSON
+    return v
+
+
+def write_json_atomic(obj, path, indent=2):
+    """JSON (NaN -> null, strict) written atomically."""
+    return atomic_write(path, lambda f: json.dump(_jsonable(obj), f, indent=indent, allow_nan=False))
+
+
 def save_split(split, path):
     """Write a split dict as JSON (names, not indices)."""
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(split, f, indent=1)
-    os.replace(tmp, path)
-    return path
+    return write_json_atomic(split, path, indent=1)
 
 
 def load_split(path, ds=None):

@@ -119,6 +119,7 @@ def test_slurm_script_one_array_task_per_run(tmp_path, capsys):
 def test_slurm_task_skips_resumes_and_trains(tmp_path):
     """One array task run by bash (no Slurm): a fake train.py records its arguments and writes metrics.json."""
     runs, script = slurm("demo", tmp_path)
+    assert f"#SBATCH --array=0-{len(runs) - 1}\n" in script  # no --jobs: no limit on tasks at a time
     (tmp_path / "job.sh").write_text(script)
     (tmp_path / "train.py").write_text(
         "import os, sys\nout = sys.argv[sys.argv.index('--out') + 1]\nos.makedirs(out, exist_ok=True)\n"

@@ -44,7 +44,6 @@ PER_RUN = {"dataset", "labels", "seed", "out", "resume", "data_root", "split"}
 # metrics); any other difference stops the sweep before it starts.
 NEUTRAL = {"out", "resume", "device", "data_root", "workers", "stop_after", "eval_every", "ckpt_every",
            "log_every"}
-SETTINGS = ["image_size", "iters", "batch_size", "pretrained", "seg_encoder", "amp"]  # shown above each table
 TAIL_LINES = 15  # lines of a failed run's log shown in the report
 
 # -------------------------------------------------------------------------------------------- methods
@@ -368,14 +367,19 @@ def format_cell(values, n_expected, paper):
     return here
 
 
-def settings_line(run_dirs):
+def settings_line(run_dirs, exp):
+    """The runs' train.py settings that differ from train.py's defaults (config.json; per-run options and the
+    ones the rows vary left out), e.g. 'image_size 224, iters 3000, pretrained true; git 1a2b3c4d'."""
     configs = [c for c in (read_json(os.path.join(d, "config.json")) for d in run_dirs) if c]
     if not configs:
         return "no finished run yet"
+    defaults = vars(_train_parser().parse_args([]))
+    skip = PER_RUN | NEUTRAL | exp.varies | {"git_commit"}
     parts = []
-    for k in SETTINGS:
+    for k in sorted({k for c in configs for k in c} - skip):
         vals = sorted({json.dumps(c.get(k)) for c in configs})
-        parts.append(f"{k} {'/'.join(vals)}" + (" (MIXED)" if len(vals) > 1 else ""))
+        if len(vals) > 1 or k not in defaults or json.dumps(defaults[k]) != vals[0]:
+            parts.append(f"{k} {'/'.join(vals)}" + (" (MIXED)" if len(vals) > 1 else ""))
     commits = sorted({str(c.get("git_commit", "?"))[:8] for c in configs})
     return ", ".join(parts) + f"; git {', '.join(commits)}"
 
@@ -391,8 +395,8 @@ def table_markdown(exp, out_dir, seeds, command):
              f"Final checkpoints on the evaluation split, in %: mean ± sample std over the seeds "
              f"({', '.join(map(str, seeds))}), the paper's number beside each cell. {len(done)} of {len(runs)} runs "
              f"finished, in {out_dir}.",
-             "", f"Settings of the runs (config.json): {settings_line(dirs)}. The paper: 224 px, 3000 steps, "
-             "batch 8 + 8, ImageNet-pretrained encoders.", "",
+             "", f"Settings of the runs other than train.py's defaults (config.json): {settings_line(dirs, exp)}. "
+             "The paper: 224 px, 3000 steps, batch 8 + 8, ImageNet-pretrained encoders.", "",
              "| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
     for row in table.rows:
         cells = []

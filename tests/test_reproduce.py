@@ -203,8 +203,8 @@ def test_sweep_skips_resumes_restarts_and_reports_failures(tmp_path, fake_train,
     assert len(fake_train()) == 4
 
 
-TINY = ["--demo-size", "80", "--iters", "2", "--eval-every", "2", "--batch-size", "2", "--seg-encoder", "resnet18", "--n-anchors", "16",
-        "--pixel-bank-size", "64", "--image-bank-size", "8", "--log-every", "1"]
+TINY = ["--demo-size", "80", "--iters", "2", "--eval-every", "2", "--batch-size", "2", "--seg-encoder", "resnet18",
+        "--n-anchors", "16", "--pixel-bank-size", "64", "--image-bank-size", "8", "--log-every", "1"]
 
 
 def test_real_two_job_sweep_stopped_and_continued(tmp_path, capsys):

@@ -267,7 +267,7 @@ def _fig1(_):
         "Fig. 1 of the paper plots pseudo-label accuracy on CIFAR-10 and gives no numbers; here the three rules "
         "(eq. 7 and Fig. 1 / Fig. 6) on BUSI, 72 labels. PL acc = accuracy of the kept pseudo-labels against the "
         "unlabeled ground truth held aside (log.csv), mean over the train rows of the second half of training.",
-        "The curves: `python evaluate.py --plot-pseudo-labels {out}/busi-72-hermes-seed* --out fig1.png`."))
+        "The curves: `python figures.py pseudo-labels {out}/busi-72-hermes-seed* --out fig1.png`."))
 
 
 DEMO_LABELS = 40  # train.py's demo default (40 of the 168 train images)

@@ -692,9 +692,11 @@ def run_local(exp, runs, out_dir, roots, passed, jobs, command):
     for run in runs:
         run_dir = os.path.join(out_dir, run.name)
         args = train_args(run, exp, out_dir, roots, passed)
-        for k, theirs, ours in config_mismatch(run_dir, args):
-            mismatches.append(f"{run_dir}: config.json has {k}={theirs!r}, this sweep asks {ours!r}")
-        if run_state(run_dir) != "done":
+        state = run_state(run_dir)
+        if state in ("done", "resume"):  # a stale folder is moved aside and started again: no settings to keep
+            for k, theirs, ours in config_mismatch(run_dir, args):
+                mismatches.append(f"{run_dir}: config.json has {k}={theirs!r}, this sweep asks {ours!r}")
+        if state != "done":
             todo.append((run, args))
     if mismatches:
         raise UsageError(f"{len(mismatches)} run folder(s) were made with other settings; use another --out or the "

@@ -181,7 +181,7 @@ def test_sweep_skips_resumes_restarts_and_reports_failures(tmp_path, fake_train,
         d.mkdir(parents=True)
     (done / "metrics.json").write_text(json.dumps({"dice_mean": 0.9, "accuracy": 0.8}))
     (resumed / "checkpoint.pt").write_text("")
-    (stale / "log.csv").write_text("kind,iter\n")
+    (stale / "config.json").write_text('{"iters": 999}')  # killed before its first checkpoint: restarted anyway
     monkeypatch.setenv("FAKE_FAIL", runs[3].name)
     assert reproduce.main(["demo", "--jobs", "2", "--out", str(out)]) == 1
     captured = capsys.readouterr()

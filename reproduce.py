@@ -853,11 +853,11 @@ def main(argv=None):
             return 0
         check_passed_options(passed, exp)
         if opts.dry_run or opts.slurm:
-            if set(exp.datasets()) - set(roots):
-                missing = [f"{d.upper()}_ROOT" for d in exp.datasets() if d not in roots]
-                print(f"# no --data-root for {', '.join(missing)}: the commands read ${' $'.join(missing)} from the "
-                      "environment", file=sys.stderr)
             roots = with_env_roots(roots, exp)
+            env = [r for r in roots.values() if isinstance(r, EnvRoot)]
+            if env:
+                print(f"# no --data-root DATASET=PATH for {', '.join(env)}: the commands read "
+                      + " ".join(f"${r}" for r in env) + " from the environment", file=sys.stderr)
         if opts.slurm:
             print(slurm_script(exp, runs, out_dir, roots, passed, opts, command), end="")
             return 0

@@ -32,11 +32,13 @@ from types import SimpleNamespace
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 TEACHER_FILES = {"course.py", "COURSE.md", "tests/test_course.py"}  # never copied to a student
-# The project's importable modules: swapped in and out of sys.modules when a copy is loaded.
+# The project's importable modules (with every top-level .py file): swapped in and out of sys.modules when a copy
+# is loaded, so that a copy's modules import each other and never the reference's.
 PROJECT_MODULES = ("losses", "hermes", "models", "data", "evaluate", "figures", "train", "bench")
 NOT_COPIED = ("runs/", ".git/", "__pycache__/", ".pytest_cache/")
 ASSIGNMENT_FILE = ".assignment.json"
 GRADE_TIMEOUT_S = 300
+RESULT_TAG = "@course-result "  # prefix of the grading process's result lines (the student's prints are ignored)
 
 
 # ================================================================================ cutting with the syntax tree
@@ -282,7 +284,8 @@ Write the bodies of `hermes.uncertainty`, `hermes.dual_threshold_mask`, `hermes.
            "κ decreases from η_max = 0.75 at it = 0 to η_min = 0.25 at it = total; τ rises from 0.8551 to 0.9233.",
            "Return a float 0/1 tensor of probs' dtype from dual_threshold_mask (`.to(probs.dtype)`)."),
     hand_in="hermes.py (only the four function bodies change).",
-    visible=r'''"""Visible checks of the 'thresholds' assignment (eq. 7, 8, 16, 17): python -m pytest tests/test_assignment_thresholds.py
+    visible=r'''"""Visible checks of the 'thresholds' assignment (eq. 7, 8, 16, 17):
+python -m pytest tests/test_assignment_thresholds.py
 
 The grader runs these and hidden cases (random shapes, 3+ classes, ties, other η, edge cases)."""
 import math
@@ -572,7 +575,8 @@ def _(ctx):
             for keep in (0.3, 0.8):
                 dtype = torch.float64 if seed % 2 else torch.float32
                 ls, lw, w = _seg_batch(_gen(seed * 7 + B), B, H, W, dtype, keep)
-                expect_close(ctx.S.losses.seg_unsupervised_loss(ls, lw, w), ctx.R.losses.seg_unsupervised_loss(ls, lw, w),
+                expect_close(ctx.S.losses.seg_unsupervised_loss(ls, lw, w),
+                             ctx.R.losses.seg_unsupervised_loss(ls, lw, w),
                              f"eq. 9 on {B} images {H}x{W} {dtype}, {keep:.0%} kept (seed {seed})",
                              atol=1e-5 if dtype == torch.float32 else 1e-10)
 
@@ -640,7 +644,7 @@ def _(ctx):
 
 register(Assignment(
     name="pixel-contrast", kind="code",
-    what="eq. 11: pixel contrastive loss (losses.pixel_contrastive_loss) and its anchors (hermes.sample_anchor_indices)",
+    what="eq. 11: pixel contrastive loss and its anchors (losses.pixel_contrastive_loss, hermes.sample_anchor_indices)",
     section="§3.4", minutes="2-3 h",
     cuts=(("losses.py", "pixel_contrastive_loss", "eq. (11)"),
           ("hermes.py", "sample_anchor_indices", "§3.4 anchor sampling")),
@@ -927,7 +931,7 @@ def _(ctx):
             raise Fail(f"order of (class, hard) pairs: {[(k // 2, 'easy' if k % 2 else 'hard') for k in key]}")
 
 
-@hidden("pixel-contrast", "anchors are drawn uniformly with the given generator (reproducible, not the first pixels)", 2)
+@hidden("pixel-contrast", "anchors are drawn uniformly with the generator (reproducible, not the first pixels)", 2)
 def _(ctx):
     import torch
     labels = torch.zeros(1, 1, 12, dtype=torch.long)
@@ -963,7 +967,7 @@ def _(ctx):
 
 register(Assignment(
     name="image-contrast", kind="code",
-    what="eq. 12-13: class-aware image contrastive loss with pair weights and a memory bank (losses.image_contrastive_loss)",
+    what="eq. 12-13: class-aware image contrast with pair weights and a memory bank (losses.image_contrastive_loss)",
     section="§3.4", minutes="1.5-2 h",
     cuts=(("losses.py", "image_contrastive_loss", "eq. (12)-(13)"),),
     task="""\
@@ -985,7 +989,8 @@ row (2N,) or per image (N,), then repeated for both views. Write the body of `lo
            "An odd number of rows is an error: raise ValueError naming 2N.",
            "Use the `temperature` argument, never a literal."),
     hand_in="losses.py (only this function body changes).",
-    visible=r'''"""Visible checks of the 'image-contrast' assignment (eq. 12-13): python -m pytest tests/test_assignment_image_contrast.py
+    visible=r'''"""Visible checks of the 'image-contrast' assignment (eq. 12-13):
+python -m pytest tests/test_assignment_image_contrast.py
 
 The grader runs these and hidden cases (random batches and banks against the reference, other temperatures,
 empty and zero-weight cases, gradients)."""
@@ -1206,7 +1211,8 @@ b_s). Write `forward`, returning (x_out, M_c, M_s).""",
            "The order in eq. 4 matters: the average map is channel 0 of W_s's input, the max map channel 1.",
            "Reject x_cls and x_seg of different spatial sizes with a ValueError naming both shapes."),
     hand_in="models.py (only InterTaskAttention.forward changes).",
-    visible=r'''"""Visible checks of the 'attention' assignment (eq. 3-5): python -m pytest tests/test_assignment_attention.py
+    visible=r'''"""Visible checks of the 'attention' assignment (eq. 3-5):
+python -m pytest tests/test_assignment_attention.py
 
 The grader runs these and hidden cases (random weights and sizes against the reference module, gradients)."""
 import math
@@ -1334,7 +1340,7 @@ def _(ctx):
                                                                                               dtype=torch.float64)
         got = _ita_outputs(stu(x_cls, x_seg), "ITA")
         expect_close(got[2], ref(x_cls, x_seg)[2],
-                     f"M_s when W_s reads only input channel {channel} (the {'average' if channel == 0 else 'max'} map)",
+                     f"M_s when W_s reads only its input channel {channel} ({('average', 'max')[channel]} map)",
                      atol=1e-9)
 
 
@@ -1346,8 +1352,8 @@ def _(ctx):
     x_cls = torch.randn(1, 4, 5, 5, generator=g, dtype=torch.float64)
     for scale in (0.0, 3.0):          # x_seg must change M_c through the adapter
         x_seg = scale * torch.randn(1, 5, 5, 5, generator=g, dtype=torch.float64)
-        expect_close(_ita_outputs(stu(x_cls, x_seg), "ITA")[1], ref(x_cls, x_seg)[1], f"M_c with x_seg scaled by {scale}",
-                     atol=1e-9)
+        expect_close(_ita_outputs(stu(x_cls, x_seg), "ITA")[1], ref(x_cls, x_seg)[1],
+                     f"M_c with x_seg scaled by {scale}", atol=1e-9)
 
 
 @hidden("attention", "gradients reach x_cls, x_seg and every parameter as in the reference", 1)
@@ -1401,7 +1407,8 @@ function must also work when called under `torch.no_grad()` (the teacher pass ca
            "Save `[(m, m.training) for m in cls_net.modules()]` before `cls_net.eval()`, restore it in a `finally`.",
            "A constant map (max = min) must give zeros, not NaN."),
     hand_in="models.py (only the saliency function body changes).",
-    visible=r'''"""Visible checks of the 'saliency' assignment (eq. 6): python -m pytest tests/test_assignment_saliency.py
+    visible=r'''"""Visible checks of the 'saliency' assignment (eq. 6):
+python -m pytest tests/test_assignment_saliency.py
 
 The grader runs these and hidden cases (small CNNs with BatchNorm and a ResNet-18 against the reference,
 batch independence, constant maps)."""
@@ -1571,7 +1578,7 @@ FIG1_RUN = "runs/fig1"
 FIG1_CONFIG = dict(EXP_CONFIG, log_every=2, threshold="dual", dtcl=True, ias=True, itcl=True)
 ABL_RUNS = {"row1": ("runs/row1-suponly", dict(EXP_CONFIG, dtcl=False, ias=False, itcl=False)),
             "row2": ("runs/row2-dtcl", dict(EXP_CONFIG, dtcl=True, ias=False, itcl=False, threshold="dual"))}
-TERMS = ("seg_u", "seg_c", "cls_u", "cls_c", "itc")  # log.csv columns of the unlabeled / contrastive / consistency terms
+TERMS = ("seg_u", "seg_c", "cls_u", "cls_c", "itc")  # log.csv columns: unlabeled, contrastive, consistency terms
 FIG1_KEYS = ("pix_acc_all", "pix_acc_conf", "pix_kept_conf", "pix_acc_dual", "pix_kept_dual", "img_kept_conf",
              "kappa_binds_from")
 ABL_KEYS = ("row1_dice", "row1_acc", "row2_dice", "row2_acc", "row1_zero_terms", "row2_zero_terms", "step_time_ratio")
@@ -1852,7 +1859,8 @@ def _fig1_consistent(keys):
     return fn
 
 
-hidden("fig1", "pix_acc_all and pix_acc_conf agree with your log.csv", 2)(_fig1_consistent(("pix_acc_all", "pix_acc_conf")))
+hidden("fig1", "pix_acc_all and pix_acc_conf agree with your log.csv", 2)(
+    _fig1_consistent(("pix_acc_all", "pix_acc_conf")))
 hidden("fig1", "pix_acc_dual agrees with your log.csv", 1)(_fig1_consistent(("pix_acc_dual",)))
 hidden("fig1", "the kept fractions agree with your log.csv", 2)(_fig1_consistent(("pix_kept_conf", "pix_kept_dual",
                                                                                  "img_kept_conf")))
@@ -1949,7 +1957,8 @@ def _(ctx):
 def project_modules(root, names=("losses", "hermes", "models")):
     """Import the project's modules from `root` (their own imports resolve inside `root` too) and yield them as a
     namespace; afterwards sys.modules and sys.path are as before, and the yielded modules stay usable."""
-    saved = {n: sys.modules.pop(n) for n in PROJECT_MODULES if n in sys.modules}
+    flat = set(PROJECT_MODULES) | {f[:-3] for d in (ROOT, root) for f in os.listdir(d) if f.endswith(".py")}
+    saved = {n: sys.modules.pop(n) for n in flat if n in sys.modules}
     old_path, old_dwb = list(sys.path), sys.dont_write_bytecode
     sys.path.insert(0, os.path.abspath(root))
     sys.dont_write_bytecode = True  # a planted mistake of the same size must not reuse a stale .pyc
@@ -1957,7 +1966,7 @@ def project_modules(root, names=("losses", "hermes", "models")):
     try:
         yield SimpleNamespace(**{n: importlib.import_module(n) for n in names})
     finally:
-        for n in PROJECT_MODULES:
+        for n in flat:
             sys.modules.pop(n, None)
         sys.modules.update(saved)
         sys.path[:] = old_path
@@ -1971,7 +1980,7 @@ def _why(e, filename=None):
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
         line = next((fs.line for fs in reversed(traceback.extract_tb(e.__traceback__))
                      if filename and fs.filename == filename), None)
-        return (msg + (f"  [{line}]" if line and msg else line or "assertion failed"))[:300]
+        return (f"{msg}  [{line}]" if msg and line else msg or line or "assertion failed")[:300]
     return f"{type(e).__name__}: {e}"[:300]
 
 
@@ -2026,7 +2035,7 @@ def grade_subprocess(student_dir, timeout=GRADE_TIMEOUT_S):
     except subprocess.TimeoutExpired as e:
         out = e.stdout.decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
         reason = f"not run: the grading process was stopped after {timeout:g} s (an endless loop?)"
-    done = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    done = [json.loads(line[len(RESULT_TAG):]) for line in out.splitlines() if line.startswith(RESULT_TAG)]
     results = done + [{"title": c.title, "visible": c.visible, "max": c.points, "points": 0, "msg": reason or "not run"}
                       for c in all_checks(ASSIGNMENTS[name])[len(done):]]
     return name, results
@@ -2051,8 +2060,8 @@ def format_results(name, results, student_dir):
     width = max(len(r["title"]) for r in results)
     for r in results:
         kind = "visible" if r["visible"] else "hidden "
-        lines.append(f"  {kind}  {r['title']:<{width}}  {r['points']:>2}/{r['max']:<2}"
-                     + (f"  {r['msg']}" if r["points"] < r["max"] and r["msg"] else ""))
+        lines.append((f"  {kind}  {r['title']:<{width}}  {r['points']:>2}/{r['max']:<2}"
+                      + (f"  {r['msg']}" if r["points"] < r["max"] and r["msg"] else "")).rstrip())
     got, top = sum(r["points"] for r in results), sum(r["max"] for r in results)
     lines.append(f"Total: {got}/{top}" + ("  (full marks)" if got == top else ""))
     return "\n".join(lines), got, top
@@ -2220,7 +2229,7 @@ def main(argv=None):
             import torch
             torch.set_num_threads(1)  # tiny tensors: threads only add overhead
         for res in run_checks(args.name, args.dir):
-            print(json.dumps(res), flush=True)
+            print(RESULT_TAG + json.dumps(res), flush=True)
         return 0
     if not os.path.isdir(args.dir):
         raise SystemExit(f"course.py grade: {args.dir} is not a folder")

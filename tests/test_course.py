@@ -196,22 +196,32 @@ def test_reference_scores_full_marks(tmp_path, name):
 
 # (assignment, file, function, text in its body, planted replacement): typical mistakes
 PLANTED = [
-    ("thresholds", "hermes.py", "dual_threshold_mask", "(uncertainty(probs) <= kappa) & (probs", "(uncertainty(probs) <= kappa) | (probs"),
+    ("thresholds", "hermes.py", "dual_threshold_mask",
+     "(uncertainty(probs) <= kappa) & (probs", "(uncertainty(probs) <= kappa) | (probs"),             # OR, not AND
     ("thresholds", "hermes.py", "uncertainty", "torch.log(probs + eps)", "torch.log2(probs + eps)"),
-    ("thresholds", "hermes.py", "uncertainty_threshold", "eta_min + 0.5 * (eta_max - eta_min)", "eta_max - 0.5 * (eta_max - eta_min)"),
+    ("thresholds", "hermes.py", "uncertainty_threshold",
+     "eta_min + 0.5 * (eta_max - eta_min)", "eta_max - 0.5 * (eta_max - eta_min)"),                # cos reversed
     ("thresholds", "hermes.py", "uncertainty", "probs + eps", "probs.clamp_min(eps)"),
     ("dice", "losses.py", "seg_unsupervised_loss", ".sum() / B", ".sum() / kept.sum().clamp_min(1)"),
     ("dice", "losses.py", "seg_unsupervised_loss", "logits_w.detach().argmax(1)", "logits_w.softmax(1)[:, 1]"),
     ("dice", "losses.py", "_dice_loss", "p, g = p * w, g * w", "p = p * w"),
     ("pixel-contrast", "losses.py", "pixel_contrastive_loss", "keys) / temperature", "keys) / 0.1"),
-    ("pixel-contrast", "losses.py", "pixel_contrastive_loss", ".logsumexp(1, keepdim=True)", ".logsumexp(0, keepdim=True)"),
-    ("pixel-contrast", "losses.py", "pixel_contrastive_loss", "(L * has_pos).sum() / has_pos.sum().clamp_min(1)", "L.mean()"),
-    ("pixel-contrast", "hermes.py", "sample_anchor_indices", "n_h = min(n - n_e, a_h)", "n_h = n_h"),
-    ("pixel-contrast", "hermes.py", "sample_anchor_indices", "torch.where(pool, r, torch.full_like(r, -1.0)).topk(k)", "torch.where(pool, -torch.arange(P, device=dev).float(), torch.full_like(r, -1e9)).topk(k)"),
-    ("image-contrast", "losses.py", "image_contrastive_loss", ".logsumexp(1, keepdim=True)", ".logsumexp(0, keepdim=True)"),
-    ("image-contrast", "losses.py", "image_contrastive_loss", "torch.where(other, torch.ones_like(pair_w), pair_w) * pos", "pair_w * pos"),
-    ("attention", "models.py", "InterTaskAttention.forward", "[x_m.mean(dim=1, keepdim=True), x_m.amax(dim=1, keepdim=True)]", "[x_m.amax(dim=1, keepdim=True), x_m.mean(dim=1, keepdim=True)]"),
-    ("attention", "models.py", "InterTaskAttention.forward", "pooled = torch.cat([x_m.mean(", "pooled = torch.cat([x_cls.mean("),
+    ("pixel-contrast", "losses.py", "pixel_contrastive_loss", ".logsumexp(1, keepdim=True)",
+     ".logsumexp(0, keepdim=True)"),                                                               # wrong dim
+    ("pixel-contrast", "losses.py", "pixel_contrastive_loss",
+     "(L * has_pos).sum() / has_pos.sum().clamp_min(1)", "L.mean()"),
+    ("pixel-contrast", "hermes.py", "sample_anchor_indices", "n_h = min(n - n_e, a_h)", "n_h = n_h"),  # no filling
+    ("pixel-contrast", "hermes.py", "sample_anchor_indices", "torch.where(pool, r, torch.full_like(r, -1.0))",
+     "torch.where(pool, -torch.arange(P, device=dev).float(), torch.full_like(r, -1e9))"),         # first pixels
+    ("image-contrast", "losses.py", "image_contrastive_loss", ".logsumexp(1, keepdim=True)",
+     ".logsumexp(0, keepdim=True)"),                                                               # wrong dim
+    ("image-contrast", "losses.py", "image_contrastive_loss",
+     "torch.where(other, torch.ones_like(pair_w), pair_w) * pos", "pair_w * pos"),
+    ("attention", "models.py", "InterTaskAttention.forward",
+     "[x_m.mean(dim=1, keepdim=True), x_m.amax(dim=1, keepdim=True)]",
+     "[x_m.amax(dim=1, keepdim=True), x_m.mean(dim=1, keepdim=True)]"),                              # order swapped
+    ("attention", "models.py", "InterTaskAttention.forward", "pooled = torch.cat([x_m.mean(",
+     "pooled = torch.cat([x_cls.mean("),
     ("saliency", "models.py", "saliency", "cls_net.eval()", "pass"),
     ("saliency", "models.py", "saliency", "D = g.abs().amax(dim=1", "D = g.amax(dim=1"),
     ("saliency", "models.py", "saliency", "score = cls_net(x).amax(dim=1).sum()", "score = cls_net(x).max()"),

@@ -340,6 +340,9 @@ def test_ablation_grading(copies):
     write_answers(d, dict(right, row2_zero_terms="itc", row1_acc=right["row1_acc"] + 0.01))
     assert score("ablation", d)[0] == top - 3                         # wrong zero terms (1), disagrees with metrics (2)
     cfg = json.load(open(os.path.join(d, run2, "config.json")))
-    json.dump(dict(cfg, iters=30), open(os.path.join(d, run2, "config.json"), "w"))   # wrong settings
+    json.dump(dict(cfg, unsup_weight=0.1), open(os.path.join(d, run2, "config.json"), "w"))  # not the paper's
     got, _, res = score("ablation", d)
-    assert got < top - 2 and any("iters is 30" in r["msg"] for r in res)
+    assert got < top - 3 and any("unsup_weight is 0.1" in r["msg"] for r in res)
+    json.dump(dict(cfg, iters=30), open(os.path.join(d, run2, "config.json"), "w"))          # not the assignment's
+    got, _, res = score("ablation", d)
+    assert got < top - 3 and any("iters is 30" in r["msg"] for r in res)

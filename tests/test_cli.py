@@ -142,3 +142,21 @@ def test_gif_masks_unlisted_images_and_the_maximum_budget(tmp_path):
     assert "train_labeled 14, train_unlabeled 2" in r.stdout and "12 groups" in r.stdout, r.stdout
     warning = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(warning) == 1 and "warning: 1 images" in warning[0] and "'extra.png'" in warning[0], r.stderr
+
+
+# ------------------------------------------------------------------------------------------- pytest
+def test_pytest_prints_its_pass_count(tmp_path):
+    """`python -m pytest -q` (the habit) must still end with the 'N passed' line (pytest.ini adds no -q)."""
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                        "tests/test_cli.py::test_snapshot_sees_every_change"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip().splitlines()[-1].startswith("1 passed"), r.stdout
+
+
+def test_snapshot_sees_every_change(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "f.txt").write_text("x")
+    before = snapshot(tmp_path)
+    (tmp_path / "a" / "f.txt").write_text("y")
+    assert snapshot(tmp_path) != before

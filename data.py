@@ -631,7 +631,7 @@ _SPLIT_KEYS = ("train_labeled", "train_unlabeled", "eval")
 def save_split(split, path):
     """Write a split dict as JSON (names, not indices), atomically."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    return write_atomic(path, lambda f: json.dump(split, f, indent=1), text=True)
+    return write_json_atomic(split, path, indent=1)
 
 
 def load_split(path, ds=None):
@@ -699,22 +699,33 @@ def _fsync_dir(folder):
 TEMP_SUFFIX = re.compile(r"\.tmp\d*$")   # what write_atomic leaves behind when killed mid-write
 
 
-def write_atomic(path, write, text=False):
-    """write(f) into PATH.tmp<pid> beside `path`, fsync, rename over `path`, fsync the folder: a kill or a power
-    cut leaves either the old file or the new one, never half of one. Returns path."""
+def write_atomic(path, write):
+    """write(tmp) writes the file at path tmp = PATH.tmp<pid> beside `path`; then fsync, rename over `path`,
+    fsync the folder: a kill or a power cut leaves either the old file or the new one, never half of one.
+    A write that fails removes its temporary file. Returns path."""
     path = os.fspath(path)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "w" if text else "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
     return path
+
+
+def write_json_atomic(obj, path, **json_kwargs):
+    """json.dump(obj) to `path` through write_atomic."""
+    def write(tmp):
+        with open(tmp, "w") as f:
+            json.dump(obj, f, **json_kwargs)
+    return write_atomic(path, write)
 
 
 def remove_stale_temporaries(folder):

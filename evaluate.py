@@ -197,7 +197,8 @@ def pick_device(name):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if str(name).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("evaluate.py: --device cuda asked for, but torch sees no CUDA device")
+        import data
+        raise data.DataError("--device cuda asked for, but torch sees no CUDA device: use --device cpu (or auto)")
     return torch.device(name)
 
 
@@ -205,21 +206,22 @@ def resolve_checkpoint(path, which="final"):
     """(checkpoint file, metrics json, per-image csv) for a run folder (+ which) or a checkpoint file.
 
     Folder: which="final" -> checkpoint.pt, "best" -> best.pt. File: used as given (`which` is ignored).
-    Outputs lie beside the checkpoint: metrics.json / per_image.csv for checkpoint.pt,
-    metrics_<stem>.json / per_image_<stem>.csv for any other name.
+    Outputs lie beside the checkpoint: metrics_<stem>.json / per_image_<stem>.csv (metrics_checkpoint.json,
+    metrics_best.json, ...); metrics.json is train.py's record of the run and is never rewritten here.
     """
+    import data
     if os.path.isdir(path):
         if which not in ("final", "best"):
-            raise ValueError(f"evaluate.py: --checkpoint must be final or best, got {which!r}")
+            raise data.DataError(f"evaluate.py: --checkpoint must be final or best, got {which!r}")
         ckpt = os.path.join(path, "checkpoint.pt" if which == "final" else "best.pt")
     else:
         ckpt = path
     if not os.path.isfile(ckpt):
-        raise FileNotFoundError(f"evaluate.py: no checkpoint {ckpt} (a run folder holds checkpoint.pt and best.pt)")
+        raise data.MissingFileError(f"evaluate.py: no checkpoint {ckpt} (a run folder holds checkpoint.pt and "
+                                    f"best.pt)")
     stem = os.path.splitext(os.path.basename(ckpt))[0]
-    tag = "" if stem == "checkpoint" else f"_{stem}"
     folder = os.path.dirname(os.path.abspath(ckpt))
-    return ckpt, os.path.join(folder, f"metrics{tag}.json"), os.path.join(folder, f"per_image{tag}.csv")
+    return ckpt, os.path.join(folder, f"metrics_{stem}.json"), os.path.join(folder, f"per_image_{stem}.csv")
 
 
 def load_model(ckpt, config):
@@ -251,11 +253,9 @@ def _jsonable(v):
 
 
 def write_json_atomic(obj, path):
-    """JSON (NaN -> null) to a temporary file, then rename: a kill never leaves half a file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(_jsonable(obj), f, indent=2, allow_nan=False)
-    os.replace(tmp, path)
+    """JSON (NaN -> null) through data.write_atomic (temporary file, fsync, rename): never half a file."""
+    import data
+    data.write_json_atomic(_jsonable(obj), path, indent=2, allow_nan=False)
 
 
 def evaluate_run(run_dir_or_ckpt, data_root=None, which="final", overlays=None, device="cpu", batch_size=8,
@@ -273,24 +273,25 @@ def evaluate_run(run_dir_or_ckpt, data_root=None, which="final", overlays=None, 
     folder = os.path.dirname(os.path.abspath(ckpt_path))
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refuses arbitrary pickles: say which file
-        raise RuntimeError(f"evaluate.py: cannot load {ckpt_path} with weights_only=True: {e}") from e
+    except Exception as e:  # damaged file, or weights_only refusing an arbitrary pickle: say which file
+        raise data.DataError(f"evaluate.py: cannot read {ckpt_path} ({data._one_line(e)}); a damaged checkpoint.pt "
+                             f"can be replaced by --checkpoint best, or the run retrained") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise ValueError(f"evaluate.py: {ckpt_path} is not a train.py checkpoint (no 'model' key)")
+        raise data.DataError(f"evaluate.py: {ckpt_path} is not a train.py checkpoint (no 'model' key)")
     config = ckpt.get("config")
     if config is None:
         cfg_path = os.path.join(folder, "config.json")
         if not os.path.isfile(cfg_path):
-            raise FileNotFoundError(f"evaluate.py: {ckpt_path} holds no config and there is no {cfg_path}")
+            raise data.MissingFileError(f"evaluate.py: {ckpt_path} holds no config and there is no {cfg_path}")
         with open(cfg_path) as f:
             config = json.load(f)
     split_path = os.path.join(folder, "split.json")
     if not os.path.isfile(split_path):
-        raise FileNotFoundError(f"evaluate.py: no {split_path} beside the checkpoint (train.py writes it)")
+        raise data.MissingFileError(f"evaluate.py: no {split_path} beside the checkpoint (train.py writes it)")
     split = data.load_split(split_path)
     if split.get("dataset", config["dataset"]) != config["dataset"]:
-        raise ValueError(f"evaluate.py: {split_path} is a split of {split['dataset']!r}, the checkpoint was "
-                         f"trained on {config['dataset']!r}")
+        raise data.DataError(f"evaluate.py: {split_path} is a split of {split['dataset']!r}, the checkpoint was "
+                             f"trained on {config['dataset']!r}")
 
     device = pick_device(device)
     ds = data.load_dataset(config["dataset"], data_root or config.get("data_root"),
@@ -303,12 +304,14 @@ def evaluate_run(run_dir_or_ckpt, data_root=None, which="final", overlays=None, 
                                         keep_masks=overlays is not None)
     names = [ds.names[i] for i in idx_eval]
 
-    with open(csv_path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["name", "label", "pred", "score", "dice", "iou", "hd95"])
-        for n, r in zip(names, per_image):
-            w.writerow([n, r["label"], r["pred"], f"{r['score']:.6f}", f"{r['dice']:.6f}", f"{r['iou']:.6f}",
-                        f"{r['hd95']:.4f}"])
+    def write_csv(tmp):
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["name", "label", "pred", "score", "dice", "iou", "hd95"])
+            for n, r in zip(names, per_image):
+                w.writerow([n, r["label"], r["pred"], f"{r['score']:.6f}", f"{r['dice']:.6f}", f"{r['iou']:.6f}",
+                            f"{r['hd95']:.4f}"])
+    data.write_atomic(csv_path, write_csv)
     if overlays is not None:
         images = ds.images[idx_eval]
         gts = ds.masks[idx_eval].astype(bool)
@@ -321,11 +324,7 @@ def evaluate_run(run_dir_or_ckpt, data_root=None, which="final", overlays=None, 
               "selected_on": SELECTED_ON_BEST if is_best else SELECTED_ON_FINAL,
               "method": method_name(config), "dataset": config["dataset"], "labels": config.get("labels"),
               "seed": config.get("seed"), "per_image_file": os.path.basename(csv_path)}
-    previous = {}
-    if os.path.isfile(metrics_path):  # keep what train.py wrote and we do not recompute (e.g. "best")
-        with open(metrics_path) as f:
-            previous = json.load(f)
-    write_json_atomic({**previous, **result}, metrics_path)
+    write_json_atomic(result, metrics_path)
     result["metrics_file"] = metrics_path
     return result
 
@@ -994,6 +993,7 @@ def main(argv=None):
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available")
     p.add_argument("--batch-size", type=int, default=8, help="evaluation batch size")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (ignored on CPU)")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error (or HERMES_DEBUG=1)")
     args = p.parse_args(argv)
     if args.summary:
         md = summary_markdown(args.paths)
@@ -1020,4 +1020,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    import data
+    data.cli_main(main)

@@ -160,3 +160,44 @@ def test_snapshot_sees_every_change(tmp_path):
     before = snapshot(tmp_path)
     (tmp_path / "a" / "f.txt").write_text("y")
     assert snapshot(tmp_path) != before
+
+
+# ------------------------------------------------------------------------------- train.py, evaluate.py, bench.py
+def fake_run(folder):
+    """A run folder as a killed run leaves it, with its checkpoint cut in half by a bad copy."""
+    folder.mkdir()
+    (folder / "config.json").write_text('{"dataset": "demo"}\n')
+    (folder / "log.csv").write_text("kind,iter\ntrain,1\n")
+    (folder / "checkpoint.pt").write_bytes(b"PK\x03\x04 half a zip archive")
+    return folder
+
+
+def test_train_resume_without_checkpoint_touches_nothing(tmp_path):
+    run = fake_run(tmp_path / "run")
+    (run / "checkpoint.pt").unlink()
+    before = snapshot(tmp_path)
+    r = cli("train.py", "--resume", "--out", run, cwd=tmp_path)
+    assert_clean_error(r, "checkpoint.pt", str(run))
+    assert snapshot(tmp_path) == before
+
+
+def test_train_truncated_checkpoint_out_file_and_debug(tmp_path):
+    run = fake_run(tmp_path / "run")
+    (tmp_path / "notes.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    assert_clean_error(cli("train.py", "--resume", "--out", run, cwd=tmp_path), str(run / "checkpoint.pt"),
+                       "without --resume")
+    assert_clean_error(cli("train.py", "--out", tmp_path / "notes.txt", cwd=tmp_path), "notes.txt", "is a file")
+    r = cli("train.py", "--resume", "--out", run, cwd=tmp_path, env={"HERMES_DEBUG": "1"})
+    assert r.returncode != 0 and "Traceback" in r.stderr
+    assert snapshot(tmp_path) == before
+
+
+def test_evaluate_and_bench_errors(tmp_path):
+    run = fake_run(tmp_path / "run")
+    before = snapshot(tmp_path)
+    assert_clean_error(cli("evaluate.py", run, cwd=tmp_path), str(run / "checkpoint.pt"))
+    assert_clean_error(cli("evaluate.py", tmp_path / "nowhere", cwd=tmp_path), "nowhere")
+    assert_clean_error(cli("bench.py", "--dataset", "busi", "--data-root", tmp_path / "nowhere", cwd=tmp_path),
+                       "nowhere")
+    assert snapshot(tmp_path) == before

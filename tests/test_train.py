@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+import data
 import train
 
 TINY = ["--dataset", "demo", "--demo-size", "40", "--image-size", "64", "--labels", "4", "--batch-size", "2",
@@ -68,7 +69,7 @@ def test_existing_out_is_refused(tmp_path):
     out = tmp_path / "busy"
     out.mkdir()
     (out / "something.txt").write_text("x")
-    with pytest.raises(SystemExit, match="not empty"):
+    with pytest.raises(data.DataError, match="not empty"):
         train.train(TINY + ["--out", str(out), "--iters", "1"])
 
 

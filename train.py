@@ -344,8 +344,11 @@ def train(argv=None):
           f"{len(idx_l)} labeled, {len(idx_u)} unlabeled, {len(idx_eval)} evaluation")
 
     set_l, set_u = data.LabeledSet(ds, idx_l, train=True), data.UnlabeledSet(ds, idx_u)
+    # Its own generator: an evaluation must not draw from the global RNG that anchor sampling uses, or
+    # --eval-every would change the training.
     eval_loader = torch.utils.data.DataLoader(data.LabeledSet(ds, idx_eval, train=False),
-                                              batch_size=cfg["batch_size"], shuffle=False)
+                                              batch_size=cfg["batch_size"], shuffle=False,
+                                              generator=torch.Generator())
     batches = data.StepBatches(set_l, set_u, cfg["batch_size"], cfg["seed"])
 
     hcfg = hermes_config(cfg)

@@ -172,3 +172,14 @@ def test_best_holds_what_evaluation_needs_and_evaluate_keeps_metrics_json(tmp_pa
         assert f.read() == metrics_before                                    # train.py's record stays as written
     assert os.path.basename(m["metrics_file"]) != "metrics.json"
     assert json.loads(metrics_before)["dice_mean"] == pytest.approx(m["dice_mean"], abs=1e-6)
+
+
+def test_evaluations_do_not_change_training(tmp_path):
+    """Evaluating every step or never trains the same weights (an evaluation draws nothing from the RNG)."""
+    weights = []
+    for every in ("1", "100"):
+        out = str(tmp_path / f"every{every}")
+        train.train(TINY + ["--out", out, "--iters", "2", "--eval-every", every, "--ckpt-every", "2"])
+        weights.append(torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["model"])
+    for k in weights[0]:
+        torch.testing.assert_close(weights[0][k], weights[1][k], rtol=0, atol=0, msg=k)

@@ -26,6 +26,7 @@ import hermes
 import train
 from models import HermesNet
 
+TRAIN_DEFAULTS = vars(train.build_parser().parse_args([]))  # lr, momentum, weight decay as train.py uses them
 VARIANTS = {
     "SupOnly": dict(dtcl=False, ias=False, itcl=False),
     "Hermes": dict(),
@@ -70,8 +71,8 @@ def sync(device):
 def time_variant(model, init_state, batches, cfg, device, steps, warmup, amp):
     model.load_state_dict(init_state)
     model.train()
-    opt_seg = torch.optim.Adam(model.seg_parameters(), lr=1e-4)
-    opt_cls = torch.optim.SGD(model.cls_parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
+    banks = hermes.make_banks(model, cfg)
+    opts = train.make_optimizers(model, TRAIN_DEFAULTS)
     times = []
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -80,13 +81,7 @@ def time_variant(model, init_state, batches, cfg, device, steps, warmup, amp):
             batch_l, batch_u = batches[i % len(batches)]
             sync(device)
             t = time.perf_counter()
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                loss, _ = hermes.hermes_step(model, batch_l, batch_u, i, 3000, cfg)
-            opt_seg.zero_grad(set_to_none=True)
-            opt_cls.zero_grad(set_to_none=True)
-            loss.backward()
-            opt_seg.step()
-            opt_cls.step()
+            train.train_step(model, banks, opts, batch_l, batch_u, i, 3000, cfg, amp)
             sync(device)
             if i >= warmup:
                 times.append(time.perf_counter() - t)
@@ -134,8 +129,6 @@ def main(argv=None):
     data_s = (time.perf_counter() - t) / n_batches
 
     model = HermesNet(seg_encoder=args.seg_encoder, pretrained=args.pretrained).to(device)
-    hermes.attach_banks(model, hermes.HermesConfig())
-    model.to(device)
     init_state = copy.deepcopy(model.state_dict())
 
     amps = [False, True] if (args.amp_compare and device.type == "cuda") else [False]
@@ -173,10 +166,11 @@ def profile_step(model, init_state, batch, device):
     model.load_state_dict(init_state)
     model.train()
     cfg = hermes.HermesConfig()
-    hermes.hermes_step(model, *batch, 0, 3000, cfg)[0].backward()  # warm-up
+    banks = hermes.make_banks(model, cfg)
+    opts = train.make_optimizers(model, TRAIN_DEFAULTS)
+    train.train_step(model, banks, opts, *batch, 0, 3000, cfg)  # warm-up
     with torch.profiler.profile() as prof:
-        loss, _ = hermes.hermes_step(model, *batch, 1, 3000, cfg)
-        loss.backward()
+        train.train_step(model, banks, opts, *batch, 1, 3000, cfg)
         sync(device)
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)

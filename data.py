@@ -90,7 +90,7 @@ class CachedSet:
         if (self.images.shape != (N, S, S, 3) or self.masks.shape != (N, S, S) or self.labels.shape != (N,)
                 or len(self.groups) != N):
             raise DataError(f"inconsistent CachedSet shapes: images {self.images.shape}, masks "
-                             f"{self.masks.shape}, labels {self.labels.shape}, {N} names, {len(self.groups)} groups")
+                            f"{self.masks.shape}, labels {self.labels.shape}, {N} names, {len(self.groups)} groups")
         self.index = {n: i for i, n in enumerate(self.names)}
         if len(self.index) != N:
             dup = sorted({n for n in self.names if self.names.count(n) > 1})
@@ -224,7 +224,7 @@ def _read_busi(root):
                 continue
             if stem not in masks:
                 raise MissingFileError(f"missing mask: {os.path.join(folder, stem + '_mask.png')} "
-                                        f"(for image {os.path.join(folder, f)})")
+                                       f"(for image {os.path.join(folder, f)})")
             records.append((stem, os.path.join(folder, f), masks[stem], label, stem))
     return records
 
@@ -628,9 +628,74 @@ def make_split(ds, labels, seed):
 _SPLIT_KEYS = ("train_labeled", "train_unlabeled", "eval")
 
 
+# ------------------------------------------------------------------------------------- run-folder files
+def atomic_write(path, write, binary=False, newline=None):
+    """The project's one atomic writer: write(f) fills a temporary file in the same folder (unique name), which
+    is flushed to disk and renamed over `path`, and the rename itself is flushed (fsync of the folder); a kill or
+    a power cut leaves either the old file or the new one, never half. A failed write removes its temporary;
+    one a kill left behind is removed by remove_stale_temporaries. newline: as for open() (csv wants "")."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "wb") if binary else open(tmp, "w", newline=newline) as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    _fsync_dir(folder)
+    return path
+
+
+def _fsync_dir(folder):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not every system opens folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+TEMP_SUFFIX = re.compile(r"\.tmp\d*$")   # what atomic_write leaves behind when killed mid-write
+
+
+def remove_stale_temporaries(folder):
+    """Delete the NAME.tmp[<pid>] files a killed atomic_write left in `folder`; returns their paths."""
+    removed = []
+    for f in sorted(os.listdir(folder)):
+        p = os.path.join(folder, f)
+        if TEMP_SUFFIX.search(f) and os.path.isfile(p) and not os.path.islink(p):
+            os.remove(p)
+            removed.append(p)
+    return removed
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, np.integer):
+        return int(v)
+    if isinstance(v, (float, np.floating)):
+        return float(v) if np.isfinite(v) else None  # NaN/inf -> null: strict JSON
+    return v
+
+
+def write_json_atomic(obj, path, indent=2):
+    """JSON (NaN -> null, strict) written atomically."""
+    return atomic_write(path, lambda f: json.dump(_jsonable(obj), f, indent=indent, allow_nan=False))
+
+
 def save_split(split, path):
     """Write a split dict as JSON (names, not indices), atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     return write_json_atomic(split, path, indent=1)
 
 
@@ -666,8 +731,8 @@ def split_indices(ds, split, where="split"):
         unknown = [n for n in names if n not in ds.index]
         if unknown:
             raise DataError(f"{where}: {len(unknown)} of the {key} names are not in dataset {ds.name!r} "
-                             f"({len(ds)} images{', root ' + ds.root if ds.root else ''}), e.g. {unknown[:3]}; "
-                             f"was the split made for {split.get('dataset')!r} with other settings?")
+                            f"({len(ds)} images{', root ' + ds.root if ds.root else ''}), e.g. {unknown[:3]}; "
+                            f"was the split made for {split.get('dataset')!r} with other settings?")
         for n in names:
             if n in seen:
                 raise DataError(f"{where}: image {n!r} is in both {seen[n]} and {key}")
@@ -676,67 +741,11 @@ def split_indices(ds, split, where="split"):
     return tuple(out)
 
 
-# ----------------------------------------------------------------- run-folder files and command-line errors
+# ------------------------------------------------------------------------------------ command-line errors
 def _one_line(e):
     """First line of an exception's message (library messages can span many lines)."""
     lines = [ln for ln in str(e).splitlines() if ln.strip()]
     return (lines[0] + (" ..." if len(lines) > 1 else "")) if lines else type(e).__name__
-
-
-def _fsync_dir(folder):
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not every system opens folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-TEMP_SUFFIX = re.compile(r"\.tmp\d*$")   # what write_atomic leaves behind when killed mid-write
-
-
-def write_atomic(path, write):
-    """write(tmp) writes the file at path tmp = PATH.tmp<pid> beside `path`; then fsync, rename over `path`,
-    fsync the folder: a kill or a power cut leaves either the old file or the new one, never half of one.
-    A write that fails removes its temporary file. Returns path."""
-    path = os.fspath(path)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        write(tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    _fsync_dir(os.path.dirname(os.path.abspath(path)))
-    return path
-
-
-def write_json_atomic(obj, path, **json_kwargs):
-    """json.dump(obj) to `path` through write_atomic."""
-    def write(tmp):
-        with open(tmp, "w") as f:
-            json.dump(obj, f, **json_kwargs)
-    return write_atomic(path, write)
-
-
-def remove_stale_temporaries(folder):
-    """Delete the NAME.tmp[<pid>] files a killed write_atomic left in `folder`; returns their paths."""
-    removed = []
-    for f in sorted(os.listdir(folder)):
-        p = os.path.join(folder, f)
-        if TEMP_SUFFIX.search(f) and os.path.isfile(p) and not os.path.islink(p):
-            os.remove(p)
-            removed.append(p)
-    return removed
 
 
 DEBUG_ENV = "HERMES_DEBUG"
@@ -850,7 +859,7 @@ def _train_loader(dataset, batch_size, num_workers, seed):
     batch is full (one batch per pass)."""
     if len(dataset) == 0:
         raise DataError(f"cannot build a training loader over an empty {type(dataset).__name__} "
-                         f"(the labeled budget leaves no images of this kind)")
+                        f"(the labeled budget leaves no images of this kind)")
     g = torch.Generator().manual_seed(seed)
     sampler = (RandomSampler(dataset, generator=g) if len(dataset) >= batch_size else
                RandomSampler(dataset, replacement=True, num_samples=batch_size, generator=g))

@@ -4,12 +4,13 @@ returns the total loss of eq. (15) and its statistics.
 
 Example:
     >>> model = HermesNet(seg_encoder="resnet18"); cfg = HermesConfig()
-    >>> attach_banks(model, cfg)
-    >>> loss, stats = hermes_step(model, (x, y, z), (x_w, x_s, y_gt, z_gt), it=0, total=3000, cfg=cfg)
+    >>> banks = make_banks(model, cfg)
+    >>> loss, stats = hermes_step(model, banks, (x, y, z), (x_w, x_s, y_gt, z_gt), it=0, total=3000, cfg=cfg)
     >>> loss.backward()   # then both optimizers step (train.py)
 """
 import math
-from dataclasses import dataclass
+import contextlib
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -17,14 +18,22 @@ import torch.nn.functional as F
 
 from losses import (cls_supervised_loss, cls_unsupervised_loss, image_contrastive_loss,
                     inter_task_consistency_loss, pixel_contrastive_loss, seg_supervised_loss,
-                    seg_unsupervised_loss, total_loss)
+                    seg_unsupervised_ce_loss, seg_unsupervised_loss, total_loss)
 
+# The seven terms of eq. (15), and the statistics hermes_step returns, in log.csv's column order.
 PARTS = ("seg_l", "seg_u", "seg_c", "cls_l", "cls_u", "cls_c", "itc")
+PL_STAT_KEYS = ("kept_pix", "kept_img", "pl_acc_pix_all", "pl_acc_pix_kept", "pl_acc_img_all", "pl_acc_img_kept",
+                "kept_pix_conf", "pl_acc_pix_conf", "kept_img_conf", "pl_acc_img_conf")
+STAT_KEYS = ("loss",) + PARTS + ("kappa", "tau") + PL_STAT_KEYS
 
 
 @dataclass
 class HermesConfig:
-    """Switches and weights of one Hermes step (defaults: paper §4.1, supplementary §6, SPEC §4)."""
+    """Switches and weights of one Hermes step: the one source of these defaults (train.py's flags read them).
+
+    Paper defaults: §4.1, §3.4, supplementary §6 and SPEC §4. The last block holds switches that are NOT in
+    the paper (README "When does Hermes help?"); their defaults leave the paper's objective unchanged.
+    """
     dtcl: bool = True            # dual-threshold contrastive learning + unlabeled losses (Table 3)
     ias: bool = True             # inter-task attention + saliency (Table 3)
     itcl: bool = True            # inter-task consistency learning, eq. (14) (Table 3)
@@ -41,12 +50,21 @@ class HermesConfig:
     image_bank_size: int = 256   # image memory bank entries per class (§3.4; size not given in the paper)
     eta_max: float = 0.75        # eq. (16), supplementary §6
     eta_min: float = 0.25        # eq. (16), supplementary §6
+    # --- not in the paper (diagnosis switches; the defaults are the paper's objective) ---
+    unlabeled_bn: str = "shared"   # "shared": one BN batch of labeled + strong, teacher updates running stats;
+                                   # "separate": unlabeled passes use their own batch stats, never the running ones
+    unsup_seg_loss: str = "dice"   # eq. (9) "dice" | "ce" (pixel CE over kept pixels) | "dice+ce"
+    unsup_weight: float = 1.0      # factor on L^u_seg and L^u_cls (the authors' code: 0.1)
+    contrast_warmup: int = 0       # steps before L^seg_c, L^cls_c count (the authors' code: 10 epochs)
+    gamma_ramp: int = 0            # γ·exp(-5(1 - it/R)²) until step R (the authors' code: R = 4000); 0 = off
 
     def __post_init__(self):
-        if self.task not in ("joint", "seg", "cls"):
-            raise ValueError(f"HermesConfig.task must be joint, seg or cls, got {self.task!r}")
-        if self.threshold not in ("dual", "confidence", "none"):
-            raise ValueError(f"HermesConfig.threshold must be dual, confidence or none, got {self.threshold!r}")
+        for name, allowed in (("task", ("joint", "seg", "cls")), ("threshold", ("dual", "confidence", "none")),
+                              ("unlabeled_bn", ("shared", "separate")),
+                              ("unsup_seg_loss", ("dice", "ce", "dice+ce"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"HermesConfig.{name} must be one of {', '.join(allowed)}, "
+                                 f"got {getattr(self, name)!r}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -76,7 +94,7 @@ def _progress(it, total):
     return float(it) / float(total)
 
 
-def uncertainty_threshold(it, total, eta_max=0.75, eta_min=0.25):
+def uncertainty_threshold(it, total, eta_max=HermesConfig.eta_max, eta_min=HermesConfig.eta_min):
     """Eq. (16): kappa = eta_min + ½ (eta_max - eta_min)(cos(π it/total) + 1); 0.75 -> 0.25 nats. -> float"""
     return eta_min + 0.5 * (eta_max - eta_min) * (math.cos(math.pi * _progress(it, total)) + 1.0)  # eq. (16)
 
@@ -205,6 +223,16 @@ class MemoryBank(nn.Module):
         return f"size_per_class={self.size}, dim={self.dim}, num_classes={self.num_classes}"
 
 
+class MemoryBanks(nn.Module):
+    """The two memory banks of §3.4, owned by the training state (saved in the checkpoint under "banks"):
+    `pixel` (pixel-head width) and `image` (image-head width)."""
+
+    def __init__(self, pixel_size, pixel_dim, image_size, image_dim):
+        super().__init__()
+        self.pixel = MemoryBank(pixel_size, pixel_dim)
+        self.image = MemoryBank(image_size, image_dim)
+
+
 def _out_dim(module, default):
     """Output width of a head (last Linear/Conv), or `default` if the model has no such head."""
     dims = [m.out_features if isinstance(m, nn.Linear) else m.out_channels
@@ -212,16 +240,17 @@ def _out_dim(module, default):
     return dims[-1] if dims else default
 
 
-def attach_banks(model, cfg):
-    """Add model.pixel_bank (cfg.pixel_bank_size per class, pixel-head width, 256 by default) and
-    model.image_bank (cfg.image_bank_size, image-head width, 128 by default) if missing, on the model's
-    device, so that they are saved and restored with model.state_dict(). Returns the model."""
+def make_banks(model, cfg):
+    """MemoryBanks sized by cfg (entries per class) and by the model's pixel / image heads (256 / 128 by
+    default), on the model's device."""
     dev = next(iter(model.parameters()), torch.zeros(())).device
-    if not hasattr(model, "pixel_bank"):
-        model.pixel_bank = MemoryBank(cfg.pixel_bank_size, _out_dim(getattr(model, "pixel_head", None), 256)).to(dev)
-    if not hasattr(model, "image_bank"):
-        model.image_bank = MemoryBank(cfg.image_bank_size, _out_dim(getattr(model, "image_head", None), 128)).to(dev)
-    return model
+    return MemoryBanks(cfg.pixel_bank_size, _out_dim(getattr(model, "pixel_head", None), 256),
+                       cfg.image_bank_size, _out_dim(getattr(model, "image_head", None), 128)).to(dev)
+
+
+def config_from(mapping):
+    """HermesConfig from any mapping holding its field names (e.g. train.py's resolved arguments)."""
+    return HermesConfig(**{f.name: mapping[f.name] for f in fields(HermesConfig) if f.name in mapping})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -235,6 +264,21 @@ def _forward(model, x, cfg):
     return model(x, ias=cfg.ias)
 
 
+@contextlib.contextmanager
+def _frozen_bn_stats(model, on=True):
+    """BatchNorm keeps normalising with the batch's own statistics but leaves its running statistics alone
+    (momentum 0), so evaluation uses statistics of labeled images only. Not in the paper."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)] if on else []
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+
+
 def _select(p, kappa, tau, rule):
     """w for probs p (B,C,...) under the configured rule (eq. 7 for "dual")."""
     if rule == "dual":
@@ -244,138 +288,154 @@ def _select(p, kappa, tau, rule):
     return torch.ones_like(p[:, 0])
 
 
-def _confidence_only_stats(p_w, right, tau, kind):
-    """Fraction kept and accuracy of the pseudo-labels that confidence alone (max p >= tau) would keep,
-    whatever rule trains the model: the paper's Fig. 1 compares it with the dual threshold."""
-    w_conf = (p_w.amax(1) >= tau).to(right.dtype)
-    return {f"kept_{kind}_conf": w_conf.mean(),
-            f"pl_acc_{kind}_conf": (right * w_conf).sum() / w_conf.sum().clamp_min(1)}
+class Teacher(dict):
+    """The weak view's outputs (the model's dict) plus, per task, probabilities p_*, pseudo-labels pl_* and
+    selection w_* (eq. 7) for "pix" (B_u,S,S) and "img" (B_u,)."""
 
 
-def hermes_step(model, batch_l, batch_u, it, total, cfg):
+def _teacher(model, x_w, kappa, tau, cfg):
+    """Weak view through the same model under torch.no_grad(), in train mode (SPEC §4: no EMA teacher)."""
+    with torch.no_grad(), _frozen_bn_stats(model, cfg.unlabeled_bn == "separate"):
+        t = Teacher(_forward(model, x_w, cfg))
+    for kind, key in (("pix", "seg_logits"), ("img", "cls_logits")):
+        if key in t:
+            p = t[key].float().softmax(1)
+            t[f"p_{kind}"], t[f"pl_{kind}"] = p, p.argmax(1)
+            t[f"w_{kind}"] = _select(p, kappa, tau, cfg.threshold)                 # eq. (7)
+    return t
+
+
+def _student(model, x, x_s, cfg):
+    """Labeled (+ strong unlabeled) images with gradient. "shared": ONE forward of cat([x, x_s]), so BatchNorm
+    normalises both sets together (FixMatch practice); "separate": two forwards, the strong one with frozen
+    running statistics; outputs are concatenated either way (rows: labeled first)."""
+    if x_s is None:
+        return _forward(model, x, cfg)
+    if cfg.unlabeled_bn == "shared":
+        return _forward(model, torch.cat([x, x_s]), cfg)
+    out_l = _forward(model, x, cfg)
+    with _frozen_bn_stats(model):
+        out_u = _forward(model, x_s, cfg)
+    return {k: torch.cat([v, out_u[k]]) for k, v in out_l.items() if torch.is_tensor(v)}
+
+
+def _pixel_contrast(out, t, y, bank, cfg):
+    """Eq. (11) on the pixel_emb grid with §3.4's anchors, then the bank update.
+
+    Anchors: labeled (ground truth, w = 1) and strong unlabeled (pseudo-labels, w) student embeddings.
+    Keys: the pixel bank + the weak-view (teacher) embeddings of this step's unlabeled anchors (a labeled
+    anchor has no teacher view and its own embedding would be a self-pair). Afterwards the weak-view keys and
+    the detached labeled anchors are pushed.
+    """
+    emb, B_l = out["pixel_emb"], y.shape[0]                                        # (B_l+B_u,D,h,w)
+    hw = emb.shape[-2:]
+    lab = downsample_nearest(torch.cat([y, t["pl_pix"]]), hw)                      # (B_l+B_u,h,w)
+    w = downsample_nearest(torch.cat([torch.ones_like(y, dtype=t["w_pix"].dtype), t["w_pix"]]), hw)
+    pred = downsample_nearest(out["seg_logits"].detach().argmax(1), hw)            # student prediction
+    idx, a_lab = sample_anchor_indices(lab, w, pred, cfg.n_anchors)
+    anchors = flatten_map(emb)[idx]                                                # (K,D)
+    n_l = B_l * hw[0] * hw[1]
+    is_u = idx >= n_l
+    key_now = flatten_map(t["pixel_emb"])[idx[is_u] - n_l].detach()                # (K_u,D) weak view
+    bank_f, bank_l = bank.keys()
+    loss = pixel_contrastive_loss(anchors, a_lab, torch.cat([bank_f.to(key_now.dtype), key_now]),
+                                  torch.cat([bank_l, a_lab[is_u]]), cfg.temperature)  # eq. (11)
+    bank.push(torch.cat([key_now, anchors[~is_u].detach()]), torch.cat([a_lab[is_u], a_lab[~is_u]]))
+    return loss, idx.numel()
+
+
+def _image_contrast(out, t, z, bank, cfg):
+    """Eq. (12)-(13): rows i and i+B_u are the strong (student) and weak (teacher) views of unlabeled image i,
+    with the image bank; afterwards the kept weak embeddings (pseudo-label) and the labeled ones are pushed."""
+    B_l = z.shape[0]
+    emb_s, emb_w = out["image_emb"][B_l:], t["image_emb"].detach()                # (B_u,D) each
+    bank_f, bank_l = bank.keys()
+    loss = image_contrastive_loss(torch.cat([emb_s, emb_w]), t["pl_img"].repeat(2), t["w_img"].repeat(2),
+                                  cfg.temperature, bank_feats=bank_f, bank_labels=bank_l)  # eq. (12)-(13)
+    sel = t["w_img"] > 0.5
+    bank.push(torch.cat([emb_w[sel], out["image_emb"][:B_l].detach()]), torch.cat([t["pl_img"][sel], z]))
+    return loss
+
+
+def _unsup_seg_loss(logits_s, logits_w, w, kind):
+    if kind == "dice":
+        return seg_unsupervised_loss(logits_s, logits_w, w)                        # eq. (9)
+    ce = seg_unsupervised_ce_loss(logits_s, logits_w, w)                           # not in the paper
+    return ce if kind == "ce" else 0.5 * (ce + seg_unsupervised_loss(logits_s, logits_w, w))
+
+
+def loss_weights(cfg, it):
+    """λ_seg, λ_cls, α, β, γ of eq. (15) at step `it`, and the factor on the unlabeled terms. With the
+    defaults these are the paper's constants; contrast_warmup / gamma_ramp / unsup_weight are not in the paper."""
+    warm = it >= cfg.contrast_warmup
+    ramp = math.exp(-5.0 * (1.0 - min(it / cfg.gamma_ramp, 1.0)) ** 2) if cfg.gamma_ramp > 0 else 1.0
+    return dict(lambda_seg=cfg.lambda_seg, lambda_cls=cfg.lambda_cls, alpha=cfg.alpha * warm,
+                beta=cfg.beta * warm, gamma=cfg.gamma * ramp), cfg.unsup_weight
+
+
+def _pseudo_label_stats(t, gt, tau, kind):
+    """Fraction kept and accuracy of the teacher's pseudo-labels of `kind` ("pix" or "img"), over all of them,
+    over those the run's rule keeps, and over those confidence alone (max p >= τ) would keep (Fig. 1's
+    comparison, logged whatever rule trains the model). Accuracies over an empty set are 0."""
+    w, right = t[f"w_{kind}"], (t[f"pl_{kind}"] == gt.long()).float()
+    w_conf = (t[f"p_{kind}"].amax(1) >= tau).float()
+    return {f"kept_{kind}": w.mean(), f"n_kept_{kind}": w.sum(), f"pl_acc_{kind}_all": right.mean(),
+            f"pl_acc_{kind}_kept": (right * w).sum() / w.sum().clamp_min(1),
+            f"kept_{kind}_conf": w_conf.mean(), f"pl_acc_{kind}_conf": (right * w_conf).sum() / w_conf.sum().clamp_min(1)}
+
+
+def hermes_step(model, banks, batch_l, batch_u, it, total, cfg):
     """All losses of one Hermes step; returns (loss (eq. 15), stats). Does not call backward.
 
     batch_l = (x (B_l,3,S,S), y (B_l,S,S) int, z (B_l,) int)
     batch_u = (x_w, x_s (B_u,3,S,S), y_gt (B_u,S,S), z_gt (B_u,)): weak and strong views (pixel aligned);
               y_gt / z_gt only measure pseudo-label accuracy, they never enter a loss.
+    banks: MemoryBanks (make_banks); pushed to in place.
 
-    - Teacher: the weak view through the same model under torch.no_grad() (the model stays in train mode);
-      skipped when dtcl is off (no term uses pseudo-labels). Pseudo-labels = argmax, w from cfg.threshold
-      with kappa (eq. 16) and tau (eq. 17).
-    - Student: ONE forward of cat([x, x_s]), so BatchNorm normalises labeled and strong unlabeled images
-      together; only x when dtcl and itcl are both off (SupOnly).
-    - Pixel contrast (eq. 11) on the pixel_emb grid: anchors sampled from labeled (GT, w = 1) and strong
-      unlabeled (pseudo-labels, w) student embeddings; keys = pixel bank + the weak-view (teacher) embeddings
-      of this step's unlabeled anchors (a labeled anchor has no teacher view and its own embedding would be a
-      self-pair, so labeled anchors meet this step's unlabeled keys and the bank). Afterwards the weak-view
-      keys and the detached labeled anchors are pushed to the pixel bank.
-    - Image contrast (eq. 12-13) on [strong student; weak teacher] embeddings of the unlabeled batch with the
-      image bank; afterwards the weak embeddings with w = 1 and the labeled embeddings are pushed.
-    - Consistency (eq. 14) on the strong unlabeled views. task="seg"/"cls" use one branch only (no ITA,
-      no saliency, itc = 0). Switched-off terms are an exact 0 without gradient.
+    Teacher (weak view, no gradient; skipped without dtcl) -> pseudo-labels and w (eq. 7, 16, 17); student
+    (labeled + strong unlabeled; labeled only for SupOnly) -> one line per term of eq. (15). task="seg"/"cls"
+    use one branch (no ITA, no saliency, itc = 0). A switched-off term is an exact 0 without gradient.
 
-    stats: 0-d detached tensors (no host sync): the seven parts, loss, kappa, tau, kept_pix, kept_img
-    (fraction kept), n_kept_pix, n_kept_img, pl_acc_pix_all / pl_acc_img_all (pseudo-label accuracy over
-    all unlabeled pixels / images), pl_acc_pix_kept / pl_acc_img_kept (over the kept ones; 0 if none),
-    kept_*_conf / pl_acc_*_conf (the same for confidence alone, max p >= tau: Fig. 1's comparison),
-    n_anchors, bank_pix, bank_img. Pseudo-label statistics are 0 when the teacher pass is skipped.
+    stats: 0-d detached tensors (no host sync): STAT_KEYS, n_kept_pix, n_kept_img, n_anchors, bank_pix,
+    bank_img. Pseudo-label statistics are 0 when the teacher pass is skipped.
     """
-    if not hasattr(model, "pixel_bank") or not hasattr(model, "image_bank"):
-        attach_banks(model, cfg)
     x, y, z = batch_l
     x_w, x_s, y_gt, z_gt = batch_u
     if x_w.shape != x_s.shape or x_w.shape[1:] != x.shape[1:]:
         raise ValueError(f"hermes_step: labeled {tuple(x.shape)}, weak {tuple(x_w.shape)} and strong "
                          f"{tuple(x_s.shape)} batches must share channel and spatial sizes (weak = strong)")
-    y, z = y.long(), z.long()
-    B_l = x.shape[0]
+    y, z, B_l = y.long(), z.long(), x.shape[0]
     seg_on, cls_on = cfg.task in ("joint", "seg"), cfg.task in ("joint", "cls")
-    use_u = cfg.dtcl or (cfg.itcl and cfg.task == "joint")
+    itc_on = cfg.itcl and cfg.task == "joint"
     kappa = uncertainty_threshold(it, total, cfg.eta_max, cfg.eta_min)            # eq. (16)
     tau = confidence_threshold(it, total)                                          # eq. (17)
 
-    # teacher: weak view, no gradient
-    out_w = None
-    if cfg.dtcl:
-        with torch.no_grad():
-            out_w = _forward(model, x_w, cfg)
-
-    # student: labeled + strong unlabeled in one batch
-    out = _forward(model, torch.cat([x, x_s]) if use_u else x, cfg)
-    dev = out["seg_logits" if seg_on else "cls_logits"].device
-    zero = torch.zeros((), device=dev)
-    parts = {k: zero for k in PARTS}
-    st = {k: zero for k in ("kept_pix", "kept_img", "n_kept_pix", "n_kept_img", "pl_acc_pix_all",
-                            "pl_acc_pix_kept", "pl_acc_img_all", "pl_acc_img_kept", "n_anchors",
-                            "kept_pix_conf", "pl_acc_pix_conf", "kept_img_conf", "pl_acc_img_conf")}
-
+    t = _teacher(model, x_w, kappa, tau, cfg) if cfg.dtcl else None
+    out = _student(model, x, x_s if (cfg.dtcl or itc_on) else None, cfg)
+    zero = out["seg_logits" if seg_on else "cls_logits"].new_zeros(()).float()
+    L, n_anchors = dict.fromkeys(PARTS, zero), 0
     if seg_on:
-        seg_logits = out["seg_logits"]                                             # (B_l[+B_u],2,S,S)
-        parts["seg_l"] = seg_supervised_loss(seg_logits[:B_l], y)                  # eq. (1)
+        L["seg_l"] = seg_supervised_loss(out["seg_logits"][:B_l], y)               # eq. (1)
     if cls_on:
-        cls_logits = out["cls_logits"]                                             # (B_l[+B_u],2)
-        parts["cls_l"] = cls_supervised_loss(cls_logits[:B_l], z)                  # eq. (2)
+        L["cls_l"] = cls_supervised_loss(out["cls_logits"][:B_l], z)               # eq. (2)
+    if t is not None and seg_on:
+        L["seg_u"] = _unsup_seg_loss(out["seg_logits"][B_l:], t["seg_logits"], t["w_pix"], cfg.unsup_seg_loss)  # eq. (9)
+        L["seg_c"], n_anchors = _pixel_contrast(out, t, y, banks.pixel, cfg)       # eq. (11)
+    if t is not None and cls_on:
+        L["cls_u"] = cls_unsupervised_loss(out["cls_logits"][B_l:], t["cls_logits"], t["w_img"])  # eq. (10)
+        L["cls_c"] = _image_contrast(out, t, z, banks.image, cfg)                  # eq. (12)-(13)
+    if itc_on:
+        L["itc"] = inter_task_consistency_loss(out["itc_cls"][B_l:], out["itc_seg"][B_l:])  # eq. (14)
 
-    if cfg.dtcl and seg_on:
-        logits_w = out_w["seg_logits"]                                             # (B_u,2,S,S)
-        p_w = logits_w.float().softmax(1)
-        w_pix = _select(p_w, kappa, tau, cfg.threshold)                            # (B_u,S,S)
-        pl_pix = p_w.argmax(1)                                                     # (B_u,S,S)
-        parts["seg_u"] = seg_unsupervised_loss(seg_logits[B_l:], logits_w, w_pix)  # eq. (9)
+    weights, mu = loss_weights(cfg, it)
+    loss = total_loss({**L, "seg_u": mu * L["seg_u"], "cls_u": mu * L["cls_u"]}, **weights)  # eq. (15)
 
-        # pixel contrast (eq. 11) on the pixel_emb grid
-        emb = out["pixel_emb"]                                                     # (B_l+B_u,D,h,w)
-        hw = emb.shape[-2:]
-        lab = downsample_nearest(torch.cat([y, pl_pix]), hw)                       # (B_l+B_u,h,w)
-        w_c = downsample_nearest(torch.cat([torch.ones_like(y, dtype=w_pix.dtype), w_pix]), hw)
-        pred = downsample_nearest(seg_logits.detach().argmax(1), hw)               # strong/labeled prediction
-        idx, a_lab = sample_anchor_indices(lab, w_c, pred, cfg.n_anchors)
-        anchors = flatten_map(emb)[idx]                                            # (K,D)
-        n_l = B_l * hw[0] * hw[1]
-        is_u = idx >= n_l
-        key_now = flatten_map(out_w["pixel_emb"])[idx[is_u] - n_l].detach()       # (K_u,D) weak view
-        key_now_lab = a_lab[is_u]
-        bank_f, bank_l = model.pixel_bank.keys()
-        keys = torch.cat([bank_f.to(key_now.dtype), key_now])
-        key_labels = torch.cat([bank_l, key_now_lab])
-        parts["seg_c"] = pixel_contrastive_loss(anchors, a_lab, keys, key_labels, cfg.temperature)  # eq. (11)
-        model.pixel_bank.push(torch.cat([key_now, anchors[~is_u].detach()]),
-                              torch.cat([key_now_lab, a_lab[~is_u]]))
-
-        kept = w_pix.sum()
-        right = (pl_pix == y_gt.long()).to(w_pix.dtype)
-        st.update(kept_pix=w_pix.mean(), n_kept_pix=kept, pl_acc_pix_all=right.mean(),
-                  pl_acc_pix_kept=(right * w_pix).sum() / kept.clamp_min(1), n_anchors=zero + idx.numel())
-        st.update(_confidence_only_stats(p_w, right, tau, "pix"))  # Fig. 1's middle curve, logged alongside
-
-    if cfg.dtcl and cls_on:
-        logits_w = out_w["cls_logits"]                                             # (B_u,2)
-        p_w = logits_w.float().softmax(1)
-        w_img = _select(p_w, kappa, tau, cfg.threshold)                            # (B_u,)
-        pl_img = p_w.argmax(1)                                                     # (B_u,)
-        parts["cls_u"] = cls_unsupervised_loss(cls_logits[B_l:], logits_w, w_img)  # eq. (10)
-
-        # image contrast (eq. 12-13): rows i and i+B_u are the strong (student) and weak (teacher) views
-        emb_s, emb_w = out["image_emb"][B_l:], out_w["image_emb"].detach()         # (B_u,D) each
-        bank_f, bank_l = model.image_bank.keys()
-        parts["cls_c"] = image_contrastive_loss(torch.cat([emb_s, emb_w]), pl_img.repeat(2), w_img.repeat(2),
-                                                cfg.temperature, bank_feats=bank_f, bank_labels=bank_l)
-        sel = w_img > 0.5
-        model.image_bank.push(torch.cat([emb_w[sel], out["image_emb"][:B_l].detach()]),
-                              torch.cat([pl_img[sel], z]))
-
-        kept = w_img.sum()
-        right = (pl_img == z_gt.long()).to(w_img.dtype)
-        st.update(kept_img=w_img.mean(), n_kept_img=kept, pl_acc_img_all=right.mean(),
-                  pl_acc_img_kept=(right * w_img).sum() / kept.clamp_min(1))
-        st.update(_confidence_only_stats(p_w, right, tau, "img"))
-
-    if cfg.itcl and cfg.task == "joint":
-        parts["itc"] = inter_task_consistency_loss(out["itc_cls"][B_l:], out["itc_seg"][B_l:])  # eq. (14)
-
-    loss = total_loss(parts, cfg.lambda_seg, cfg.lambda_cls, cfg.alpha, cfg.beta, cfg.gamma)  # eq. (15)
-    stats = {k: v.detach().float() for k, v in parts.items()}
-    stats.update({k: v.detach().float() for k, v in st.items()})
+    stats = {k: v.detach().float() for k, v in L.items()}
+    stats.update({k: zero for k in PL_STAT_KEYS + ("n_kept_pix", "n_kept_img")})
+    for kind, gt, on in (("pix", y_gt, seg_on), ("img", z_gt, cls_on)):
+        if t is not None and on:
+            stats.update(_pseudo_label_stats(t, gt, tau, kind))
     stats.update(loss=loss.detach().float(), kappa=torch.tensor(kappa), tau=torch.tensor(tau),
-                 bank_pix=model.pixel_bank.filled.sum().float(), bank_img=model.image_bank.filled.sum().float())
+                 n_anchors=zero + n_anchors, bank_pix=banks.pixel.filled.sum().float(),
+                 bank_img=banks.image.filled.sum().float())
     return loss, stats

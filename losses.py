@@ -91,6 +91,21 @@ def seg_unsupervised_loss(logits_s, logits_w, w):
     return (kept * _dice_loss(p, g, w)).sum() / B                                  # eq. (9)
 
 
+def seg_unsupervised_ce_loss(logits_s, logits_w, w):
+    """Not in the paper (`--unsup-seg-loss ce`, README "When does Hermes help?"): the pixel form of FixMatch's
+    loss, Σ_pixels w · CE(strong, argmax weak) / (number of pixels), so few kept pixels give a small loss
+    (eq. 9's Dice over the kept pixels weighs an image by its kept set, however small or lesion-free).
+
+    logits_s, logits_w (B,2,H,W), w (B,H,W) float 0/1 -> 0-d tensor. No gradient reaches logits_w.
+    """
+    if logits_s.shape[0] == 0:
+        return _zero_like(logits_s)
+    logits_s = _hi(logits_s)
+    pseudo = logits_w.detach().argmax(1)                                           # (B,H,W)
+    ce = F.cross_entropy(logits_s, pseudo, reduction="none")                       # (B,H,W)
+    return (w.detach().to(ce.dtype) * ce).mean()
+
+
 def cls_unsupervised_loss(logits_s, logits_w, w):
     """Eq. (10): L^u_cls = (1/B) Σ_j w_j CE(strong_j, argmax weak_j).
 
@@ -105,7 +120,7 @@ def cls_unsupervised_loss(logits_s, logits_w, w):
     return (w.detach().to(ce.dtype) * ce).sum() / B                                # eq. (10)
 
 
-def pixel_contrastive_loss(anchors, anchor_labels, keys, key_labels, temperature=0.07):
+def pixel_contrastive_loss(anchors, anchor_labels, keys, key_labels, temperature):
     """Eq. (11): pixel InfoNCE with one negative set per positive.
 
     For anchor i with positives P_i (keys of its label) and negatives N_i (keys of another label):
@@ -131,7 +146,7 @@ def pixel_contrastive_loss(anchors, anchor_labels, keys, key_labels, temperature
     return (L * has_pos).sum() / has_pos.sum().clamp_min(1)
 
 
-def image_contrastive_loss(features, labels, weights, temperature=0.07, bank_feats=None, bank_labels=None):
+def image_contrastive_loss(features, labels, weights, temperature, bank_feats=None, bank_labels=None):
     """Eq. (12)-(13): class-aware image contrast with pair weights.
 
     features (2N,D) unit vectors, rows i and i+N the two views of image i; labels (2N,) (or (N,), repeated);
@@ -191,11 +206,11 @@ def inter_task_consistency_loss(f_cls, f_seg):
     return (1.0 - F.cosine_similarity(_hi(f_cls), _hi(f_seg), dim=1, eps=1e-8)).mean()  # eq. (14)
 
 
-def total_loss(parts, lambda_seg=0.5, lambda_cls=1.0, alpha=0.8, beta=0.2, gamma=0.1):
+def total_loss(parts, lambda_seg, lambda_cls, alpha, beta, gamma):
     """Eq. (15): λ_seg (L^l_seg + L^u_seg + α L^seg_c) + λ_cls (L^l_cls + L^u_cls + β L^cls_c) + γ L^u_itc.
 
     parts: dict with keys seg_l, seg_u, seg_c, cls_l, cls_u, cls_c, itc (tensors or numbers); a missing key
-    (or None) counts as 0. Defaults are §4.1's weights. -> 0-d tensor.
+    (or None) counts as 0. The weights' defaults (§4.1) live in hermes.HermesConfig. -> 0-d tensor.
     """
     known = {"seg_l", "seg_u", "seg_c", "cls_l", "cls_u", "cls_c", "itc"}
     unknown = set(parts) - known

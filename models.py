@@ -17,6 +17,7 @@ Example:
 """
 import argparse
 import os
+import re
 import statistics
 import time
 
@@ -56,6 +57,17 @@ def build_resnet(name, pretrained):
             ) from e
         net.load_state_dict(state)  # strict: a wrong file fails loudly
     return net
+
+
+def pick_device(name):
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU -> a clear error."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device (use --device cpu)")
+    return torch.device(name)
 
 
 def check_input(x):
@@ -159,8 +171,9 @@ class InterTaskAttention(nn.Module):
     forward: x_cls (B,C,h,w), x_seg (B,c_seg_in,h,w) -> x_out (B,C,h,w), M_c (B,C,1,1), M_s (B,1,h,w)
     """
 
-    def __init__(self, c_cls, c_seg_in, reduction=4):
+    def __init__(self, c_cls, c_seg_in, reduction=4, residual=False):
         super().__init__()
+        self.residual = residual  # not in the paper: x_out = x_cls + M_s (x) x_m (README "When does Hermes help?")
         self.adapter = nn.Conv2d(c_seg_in, c_cls, 1)
         self.W_c = nn.Conv2d(2 * c_cls, c_cls, 3, padding=1, bias=True)
         self.W_0 = nn.Linear(c_cls, max(1, c_cls // reduction), bias=False)
@@ -178,6 +191,8 @@ class InterTaskAttention(nn.Module):
         pooled = torch.cat([x_m.mean(dim=1, keepdim=True), x_m.amax(dim=1, keepdim=True)], dim=1)  # (B,2,h,w)
         M_s = torch.sigmoid(self.W_s(pooled))                              # (B,1,h,w)   (4)
         x_out = M_s * x_m                                                   # (5)
+        if self.residual:
+            x_out = x_cls + x_out
         return x_out, M_c, M_s
 
 
@@ -224,6 +239,7 @@ class HermesNet(nn.Module):
             reach the seg branch. The saliency map is always detached.
         contrast_level: seg-encoder level (1..4 = layer1..layer4, Table 5's Conv1..Conv4) of the pixel head.
         pixel_dim, image_dim, itc_dim: output sizes of the pixel, image and inter-task consistency heads.
+        ita_form: "paper" (eq. 5: x_out = M_s ⊗ M_c ⊗ x_cls) or "residual" (x_cls + that; not in the paper).
 
     ias off: the seg decoder receives an all-zero saliency map (same parameter shapes) and ITA is skipped;
     ITA modules exist either way, so a model built with ias can be run with ias=False and vice versa
@@ -242,10 +258,12 @@ class HermesNet(nn.Module):
     CLS_PARTS = ("cls_net", "ita", "image_head", "itc_cls_head")
 
     def __init__(self, seg_encoder="resnet34", pretrained=False, ias=True, cross_grad=False, contrast_level=3,
-                 pixel_dim=256, image_dim=128, itc_dim=128):
+                 pixel_dim=256, image_dim=128, itc_dim=128, ita_form="paper"):
         super().__init__()
         if contrast_level not in (1, 2, 3, 4):
             raise ValueError(f"models.py: contrast_level must be 1..4 (layer1..layer4), got {contrast_level}")
+        if ita_form not in ("paper", "residual"):
+            raise ValueError(f"models.py: ita_form must be paper or residual, got {ita_form!r}")
         self.ias, self.cross_grad, self.contrast_level = ias, cross_grad, contrast_level
         # segmentation branch
         self.seg_encoder = SegEncoder(seg_encoder, pretrained)
@@ -259,9 +277,10 @@ class HermesNet(nn.Module):
         self.cls_net = build_resnet("resnet18", pretrained)
         self.cls_net.fc = nn.Linear(self.cls_net.fc.in_features, 2)
         d = DECODER_CHANNELS
-        self.ita = nn.ModuleList([InterTaskAttention(64, d[2]),    # after layer1 (/4), fed up3
-                                  InterTaskAttention(128, d[1]),   # after layer2 (/8), fed up2
-                                  InterTaskAttention(256, d[0])])  # after layer3 (/16), fed up1
+        res = ita_form == "residual"
+        self.ita = nn.ModuleList([InterTaskAttention(64, d[2], residual=res),    # after layer1 (/4), fed up3
+                                  InterTaskAttention(128, d[1], residual=res),   # after layer2 (/8), fed up2
+                                  InterTaskAttention(256, d[0], residual=res)])  # after layer3 (/16), fed up1
         self.image_head = mlp(512, 512, image_dim)
         self.itc_cls_head = mlp(512, 512, itc_dim)
         names = {n for n, _ in self.named_children()}
@@ -329,6 +348,53 @@ class HermesNet(nn.Module):
                 "pixel_emb": seg["pixel_emb"], "image_emb": cls["image_emb"],
                 "itc_seg": seg["itc_seg"], "itc_cls": cls["itc_cls"],
                 "saliency": sal, "M_c": cls["M_c"], "M_s": cls["M_s"]}
+
+
+HEADS = ("pixel_head", "image_head", "itc_seg_head", "itc_cls_head")  # projection heads (optional in --init)
+
+
+def _check_state(own, state, what):
+    """Raise a ValueError naming every missing, unexpected and mis-shaped key of `state` against `own`."""
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    bad = sorted(f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in set(own) & set(state)
+                 if own[k].shape != state[k].shape)
+    if missing or unexpected or bad:
+        def show(keys):
+            return ", ".join(keys[:8]) + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "") or "none"
+        raise ValueError(f"{what} does not fit this model: missing {show(missing)}; unexpected {show(unexpected)}; "
+                         f"shape mismatch {show(bad)}")
+
+
+def load_init(model, state, heads=False, what="--init"):
+    """Start `model` (HermesNet) from an earlier run's weights: state = that checkpoint's "model" state_dict.
+
+    Both branches (encoders, decoder, ITA, classifier) are loaded; the projection heads (HEADS) only when
+    `heads`. Strict: every missing, unexpected or mis-shaped key is named in the error."""
+    state = {re.sub(r"^(_orig_mod\.|module\.)+", "", k): v for k, v in state.items()}
+    keep = lambda k: heads or k.split(".")[0] not in HEADS
+    state = {k: v for k, v in state.items() if keep(k) and not k.startswith(("pixel_bank.", "image_bank."))}
+    own = {k: v for k, v in model.state_dict().items() if keep(k)}
+    _check_state(own, state, what)
+    model.load_state_dict(state, strict=False)
+    return sorted(state)
+
+
+def load_resnet_init(model, state, branch, what="ResNet file"):
+    """Load a torchvision-format ResNet state_dict (e.g. the ImageNet file resnet34-b627a593.pth) into the
+    seg encoder (branch "seg"; conv1/bn1 become stem.0/stem.1) or the classification ResNet-18 ("cls").
+    The file's fc (ImageNet's 1000 classes) is dropped, and so is the model's own fc (it stays as it is)."""
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    if branch == "seg":
+        state = {re.sub(r"^conv1\.", "stem.0.", re.sub(r"^bn1\.", "stem.1.", k)): v for k, v in state.items()}
+        target = model.seg_encoder
+    elif branch == "cls":
+        target = model.cls_net
+    else:
+        raise ValueError(f"models.py: branch must be seg or cls, got {branch!r}")
+    own = {k: v for k, v in target.state_dict().items() if not k.startswith("fc.")}
+    _check_state(own, state, what)
+    target.load_state_dict(state, strict=False)
+    return sorted(state)
 
 
 def count(params):

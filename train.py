@@ -22,16 +22,14 @@ from tqdm import tqdm
 import data
 import evaluate
 import hermes
+import models
 from models import HermesNet
 
 # Smallest label budget of each dataset in the paper's Tables 1-2 (Section 4.1); demo: 40 of its 168 train images.
 DEFAULT_LABELS = {"demo": 40, "busi": 72, "udiat": 20, "sztus": 60, "folder": 40}
-# Keys of hermes_step's statistics written to log.csv, in this order.
-STAT_KEYS = ["loss", "seg_l", "seg_u", "seg_c", "cls_l", "cls_u", "cls_c", "itc", "kappa", "tau",
-             "kept_pix", "kept_img", "pl_acc_pix_all", "pl_acc_pix_kept", "pl_acc_img_all", "pl_acc_img_kept",
-             "kept_pix_conf", "pl_acc_pix_conf", "kept_img_conf", "pl_acc_img_conf"]
-EVAL_KEYS = ["dice_mean", "iou_mean", "hd95_mean", "accuracy", "auc"]
-LOG_COLUMNS = ["kind", "iter"] + STAT_KEYS + ["lr_seg", "lr_cls", "sec_per_step"] + EVAL_KEYS
+EVAL_KEYS = ["dice_mean", "iou_mean", "hd95_mean", "accuracy", "auc", "area_ratio"]
+LOG_COLUMNS = ["kind", "iter", *hermes.STAT_KEYS, "lr_seg", "lr_cls", "sec_per_step", *EVAL_KEYS]
+D = hermes.HermesConfig()  # the defaults of every method flag below
 # Arguments that may differ between a run and its resumption (they do not change what is computed).
 RESUME_OVERRIDABLE = {"resume", "device", "data_root", "stop_after", "out", "workers", "debug"}
 
@@ -67,26 +65,50 @@ def build_parser():
       help="seg-encoder level of the pixel contrast (Table 5: Conv3 = layer3, best)")
     a("--cross-grad", action="store_true", help="let features crossing branches carry gradient (default: detached)")
     # method: ablation switches of Table 3 and the thresholds of Fig. 1 / Fig. 6
-    a("--dtcl", action=argparse.BooleanOptionalAction, default=True,
+    a("--dtcl", action=argparse.BooleanOptionalAction, default=D.dtcl,
       help="dual-threshold contrastive learning and the unlabeled losses (Table 3; all three off = SupOnly)")
-    a("--ias", action=argparse.BooleanOptionalAction, default=True, help="inter-task attention and saliency (Table 3)")
-    a("--itcl", action=argparse.BooleanOptionalAction, default=True, help="inter-task consistency learning (Table 3)")
-    a("--task", default="joint", choices=["joint", "seg", "cls"],
+    a("--ias", action=argparse.BooleanOptionalAction, default=D.ias, help="inter-task attention and saliency (Table 3)")
+    a("--itcl", action=argparse.BooleanOptionalAction, default=D.itcl, help="inter-task consistency learning (Table 3)")
+    a("--task", default=D.task, choices=["joint", "seg", "cls"],
       help="train both branches, or one (Table 3's SS / SC columns)")
-    a("--threshold", default="dual", choices=["dual", "confidence", "none"],
+    a("--threshold", default=D.threshold, choices=["dual", "confidence", "none"],
       help="pseudo-label selection (eq. 7; Fig. 1 and Fig. 6 compare the three)")
     # loss weights of eq. (15), Section 4.1
-    a("--lambda-seg", type=float, default=0.5, help="λ_seg of eq. 15 (§4.1: 0.5)")
-    a("--lambda-cls", type=float, default=1.0, help="λ_cls of eq. 15 (§4.1: 1.0)")
-    a("--alpha", type=float, default=0.8, help="α, weight of the pixel contrast (§4.1: 0.8)")
-    a("--beta", type=float, default=0.2, help="β, weight of the image contrast (§4.1: 0.2)")
-    a("--gamma", type=float, default=0.1, help="γ, weight of the inter-task consistency (§4.1: 0.1)")
-    a("--temperature", type=float, default=0.07, help="temperature of eq. 11-12 (§3.4: 0.07)")
-    a("--eta-max", type=float, default=0.75, help="η_max of eq. 16 (supp. §6: 0.75)")
-    a("--eta-min", type=float, default=0.25, help="η_min of eq. 16 (supp. §6: 0.25)")
-    a("--n-anchors", type=int, default=256, help="anchors per class and step, half hard, half easy (§3.4)")
-    a("--pixel-bank-size", type=int, default=4096, help="pixel memory bank entries per class (§3.4; size not given)")
-    a("--image-bank-size", type=int, default=256, help="image memory bank entries per class (§3.4; size not given)")
+    a("--lambda-seg", type=float, default=D.lambda_seg, help="λ_seg of eq. 15 (§4.1: 0.5)")
+    a("--lambda-cls", type=float, default=D.lambda_cls, help="λ_cls of eq. 15 (§4.1: 1.0)")
+    a("--alpha", type=float, default=D.alpha, help="α, weight of the pixel contrast (§4.1: 0.8)")
+    a("--beta", type=float, default=D.beta, help="β, weight of the image contrast (§4.1: 0.2)")
+    a("--gamma", type=float, default=D.gamma, help="γ, weight of the inter-task consistency (§4.1: 0.1)")
+    a("--temperature", type=float, default=D.temperature, help="temperature of eq. 11-12 (§3.4: 0.07)")
+    a("--eta-max", type=float, default=D.eta_max, help="η_max of eq. 16 (supp. §6: 0.75)")
+    a("--eta-min", type=float, default=D.eta_min, help="η_min of eq. 16 (supp. §6: 0.25)")
+    a("--n-anchors", type=int, default=D.n_anchors, help="anchors per class and step, half hard, half easy (§3.4)")
+    a("--pixel-bank-size", type=int, default=D.pixel_bank_size, help="pixel memory bank entries per class (§3.4; size not given)")
+    a("--image-bank-size", type=int, default=D.image_bank_size, help="image memory bank entries per class (§3.4; size not given)")
+    # not in the paper: switches of the diagnosis in README "When does Hermes help?" (defaults = the paper)
+    a("--unlabeled-bn", default=D.unlabeled_bn, choices=["shared", "separate"],
+      help="not in the paper. shared: labeled + strong unlabeled images in one BatchNorm batch and the teacher "
+           "pass updating the running statistics; separate: unlabeled passes use their own batch statistics and "
+           "leave the running ones (used at evaluation) to the labeled images")
+    a("--unsup-seg-loss", default=D.unsup_seg_loss, choices=["dice", "ce", "dice+ce"],
+      help="L^u_seg: eq. 9's Dice over kept pixels (the paper), or, not in the paper, pixel cross-entropy "
+           "over kept pixels / all pixels (FixMatch's form), or their mean")
+    a("--unsup-weight", type=float, default=D.unsup_weight,
+      help="not in the paper: factor on L^u_seg and L^u_cls (the authors' code: 0.1)")
+    a("--contrast-warmup", type=int, default=D.contrast_warmup,
+      help="not in the paper: steps before the contrastive terms count (the authors' code: 10 epochs)")
+    a("--gamma-ramp", type=int, default=D.gamma_ramp,
+      help="not in the paper: γ·exp(-5(1 - it/R)²) until step R (the authors' code: R = 4000); 0 = constant γ")
+    a("--ita-form", default="paper", choices=["paper", "residual"],
+      help="inter-task attention output: eq. 5 (paper) or, not in the paper, x_cls + eq. 5 (residual)")
+    # initialisation from files (offline stand-ins for --pretrained)
+    a("--init", default=None, metavar="CKPT",
+      help="start both branches from an earlier run's checkpoint.pt / best.pt (strict shapes)")
+    a("--init-heads", action="store_true", help="with --init: also the projection heads (pixel, image, consistency)")
+    a("--init-seg-encoder", default=None, metavar="FILE",
+      help="torchvision-format ResNet state_dict for the U-Net encoder (e.g. the ImageNet resnet34 file)")
+    a("--init-cls-encoder", default=None, metavar="FILE",
+      help="torchvision-format ResNet-18 state_dict for the classification branch (fc is dropped)")
     # running
     a("--out", default=None, help="run folder (default runs/DATASET-LABELS-seedSEED); refused if non-empty "
                                   "unless --resume")
@@ -147,15 +169,6 @@ def git_commit():
         return "unknown"
 
 
-def hermes_config(cfg):
-    return hermes.HermesConfig(
-        dtcl=cfg["dtcl"], ias=cfg["ias"], itcl=cfg["itcl"], task=cfg["task"], threshold=cfg["threshold"],
-        lambda_seg=cfg["lambda_seg"], lambda_cls=cfg["lambda_cls"], alpha=cfg["alpha"], beta=cfg["beta"],
-        gamma=cfg["gamma"], temperature=cfg["temperature"], n_anchors=cfg["n_anchors"],
-        pixel_bank_size=cfg["pixel_bank_size"], image_bank_size=cfg["image_bank_size"],
-        eta_max=cfg["eta_max"], eta_min=cfg["eta_min"])
-
-
 def to_device(batch, device):
     return tuple(b.to(device, non_blocking=True) for b in batch)
 
@@ -183,24 +196,26 @@ def set_rng_state(state):
 
 
 def save_atomic(obj, path):
-    """torch.save through data.write_atomic (temporary file, fsync, rename): a kill leaves the old file intact."""
-    data.write_atomic(path, lambda tmp: torch.save(obj, tmp))
+    """torch.save through data.atomic_write: a kill leaves the old file intact."""
+    return data.atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
-def checkpoint(model, opt_seg, opt_cls, it, best, cfg, seconds):
-    """Everything an exact resume needs; seconds = training wall time so far, over all resumed parts."""
-    return {"model": model.state_dict(), "opt_seg": opt_seg.state_dict(), "opt_cls": opt_cls.state_dict(),
+def checkpoint(model, banks, opts, it, best, cfg, seconds):
+    """Everything an exact resume needs, the memory banks under their own key; seconds = training wall time so
+    far, over all resumed parts."""
+    return {"model": model.state_dict(), "banks": banks.state_dict(),
+            **{f"opt_{k}": o.state_dict() for k, o in opts.items()},
             "iter": it, "rng": rng_state(), "best_dice": best["dice"], "best_iter": best["iter"], "config": cfg,
             "train_seconds": seconds}
 
 
-def best_checkpoint(model, it, best, cfg):
-    """What evaluation needs (weights with the memory banks, config, step), without optimizer or RNG states."""
-    return {"model": model.state_dict(), "iter": it, "config": cfg, "best_dice": best["dice"],
-            "best_iter": best["iter"]}
+def best_checkpoint(model, banks, it, best, cfg):
+    """What evaluation needs (weights, memory banks, config, step), without optimizer or RNG states."""
+    return {"model": model.state_dict(), "banks": banks.state_dict(), "iter": it, "config": cfg,
+            "best_dice": best["dice"], "best_iter": best["iter"]}
 
 
-def load_checkpoint(path):
+def read_checkpoint(path):
     """A train.py checkpoint for --resume; a damaged or foreign file is a DataError naming it and the way out."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
@@ -216,12 +231,81 @@ def load_checkpoint(path):
 
 
 def _write_csv(path, rows):
-    def write(tmp):
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, LOG_COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            w.writerows(rows)
-    data.write_atomic(path, write)
+    def write(f):
+        w = csv.DictWriter(f, LOG_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    data.atomic_write(path, write, newline="")
+
+
+def load_checkpoint(ckpt, model, banks, opts):
+    """Inverse of `checkpoint` (a checkpoint from before the banks had their own key keeps them in "model")."""
+    state = dict(ckpt["model"])
+    bank_state = ckpt.get("banks") or {k.replace("_bank.", ".", 1): state.pop(k) for k in list(state)
+                                       if k.startswith(("pixel_bank.", "image_bank."))}
+    model.load_state_dict(state)
+    banks.load_state_dict(bank_state)
+    for k, o in opts.items():
+        o.load_state_dict(ckpt[f"opt_{k}"])
+
+
+def make_optimizers(model, cfg):
+    """§4.1: Adam for the segmentation branch, SGD (momentum, weight decay) for the classification branch."""
+    return {"seg": torch.optim.Adam(model.seg_parameters(), lr=cfg["lr"]),
+            "cls": torch.optim.SGD(model.cls_parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
+                                   weight_decay=cfg["weight_decay"])}
+
+
+def set_lr(opts, lr):
+    for o in opts.values():
+        for g in o.param_groups:
+            g["lr"] = lr
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def train_step(model, banks, opts, batch_l, batch_u, it, total, hcfg, amp=False):
+    """One iteration as train.py and bench.py run it: hermes_step (eq. 15), one backward, both optimizers."""
+    device_type = batch_l[0].device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+        loss, stats = hermes.hermes_step(model, banks, batch_l, batch_u, it, total, hcfg)
+    if not torch.isfinite(loss):
+        terms = {k: round(float(stats[k]), 4) for k in hermes.STAT_KEYS}
+        raise NonFiniteLoss(f"non-finite loss at step {it}: {terms}")
+    for o in opts.values():
+        o.zero_grad(set_to_none=True)
+    loss.backward()            # one backward of eq. (15) ...
+    for o in opts.values():    # ... then each branch's optimizer (§4.1)
+        o.step()
+    return loss, stats
+
+
+def build_model(cfg):
+    """HermesNet from the run's config, started from --init / --init-*-encoder files when given."""
+    model = HermesNet(seg_encoder=cfg["seg_encoder"], pretrained=cfg["pretrained"], ias=cfg["ias"],
+                      cross_grad=cfg["cross_grad"], contrast_level=cfg["contrast_level"], ita_form=cfg["ita_form"])
+    for path, load in ((cfg.get("init"), lambda st: models.load_init(model, st.get("model", st), cfg["init_heads"],
+                                                                     what=f"--init {cfg['init']}")),
+                       (cfg.get("init_seg_encoder"), lambda st: models.load_resnet_init(
+                           model, st, "seg", what=f"--init-seg-encoder {cfg['init_seg_encoder']}")),
+                       (cfg.get("init_cls_encoder"), lambda st: models.load_resnet_init(
+                           model, st, "cls", what=f"--init-cls-encoder {cfg['init_cls_encoder']}"))):
+        if path:
+            if not os.path.isfile(path):
+                raise data.MissingFileError(f"initialisation file not found: {path}")
+            try:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as e:
+                raise data.DataError(f"cannot read {path} as a torch state_dict or train.py checkpoint: "
+                                     f"{data._one_line(e)}") from e
+            try:
+                n = len(load(state))
+            except ValueError as e:
+                raise data.DataError(data._one_line(e)) from e
+            print(f"initialised {n} tensors from {path}")
+    return model
 
 
 class CsvLog:
@@ -269,7 +353,7 @@ def open_run(args, given):
         if not os.path.isfile(ckpt_path):
             raise data.DataError(f"--resume: there is no {ckpt_path} to continue from (nothing was changed); "
                                  f"start the run without --resume, into a new or empty --out")
-        ckpt = load_checkpoint(ckpt_path)
+        ckpt = read_checkpoint(ckpt_path)
         cfg = dict(ckpt["config"])
         new = vars(args)
         changed = [k for k in sorted(given) if k not in RESUME_OVERRIDABLE and k in cfg and new[k] != cfg[k]]
@@ -325,7 +409,7 @@ def train(argv=None):
     given = given_on_command_line(argv)
     cfg, ckpt = open_run(args, given)
     out = cfg["out"] = args.out
-    device = evaluate.pick_device(cfg["device"])
+    device = models.pick_device(cfg["device"])
     amp = bool(cfg["amp"]) and device.type == "cuda"
 
     random.seed(cfg["seed"])
@@ -351,21 +435,14 @@ def train(argv=None):
                                               generator=torch.Generator())
     batches = data.StepBatches(set_l, set_u, cfg["batch_size"], cfg["seed"])
 
-    hcfg = hermes_config(cfg)
-    model = HermesNet(seg_encoder=cfg["seg_encoder"], pretrained=cfg["pretrained"], ias=cfg["ias"],
-                      cross_grad=cfg["cross_grad"], contrast_level=cfg["contrast_level"])
-    hermes.attach_banks(model, hcfg)
-    model.to(device)
-    # §4.1: Adam for the segmentation branch, SGD (momentum 0.9, weight decay 1e-4) for the classification one.
-    opt_seg = torch.optim.Adam(model.seg_parameters(), lr=cfg["lr"])
-    opt_cls = torch.optim.SGD(model.cls_parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                              weight_decay=cfg["weight_decay"])
+    hcfg = hermes.config_from(cfg)
+    model = build_model(cfg).to(device)
+    banks = hermes.make_banks(model, hcfg)
+    opts = make_optimizers(model, cfg)
     total = cfg["iters"]
     start, best = 0, {"dice": -1.0, "iter": -1}
     if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        opt_seg.load_state_dict(ckpt["opt_seg"])
-        opt_cls.load_state_dict(ckpt["opt_cls"])
+        load_checkpoint(ckpt, model, banks, opts)
         start, best = ckpt["iter"], {"dice": ckpt["best_dice"], "iter": ckpt["best_iter"]}
         set_rng_state(ckpt["rng"])
     # Everything is loaded and checked: only now is the run folder created or changed.
@@ -377,7 +454,7 @@ def train(argv=None):
                   f"{', '.join(os.path.basename(p) for p in stale)}", file=sys.stderr)
         print(f"resumed {out} at step {start}/{total}")
     else:
-        evaluate.write_json_atomic(cfg, os.path.join(out, "config.json"))
+        data.write_json_atomic(cfg, os.path.join(out, "config.json"))
         data.save_split(split, os.path.join(out, "split.json"))
     log = CsvLog(os.path.join(out, "log.csv"), resume_iter=start if ckpt is not None else None)
     ckpt_path, best_path = os.path.join(out, "checkpoint.pt"), os.path.join(out, "best.pt")
@@ -392,26 +469,17 @@ def train(argv=None):
     for it in bar:
         t_it = time.perf_counter()
         lr_it = poly_lr(cfg["lr"], it, total, cfg["poly_power"])
-        for opt in (opt_seg, opt_cls):
-            for g in opt.param_groups:
-                g["lr"] = lr_it
+        set_lr(opts, lr_it)
         batch_l, batch_u = (to_device(b, device) for b in next(loader))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            loss, stats = hermes.hermes_step(model, batch_l, batch_u, it, total, hcfg)
-        if not torch.isfinite(loss):
-            terms = {k: float(stats[k]) for k in STAT_KEYS if k in stats}
-            raise SystemExit(f"non-finite loss at step {it}: {terms}. The last good checkpoint "
-                             f"({ckpt_path}) is kept; lower --lr or check the data.")
-        opt_seg.zero_grad(set_to_none=True)
-        opt_cls.zero_grad(set_to_none=True)
-        loss.backward()  # one backward of eq. (15) ...
-        opt_seg.step()   # ... then each branch's optimizer (§4.1)
-        opt_cls.step()
+        try:
+            loss, stats = train_step(model, banks, opts, batch_l, batch_u, it, total, hcfg, amp)
+        except NonFiniteLoss as e:
+            raise SystemExit(f"{e}. The last good checkpoint ({ckpt_path}) is kept; lower --lr or check the data.")
         done, n_since_log = it + 1, n_since_log + 1
         step_seconds += time.perf_counter() - t_it
 
         if done % cfg["log_every"] == 0 or done == total:
-            row = {k: float(stats[k]) for k in STAT_KEYS if k in stats}
+            row = {k: float(stats[k]) for k in hermes.STAT_KEYS}
             row.update(kind="train", iter=done, lr_seg=lr_it, lr_cls=lr_it, sec_per_step=step_seconds / n_since_log)
             step_seconds, n_since_log = 0.0, 0
             log.write(row)
@@ -424,11 +492,11 @@ def train(argv=None):
             final_metrics = metrics if done == total else None
             if metrics["dice_mean"] > best["dice"]:
                 best = {"dice": metrics["dice_mean"], "iter": done}
-                save_atomic(best_checkpoint(model, done, best, cfg), best_path)
+                save_atomic(best_checkpoint(model, banks, done, best, cfg), best_path)
         if done % cfg["ckpt_every"] == 0 or done == total:
-            save_atomic(checkpoint(model, opt_seg, opt_cls, done, best, cfg, elapsed()), ckpt_path)
+            save_atomic(checkpoint(model, banks, opts, done, best, cfg, elapsed()), ckpt_path)
         if cfg.get("stop_after") is not None and done >= cfg["stop_after"]:
-            save_atomic(checkpoint(model, opt_seg, opt_cls, done, best, cfg, elapsed()), ckpt_path)
+            save_atomic(checkpoint(model, banks, opts, done, best, cfg, elapsed()), ckpt_path)
             print(f"stopped after step {done} (--stop-after); continue with --resume --out {out}")
             return None
     bar.close()
@@ -440,7 +508,7 @@ def train(argv=None):
                        "selected_on": evaluate.SELECTED_ON_BEST},
               "dataset": cfg["dataset"], "labels": cfg["labels"], "seed": cfg["seed"],
               "train_seconds": round(elapsed(), 1)}
-    evaluate.write_json_atomic(result, os.path.join(out, "metrics.json"))
+    data.write_json_atomic(result, os.path.join(out, "metrics.json"))
     print(f"\nrun folder: {out}  (config.json, split.json, log.csv, checkpoint.pt, best.pt, metrics.json)")
     print(f"final checkpoint on the evaluation split ({metrics['n_images']} images): "
           f"Dice {metrics['dice_mean']:.4f} ± {metrics['dice_std']:.4f}  IoU {metrics['iou_mean']:.4f}  "

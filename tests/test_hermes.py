@@ -1,5 +1,8 @@
-"""hermes.py: anchor sampling, memory bank, attach_banks and hermes_step (ablation switches, statistics)."""
+"""hermes.py: anchor sampling, memory banks, the selection rules and hermes_step (ablation switches, statistics,
+the switches that are not in the paper)."""
+import math
 import collections
+import weakref
 
 import pytest
 import torch
@@ -10,9 +13,18 @@ import hermes
 import losses
 from models import HermesNet
 
-STAT_KEYS = ["loss", "seg_l", "seg_u", "seg_c", "cls_l", "cls_u", "cls_c", "itc", "kappa", "tau",
-             "kept_pix", "kept_img", "pl_acc_pix_all", "pl_acc_pix_kept", "pl_acc_img_all", "pl_acc_img_kept",
-             "n_kept_pix", "n_kept_img", "kept_pix_conf", "pl_acc_pix_conf", "kept_img_conf", "pl_acc_img_conf"]
+STAT_KEYS = list(hermes.STAT_KEYS) + ["n_kept_pix", "n_kept_img", "n_anchors", "bank_pix", "bank_img"]
+PAPER = dict(lambda_seg=0.5, lambda_cls=1.0, alpha=0.8, beta=0.2, gamma=0.1)
+
+
+BANKS = weakref.WeakKeyDictionary()  # model -> its MemoryBanks, as train.py's training state holds them
+
+
+def step(model, bl, bu, it, total, cfg):
+    """hermes_step with the model's banks, made on first use."""
+    if model not in BANKS:
+        BANKS[model] = hermes.make_banks(model, cfg)
+    return hermes.hermes_step(model, BANKS[model], bl, bu, it, total, cfg)
 
 
 # ---------------------------------------------------------------- anchor sampling
@@ -221,41 +233,43 @@ def make_batches(seed, B_l=2, B_u=3, S=8):
 def test_step_call_pattern_and_banks():
     m = StandIn()
     bl, bu = make_batches(0)
-    hermes.hermes_step(m, bl, bu, 0, 10, hermes.HermesConfig(threshold="none"))
+    step(m, bl, bu, 0, 10, hermes.HermesConfig(threshold="none"))
     # teacher (weak view, no grad) then ONE batched student forward of labeled + strong
     assert m.calls == [("joint", 3, False, True), ("joint", 5, True, True)]
-    assert m.pixel_bank.dim == 8 and m.image_bank.dim == 4                         # widths read from the heads
-    assert "pixel_bank.feats" in m.state_dict() and "image_bank.ptr" in m.state_dict()
-    assert m.pixel_bank.filled.sum() > 0
+    banks = BANKS[m]
+    assert banks.pixel.dim == 8 and banks.image.dim == 4                           # widths read from the heads
+    assert "pixel.feats" in banks.state_dict() and "image.ptr" in banks.state_dict()
+    assert not any("bank" in k for k in m.state_dict())                            # the model holds no bank
+    assert banks.pixel.filled.sum() > 0
     m.calls = []
-    hermes.hermes_step(m, bl, bu, 0, 10, hermes.HermesConfig(dtcl=False, itcl=False, ias=False))
+    step(m, bl, bu, 0, 10, hermes.HermesConfig(dtcl=False, itcl=False, ias=False))
     assert m.calls == [("joint", 2, True, False)]                                  # SupOnly: labeled only
     m.calls = []
-    hermes.hermes_step(m, bl, bu, 0, 10, hermes.HermesConfig(dtcl=False))
+    step(m, bl, bu, 0, 10, hermes.HermesConfig(dtcl=False))
     assert m.calls == [("joint", 5, True, True)]                                   # itc alone needs no teacher
     m.calls = []
-    hermes.hermes_step(m, bl, bu, 0, 10, hermes.HermesConfig(task="seg"))
+    step(m, bl, bu, 0, 10, hermes.HermesConfig(task="seg"))
     assert m.calls == [("seg", 3, False), ("seg", 5, True)]
     m.calls = []
-    hermes.hermes_step(m, bl, bu, 0, 10, hermes.HermesConfig(task="cls", itcl=False, dtcl=False))
+    step(m, bl, bu, 0, 10, hermes.HermesConfig(task="cls", itcl=False, dtcl=False))
     assert m.calls == [("cls", 2, True)]
 
 
 def test_step_image_bank_receives_kept_and_labeled():
     m = StandIn()
     bl, bu = make_batches(1)
-    hermes.hermes_step(m, bl, bu, 0, 10, hermes.HermesConfig(threshold="none"))
+    step(m, bl, bu, 0, 10, hermes.HermesConfig(threshold="none"))
     # 3 unlabeled (all kept) + 2 labeled images
-    assert m.image_bank.filled.sum().item() == 5
-    hermes.hermes_step(m, bl, bu, 0, 10, hermes.HermesConfig(threshold="dual", eta_max=-1.0, eta_min=-1.0))
-    assert m.image_bank.filled.sum().item() == 7                                   # nothing kept: labeled only
+    assert BANKS[m].image.filled.sum().item() == 5
+    step(m, bl, bu, 0, 10, hermes.HermesConfig(threshold="dual", eta_max=-1.0, eta_min=-1.0))
+    assert BANKS[m].image.filled.sum().item() == 7                                   # nothing kept: labeled only
 
 
 def test_step_stats_and_gt_unused():
     m = StandIn()
     bl, bu = make_batches(2)
     torch.manual_seed(0)
-    loss, st = hermes.hermes_step(m, bl, bu, 3, 10, hermes.HermesConfig(threshold="none"))
+    loss, st = step(m, bl, bu, 3, 10, hermes.HermesConfig(threshold="none"))
     assert set(STAT_KEYS) <= set(st)
     for k, v in st.items():
         assert torch.is_tensor(v) and v.dim() == 0 and not v.requires_grad and torch.isfinite(v), k
@@ -269,19 +283,19 @@ def test_step_stats_and_gt_unused():
     assert st["pl_acc_pix_all"].item() == pytest.approx(acc_pix) == pytest.approx(st["pl_acc_pix_kept"].item())
     assert st["pl_acc_img_all"].item() == pytest.approx(acc_img) == pytest.approx(st["pl_acc_img_kept"].item())
     parts = {k: st[k] for k in hermes.PARTS}
-    assert loss.item() == pytest.approx(losses.total_loss(parts).item(), rel=1e-6)
+    assert loss.item() == pytest.approx(losses.total_loss(parts, **PAPER).item(), rel=1e-6)
     # the unlabeled ground truth only feeds statistics: other GT, same loss (same anchors via the seed)
     m2 = StandIn()
     m2.load_state_dict(StandIn().state_dict())
     m3 = StandIn()
     m3.load_state_dict(m2.state_dict())
     torch.manual_seed(0)
-    l2, _ = hermes.hermes_step(m2, bl, bu, 3, 10, hermes.HermesConfig())
+    l2, _ = step(m2, bl, bu, 3, 10, hermes.HermesConfig())
     torch.manual_seed(0)
-    l3, s3 = hermes.hermes_step(m3, bl, (bu[0], bu[1], 1 - bu[2], 1 - bu[3]), 3, 10, hermes.HermesConfig())
+    l3, s3 = step(m3, bl, (bu[0], bu[1], 1 - bu[2], 1 - bu[3]), 3, 10, hermes.HermesConfig())
     assert l2.item() == l3.item()
     # nothing kept: kept accuracies are 0, not NaN
-    _, st = hermes.hermes_step(m, bl, bu, 3, 10, hermes.HermesConfig(eta_max=-1.0, eta_min=-1.0))
+    _, st = step(m, bl, bu, 3, 10, hermes.HermesConfig(eta_max=-1.0, eta_min=-1.0))
     assert st["n_kept_pix"].item() == 0 and st["pl_acc_pix_kept"].item() == 0.0 and st["seg_u"].item() == 0.0
     # the confidence-only statistics (Fig. 1) do not depend on kappa: by hand from the teacher probabilities
     tau = hermes.confidence_threshold(3, 10)
@@ -315,7 +329,7 @@ def step_grads(model, cfg, steps=1, S=32):
     bu = (x_w, x_w + 0.2 * torch.randn(2, 3, S, S, generator=g), y.clone(), torch.tensor([1, 0]))
     for _ in range(steps):
         model.zero_grad(set_to_none=True)
-        loss, stats = hermes.hermes_step(model, bl, bu, 1, 10, cfg)
+        loss, stats = step(model, bl, bu, 1, 10, cfg)
     assert torch.isfinite(loss)
     loss.backward()
     has = {}
@@ -376,8 +390,122 @@ def test_step_under_bf16_autocast():
     bl, bu = make_batches(3)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         for _ in range(2):
-            loss, st = hermes.hermes_step(m, bl, bu, 0, 10, hermes.HermesConfig(threshold="none"))
+            loss, st = step(m, bl, bu, 0, 10, hermes.HermesConfig(threshold="none"))
     loss.backward()
     assert torch.isfinite(loss) and loss.dtype == torch.float32
-    assert m.pixel_bank.feats.dtype == torch.float32 and m.pixel_bank.filled.sum() > 0
+    assert BANKS[m].pixel.feats.dtype == torch.float32 and BANKS[m].pixel.filled.sum() > 0
     assert all(torch.isfinite(v) for v in st.values())
+
+
+# ---------------------------------------------------------------- selection rules at their boundaries
+
+def test_select_rules_keep_the_boundary_and_drop_beyond():
+    # two classes: max p = q; at q = tau exactly the confidence test passes (>=); u(q) = kappa passes (<=)
+    q = torch.tensor([0.80, 0.85, 0.90, 0.99], dtype=torch.float64)
+    p = torch.stack([1 - q, q], dim=1)                                             # (4,2)
+    u = hermes.uncertainty(p)
+    tau, kappa = 0.85, u[2].item()                                                 # kappa = u(0.90) exactly
+    assert hermes._select(p, kappa, tau, "confidence").tolist() == [0.0, 1.0, 1.0, 1.0]
+    assert hermes._select(p, kappa, tau, "dual").tolist() == [0.0, 0.0, 1.0, 1.0]  # 0.85 too uncertain
+    assert hermes._select(p, kappa, tau, "none").tolist() == [1.0, 1.0, 1.0, 1.0]
+    # a flipped comparison would keep the low-confidence / high-entropy rows instead
+    assert hermes._select(p, 10.0, 0.0, "dual").tolist() == [1.0] * 4
+    assert hermes._select(p, -1.0, 0.0, "dual").tolist() == [0.0] * 4
+
+
+@pytest.mark.parametrize("threshold", ["confidence", "dual"])
+def test_step_kept_fraction_follows_the_rule(threshold):
+    m = StandIn()
+    bl, bu = make_batches(4)
+    it, total = 9, 10                                                              # kappa 0.256, tau 0.923
+    cfg = hermes.HermesConfig(threshold=threshold)
+    _, st = step(m, bl, bu, it, total, cfg)
+    with torch.no_grad():
+        out_w = m(bu[0])
+    kappa, tau = hermes.uncertainty_threshold(it, total), hermes.confidence_threshold(it, total)
+    for kind, logits in (("pix", out_w["seg_logits"]), ("img", out_w["cls_logits"])):
+        p = logits.softmax(1)
+        keep = p.amax(1) >= tau
+        if threshold == "dual":
+            keep &= -(p * torch.log(p + 1e-8)).sum(1) <= kappa
+        assert st[f"kept_{kind}"].item() == pytest.approx(keep.float().mean().item())
+
+
+# ---------------------------------------------------------------- switches that are not in the paper
+
+def test_loss_weights_warmup_ramp_and_unlabeled_factor():
+    cfg = hermes.HermesConfig()
+    w, mu = hermes.loss_weights(cfg, 0)
+    assert w == PAPER and mu == 1.0                                                # the paper's constants
+    cfg = hermes.HermesConfig(contrast_warmup=5, gamma_ramp=100, unsup_weight=0.1)
+    w, mu = hermes.loss_weights(cfg, 4)
+    assert w["alpha"] == 0 and w["beta"] == 0 and mu == 0.1
+    assert w["gamma"] == pytest.approx(0.1 * math.exp(-5 * 0.96 ** 2))
+    w, _ = hermes.loss_weights(cfg, 5)
+    assert w["alpha"] == 0.8 and w["beta"] == 0.2
+    assert hermes.loss_weights(cfg, 100)[0]["gamma"] == pytest.approx(0.1)
+    assert hermes.loss_weights(cfg, 250)[0]["gamma"] == pytest.approx(0.1)
+
+
+def test_step_weights_enter_the_total():
+    bl, bu = make_batches(5)
+    cfg = hermes.HermesConfig(threshold="none", unsup_weight=0.1, contrast_warmup=5)
+    torch.manual_seed(0)
+    loss, st = step(StandIn(), bl, bu, 2, 10, cfg)
+    parts = {k: st[k] for k in hermes.PARTS}
+    parts["seg_u"], parts["cls_u"] = 0.1 * parts["seg_u"], 0.1 * parts["cls_u"]
+    expected = losses.total_loss(parts, **{**PAPER, "alpha": 0.0, "beta": 0.0})
+    assert st["seg_u"].item() > 0 and st["seg_c"].item() > 0                       # logged unscaled
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_step_unsup_seg_loss_variants():
+    bl, bu = make_batches(6)
+    m = StandIn()
+    with torch.no_grad():
+        out_w = m(bu[0])
+        out_s = m(bu[1])
+    w = torch.ones(bu[0].shape[0], *bu[0].shape[2:])
+    dice = losses.seg_unsupervised_loss(out_s["seg_logits"], out_w["seg_logits"], w)
+    ce = losses.seg_unsupervised_ce_loss(out_s["seg_logits"], out_w["seg_logits"], w)
+    for kind, expected in (("dice", dice), ("ce", ce), ("dice+ce", 0.5 * (dice + ce))):
+        m2 = StandIn()
+        m2.load_state_dict(m.state_dict())
+        _, st = step(m2, bl, bu, 0, 10, hermes.HermesConfig(threshold="none", unsup_seg_loss=kind))
+        # StandIn has no BN: the strong rows of the batched student forward equal a forward of x_s alone
+        assert st["seg_u"].item() == pytest.approx(expected.item(), rel=1e-5), kind
+    with pytest.raises(ValueError, match="unsup_seg_loss"):
+        hermes.HermesConfig(unsup_seg_loss="focal")
+
+
+def test_separate_bn_leaves_running_stats_to_labeled_images():
+    torch.manual_seed(0)
+    net = HermesNet(seg_encoder="resnet18", pretrained=False).train()
+    S = 32
+    g = torch.Generator().manual_seed(1)
+    y = torch.zeros(2, S, S, dtype=torch.long)
+    y[:, :, S // 2:] = 1
+    x = torch.randn(2, 3, S, S, generator=g)
+    bl = (x, y, torch.tensor([0, 1]))
+    x_w = 5 + 3 * torch.randn(2, 3, S, S, generator=g)                             # far from the labeled stats
+    bu = (x_w, x_w + 0.1, y.clone(), torch.tensor([1, 0]))
+    bn = net.seg_encoder.net.bn1 if hasattr(net.seg_encoder, "net") else next(
+        m for m in net.seg_encoder.modules() if isinstance(m, nn.BatchNorm2d))
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    cfg = hermes.HermesConfig(threshold="none", unlabeled_bn="separate")
+    hermes.hermes_step(net, hermes.make_banks(net, cfg), bl, bu, 0, 10, cfg)
+    after_sep = bn.running_mean.clone()
+    net.load_state_dict(state)
+    with torch.no_grad():
+        net(x)                                                                     # labeled images alone, train mode
+    assert torch.allclose(after_sep, bn.running_mean, atol=1e-6)
+    net.load_state_dict(state)
+    cfg = hermes.HermesConfig(threshold="none")
+    hermes.hermes_step(net, hermes.make_banks(net, cfg), bl, bu, 0, 10, cfg)
+    assert not torch.allclose(after_sep, bn.running_mean, atol=1e-3)               # shared: the unlabeled move it
+    assert all(m.momentum == 0.1 for m in net.modules() if isinstance(m, nn.BatchNorm2d))  # restored
+
+
+def test_config_from_mapping():
+    cfg = hermes.config_from({"alpha": 0.5, "lr": 1.0, "unlabeled_bn": "separate"})
+    assert cfg.alpha == 0.5 and cfg.unlabeled_bn == "separate" and cfg.beta == hermes.HermesConfig().beta

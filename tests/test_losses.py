@@ -9,6 +9,9 @@ import torch.nn.functional as F
 import hermes
 import losses
 
+# The weights of eq. (15) as §4.1 gives them, written out here so that the hand computations below are checkable.
+PAPER = dict(lambda_seg=0.5, lambda_cls=1.0, alpha=0.8, beta=0.2, gamma=0.1)
+
 LN3 = math.log(3.0)
 E = math.e
 SM = 1e-5  # Dice smoothing of eq. (1)
@@ -239,7 +242,7 @@ def test_image_contrastive_loss_vs_loop(seed, with_bank):
 
 def test_image_contrastive_loss_rejects_odd_rows():
     with pytest.raises(ValueError, match="2N"):
-        losses.image_contrastive_loss(torch.randn(3, 4), torch.zeros(3), torch.ones(3))
+        losses.image_contrastive_loss(torch.randn(3, 4), torch.zeros(3), torch.ones(3), 0.07)
 
 
 # ---------------------------------------------------------------- eq. (14), (15)
@@ -254,13 +257,13 @@ def test_inter_task_consistency_by_hand():
 def test_total_loss():
     parts = dict(seg_l=1.0, seg_u=2.0, seg_c=3.0, cls_l=4.0, cls_u=5.0, cls_c=6.0, itc=7.0)
     # 0.5 (1 + 2 + 0.8*3) + 1.0 (4 + 5 + 0.2*6) + 0.1*7 = 2.7 + 10.2 + 0.7
-    assert losses.total_loss(parts).item() == pytest.approx(13.6, abs=1e-5)
+    assert losses.total_loss(parts, **PAPER).item() == pytest.approx(13.6, abs=1e-5)
     # missing keys (and None) count as 0: 0.5*1 + 1.0*4
-    assert losses.total_loss({"seg_l": t64(1.0), "cls_l": t64(4.0), "itc": None}).item() == pytest.approx(4.5)
-    assert losses.total_loss({}).item() == 0.0
+    assert losses.total_loss({"seg_l": t64(1.0), "cls_l": t64(4.0), "itc": None}, **PAPER).item() == pytest.approx(4.5)
+    assert losses.total_loss({}, **PAPER).item() == 0.0
     assert losses.total_loss(parts, lambda_seg=1, lambda_cls=0, alpha=1, beta=0, gamma=0).item() == pytest.approx(6.0)
     with pytest.raises(KeyError):
-        losses.total_loss({"seg_x": 1.0})
+        losses.total_loss({"seg_x": 1.0}, **PAPER)
 
 
 # ---------------------------------------------------------------- edge cases and autograd
@@ -279,29 +282,29 @@ def test_edge_cases_are_finite_zeros():
     # no positive for any anchor -> 0, with a graph
     a = F.normalize(torch.randn(4, 3), dim=1).requires_grad_()
     k = F.normalize(torch.randn(5, 3), dim=1)
-    out = losses.pixel_contrastive_loss(a, torch.ones(4, dtype=torch.long), k, torch.zeros(5, dtype=torch.long))
+    out = losses.pixel_contrastive_loss(a, torch.ones(4, dtype=torch.long), k, torch.zeros(5, dtype=torch.long), 0.07)
     assert out.item() == 0.0 and out.requires_grad
     out.backward()
     assert torch.isfinite(a.grad).all()
     # anchors with positives but no negative at all: log(e/e) = 0, finite gradient
     a.grad = None
-    out = losses.pixel_contrastive_loss(a, torch.zeros(4, dtype=torch.long), k, torch.zeros(5, dtype=torch.long))
+    out = losses.pixel_contrastive_loss(a, torch.zeros(4, dtype=torch.long), k, torch.zeros(5, dtype=torch.long), 0.07)
     out.backward()
     assert out.item() == pytest.approx(0.0, abs=1e-6) and torch.isfinite(a.grad).all()
     # empty anchors / empty keys
     e = torch.zeros(0, 3, requires_grad=True)
-    out = losses.pixel_contrastive_loss(e, torch.zeros(0, dtype=torch.long), k, torch.zeros(5, dtype=torch.long))
+    out = losses.pixel_contrastive_loss(e, torch.zeros(0, dtype=torch.long), k, torch.zeros(5, dtype=torch.long), 0.07)
     assert out.item() == 0.0 and out.requires_grad and out.dtype == torch.float32
-    out = losses.pixel_contrastive_loss(a, torch.zeros(4, dtype=torch.long), k[:0], torch.zeros(0, dtype=torch.long))
+    out = losses.pixel_contrastive_loss(a, torch.zeros(4, dtype=torch.long), k[:0], torch.zeros(0, dtype=torch.long), 0.07)
     assert out.item() == 0.0 and out.requires_grad
     # image contrast: all pair weights zero (views disagree in label, weights 0) -> 0
     v = F.normalize(torch.randn(4, 3), dim=1).requires_grad_()
-    out = losses.image_contrastive_loss(v, torch.tensor([0, 1, 1, 0]), torch.zeros(4))
+    out = losses.image_contrastive_loss(v, torch.tensor([0, 1, 1, 0]), torch.zeros(4), 0.07)
     assert out.item() == 0.0
     out.backward()
     assert torch.isfinite(v.grad).all()
     # empty image batch
-    out = losses.image_contrastive_loss(torch.zeros(0, 3, requires_grad=True), torch.zeros(0), torch.zeros(0))
+    out = losses.image_contrastive_loss(torch.zeros(0, 3, requires_grad=True), torch.zeros(0), torch.zeros(0), 0.07)
     assert out.item() == 0.0 and out.requires_grad
     # near-identical embeddings at a tiny temperature: log-sum-exp keeps it finite
     v = F.normalize(torch.ones(4, 3) + 1e-3 * torch.randn(4, 3), dim=1)
@@ -323,15 +326,28 @@ def test_gradients_flow(dtype):
         "seg_l": losses.seg_supervised_loss(L, y),
         "seg_u": losses.seg_unsupervised_loss(L, torch.randn(2, 2, 4, 4, generator=g, dtype=dtype), w_pix),
         "seg_c": losses.pixel_contrastive_loss(fn[:3], torch.tensor([0, 1, 0]), fn[3:].detach(),
-                                               torch.tensor([0, 1, 1])),
+                                               torch.tensor([0, 1, 1]), 0.07),
         "cls_l": losses.cls_supervised_loss(c, torch.tensor([0, 1, 1])),
         "cls_u": losses.cls_unsupervised_loss(c, torch.randn(3, 2, generator=g, dtype=dtype),
                                               torch.ones(3, dtype=dtype)),
-        "cls_c": losses.image_contrastive_loss(fn, torch.tensor([0, 1, 1]), torch.ones(3, dtype=dtype)),
+        "cls_c": losses.image_contrastive_loss(fn, torch.tensor([0, 1, 1]), torch.ones(3, dtype=dtype), 0.07),
         "itc": losses.inter_task_consistency_loss(c, c.detach().flip(0)),
     }
     for k, v in parts.items():
         assert v.dim() == 0 and v.dtype == dtype and torch.isfinite(v), k
-    losses.total_loss(parts).backward()
+    losses.total_loss(parts, **PAPER).backward()
     for t in (L, c, f):
         assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
+
+
+def test_seg_unsupervised_ce_loss_by_hand():
+    # one image, 1x2 pixels; strong logits give p = softmax([0, ln 3]) = (1/4, 3/4) at both pixels;
+    # weak argmax: pixel 0 -> class 1, pixel 1 -> class 0; only pixel 0 kept.
+    s = torch.tensor([[[[0.0, 0.0]], [[math.log(3.0), math.log(3.0)]]]], dtype=torch.float64)   # (1,2,1,2)
+    w_logits = torch.tensor([[[[0.0, 1.0]], [[1.0, 0.0]]]], dtype=torch.float64)
+    w = torch.tensor([[[1.0, 0.0]]], dtype=torch.float64)
+    # Σ w CE / (number of pixels) = -ln(3/4) / 2
+    assert losses.seg_unsupervised_ce_loss(s, w_logits, w).item() == pytest.approx(-math.log(0.75) / 2)
+    w2 = torch.ones(1, 1, 2, dtype=torch.float64)                                  # both kept
+    assert losses.seg_unsupervised_ce_loss(s, w_logits, w2).item() == pytest.approx((-math.log(0.75) - math.log(0.25)) / 2)
+    assert losses.seg_unsupervised_ce_loss(s, w_logits, torch.zeros_like(w)).item() == 0.0

@@ -158,8 +158,8 @@ def test_best_holds_what_evaluation_needs_and_evaluate_keeps_metrics_json(tmp_pa
     out = str(tmp_path / "run")
     train.train(TINY + ["--out", out, "--iters", "2", "--eval-every", "1"])
     best = torch.load(os.path.join(out, "best.pt"), weights_only=True)
-    assert set(best) == {"model", "iter", "config", "best_dice", "best_iter"}
-    assert any(k.startswith("pixel_bank.") for k in best["model"])            # memory banks kept
+    assert set(best) == {"model", "banks", "iter", "config", "best_dice", "best_iter"}
+    assert "pixel.feats" in best["banks"] and "image.feats" in best["banks"]  # memory banks kept
     full = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
     assert {"opt_seg", "opt_cls", "rng"} <= set(full)
     assert os.path.getsize(os.path.join(out, "best.pt")) < 0.7 * os.path.getsize(os.path.join(out, "checkpoint.pt"))

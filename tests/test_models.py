@@ -259,3 +259,58 @@ def test_pretrained_weights_are_loaded(monkeypatch):
     r = models.build_resnet("resnet18", pretrained=True)
     for k, v in r.state_dict().items():
         assert torch.equal(v, fake[k]), k
+
+
+# ------------------------------------------------------------------ starting from files (--init, --init-*-encoder)
+def test_load_init_both_branches_heads_optional_and_strict():
+    torch.manual_seed(0)
+    src = HermesNet(seg_encoder="resnet18")
+    torch.manual_seed(1)
+    dst = HermesNet(seg_encoder="resnet18")
+    head_before = dst.pixel_head[0].weight.clone()
+    loaded = models.load_init(dst, src.state_dict(), heads=False)
+    assert "seg_encoder.stem.0.weight" in loaded and "ita.0.W_c.weight" in loaded and "cls_net.fc.weight" in loaded
+    assert not any(k.split(".")[0] in models.HEADS for k in loaded)
+    assert torch.equal(dst.seg_decoder.head.weight, src.seg_decoder.head.weight)
+    assert torch.equal(dst.cls_net.layer1[0].conv1.weight, src.cls_net.layer1[0].conv1.weight)
+    assert torch.equal(dst.pixel_head[0].weight, head_before)                      # heads kept
+    models.load_init(dst, src.state_dict(), heads=True)
+    assert torch.equal(dst.pixel_head[0].weight, src.pixel_head[0].weight)
+    state = src.state_dict()
+    state.pop("seg_decoder.head.bias")
+    state["extra.weight"] = torch.zeros(1)
+    state["cls_net.fc.weight"] = torch.zeros(3, 512)
+    with pytest.raises(ValueError) as e:
+        models.load_init(dst, state)
+    msg = str(e.value)
+    assert "missing seg_decoder.head.bias" in msg and "unexpected extra.weight" in msg
+    assert "cls_net.fc.weight (3, 512) vs (2, 512)" in msg
+
+
+def test_load_resnet_init_torchvision_files():
+    torch.manual_seed(0)
+    r18 = torchvision.models.resnet18(weights=None).state_dict()                  # ImageNet-format keys, fc 1000
+    net = HermesNet(seg_encoder="resnet18")
+    fc_before = net.cls_net.fc.weight.clone()
+    models.load_resnet_init(net, r18, "seg")
+    assert torch.equal(net.seg_encoder.stem[0].weight, r18["conv1.weight"])
+    assert torch.equal(net.seg_encoder.stem[1].running_var, r18["bn1.running_var"])
+    assert torch.equal(net.seg_encoder.layer4[1].conv2.weight, r18["layer4.1.conv2.weight"])
+    models.load_resnet_init(net, r18, "cls")
+    assert torch.equal(net.cls_net.layer2[0].downsample[0].weight, r18["layer2.0.downsample.0.weight"])
+    assert torch.equal(net.cls_net.fc.weight, fc_before)                           # 1000-class fc dropped
+    r34 = torchvision.models.resnet34(weights=None).state_dict()
+    with pytest.raises(ValueError, match="unexpected layer1.2"):
+        models.load_resnet_init(net, r34, "cls")                                   # a ResNet-34 file is not ResNet-18
+
+
+def test_residual_ita_adds_the_input():
+    torch.manual_seed(0)
+    paper, res = InterTaskAttention(8, 4), InterTaskAttention(8, 4, residual=True)
+    res.load_state_dict(paper.state_dict())
+    x_cls, x_seg = torch.randn(2, 8, 5, 5), torch.randn(2, 4, 5, 5)
+    out_p, M_c, M_s = paper(x_cls, x_seg)
+    out_r, _, _ = res(x_cls, x_seg)
+    torch.testing.assert_close(out_r, x_cls + out_p)                               # x_cls + M_s ⊗ M_c ⊗ x_cls
+    with pytest.raises(ValueError, match="ita_form"):
+        HermesNet(seg_encoder="resnet18", ita_form="gated")

@@ -130,3 +130,18 @@ def test_corrupt_image_in_folder_dataset_is_named(tmp_path):
     with pytest.raises(Exception, match="im5.png"):
         train.train(["--dataset", "folder", "--data-root", str(root), "--no-pretrained", "--labels", "2",
                      "--image-size", "64", "--out", str(tmp_path / "run"), "--iters", "1"])
+
+
+def test_init_from_an_earlier_run(tmp_path):
+    src, _ = run(tmp_path, "--iters", "1", name="src")
+    ckpt = torch.load(os.path.join(src, "best.pt"), weights_only=True)["model"]
+    cfg = vars(train.resolve(train.build_parser().parse_args(
+        TINY + ["--out", str(tmp_path / "dst"), "--init", os.path.join(src, "best.pt")])))
+    model = train.build_model(cfg)
+    state = model.state_dict()
+    for k in ("seg_encoder.stem.0.weight", "seg_decoder.head.weight", "ita.2.W_s.bias", "cls_net.fc.bias"):
+        assert torch.equal(state[k], ckpt[k]), k
+    assert not torch.equal(state["image_head.0.weight"], ckpt["image_head.0.weight"])  # heads: only --init-heads
+    cfg["init"] = str(tmp_path / "missing.pt")
+    with pytest.raises(SystemExit, match="not found"):
+        train.build_model(cfg)

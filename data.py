@@ -141,7 +141,7 @@ def _open(path, mode):
                 return Image.fromarray((grey * alpha // 255).astype(np.uint8))
             return im.convert(mode)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot read image {path}: {_one_line(e)} (replace or remove the file)") from e
+        raise DataError(f"cannot read image {path}: {one_line(e)} (replace or remove the file)") from e
 
 
 def _decode(image_path, mask_paths, S):
@@ -256,7 +256,7 @@ def _read_udiat(root):
     try:
         wb = openpyxl.load_workbook(xlsx, read_only=True, data_only=True)
     except Exception as e:  # openpyxl raises zipfile/KeyError/InvalidFileException on a bad file
-        raise DataError(f"cannot read {xlsx}: {_one_line(e)}") from e
+        raise DataError(f"cannot read {xlsx}: {one_line(e)}") from e
     rows = list(wb.worksheets[0].iter_rows(values_only=True))
     wb.close()
     header = None
@@ -742,7 +742,7 @@ def split_indices(ds, split, where="split"):
 
 
 # ------------------------------------------------------------------------------------ command-line errors
-def _one_line(e):
+def one_line(e):
     """First line of an exception's message (library messages can span many lines)."""
     lines = [ln for ln in str(e).splitlines() if ln.strip()]
     return (lines[0] + (" ..." if len(lines) > 1 else "")) if lines else type(e).__name__
@@ -771,9 +771,9 @@ def cli_main(main, argv=None):
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
     except (DataError, OSError) as e:  # the user's input, files or disk: the message names them
-        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
     except Exception as e:  # anything else is unexpected: say so, and how to see where it came from
-        print(f"{prog}: error: {type(e).__name__}: {_one_line(e)}\n"
+        print(f"{prog}: error: {type(e).__name__}: {one_line(e)}\n"
               f"{prog}: rerun with --debug (or {DEBUG_ENV}=1) for the traceback", file=sys.stderr)
     sys.exit(1)
 

@@ -34,7 +34,6 @@ D = hermes.HermesConfig()  # the defaults of every method flag below
 RESUME_OVERRIDABLE = {"resume", "device", "data_root", "stop_after", "out", "workers", "debug"}
 
 
-
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
@@ -220,7 +219,7 @@ def read_checkpoint(path):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, not a torch file, unreadable
-        raise data.DataError(f"cannot read {path} ({data._one_line(e)}): it cannot be resumed; move the run "
+        raise data.DataError(f"cannot read {path} ({data.one_line(e)}): it cannot be resumed; move the run "
                              f"folder aside and rerun the command without --resume") from e
     needed = {"model", "opt_seg", "opt_cls", "iter", "rng", "config"}
     if not isinstance(ckpt, dict) or not needed <= set(ckpt):
@@ -299,11 +298,11 @@ def build_model(cfg):
                 state = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as e:
                 raise data.DataError(f"cannot read {path} as a torch state_dict or train.py checkpoint: "
-                                     f"{data._one_line(e)}") from e
+                                     f"{data.one_line(e)}") from e
             try:
                 n = len(load(state))
             except ValueError as e:
-                raise data.DataError(data._one_line(e)) from e
+                raise data.DataError(data.one_line(e)) from e
             print(f"initialised {n} tensors from {path}")
     return model
 

@@ -143,5 +143,5 @@ def test_init_from_an_earlier_run(tmp_path):
         assert torch.equal(state[k], ckpt[k]), k
     assert not torch.equal(state["image_head.0.weight"], ckpt["image_head.0.weight"])  # heads: only --init-heads
     cfg["init"] = str(tmp_path / "missing.pt")
-    with pytest.raises(SystemExit, match="not found"):
+    with pytest.raises(data.DataError, match="not found"):
         train.build_model(cfg)

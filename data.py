@@ -771,11 +771,16 @@ def cli_main(main, argv=None):
         print(f"{prog}: interrupted", file=sys.stderr)
         sys.exit(130)
     except (DataError, OSError) as e:  # the user's input, files or disk: the message names them
-        print(f"{prog}: error: {one_line(e)}", file=sys.stderr)
+        print(f"{prog}: error: {_without(prog, one_line(e))}", file=sys.stderr)
     except Exception as e:  # anything else is unexpected: say so, and how to see where it came from
-        print(f"{prog}: error: {type(e).__name__}: {one_line(e)}\n"
+        print(f"{prog}: error: {type(e).__name__}: {_without(prog, one_line(e))}\n"
               f"{prog}: rerun with --debug (or {DEBUG_ENV}=1) for the traceback", file=sys.stderr)
     sys.exit(1)
+
+
+def _without(prog, msg):
+    """'evaluate.py: no checkpoint ...' -> 'no checkpoint ...' (the line already starts with the program)."""
+    return msg[len(prog):].lstrip(": ") if msg.startswith(prog) else msg
 
 
 # -------------------------------------------------------------------------------------- augmentation

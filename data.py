@@ -141,7 +141,7 @@ def _open(path, mode):
                 return Image.fromarray((grey * alpha // 255).astype(np.uint8))
             return im.convert(mode)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise DataError(f"cannot read image {path}: {one_line(e)} (replace or remove the file)") from e
+        raise DataError(f"cannot read image {path}: {cause(e)} (replace or remove the file)") from e
 
 
 def _decode(image_path, mask_paths, S):
@@ -256,7 +256,7 @@ def _read_udiat(root):
     try:
         wb = openpyxl.load_workbook(xlsx, read_only=True, data_only=True)
     except Exception as e:  # openpyxl raises zipfile/KeyError/InvalidFileException on a bad file
-        raise DataError(f"cannot read {xlsx}: {one_line(e)}") from e
+        raise DataError(f"cannot read {xlsx}: {cause(e)}") from e
     rows = list(wb.worksheets[0].iter_rows(values_only=True))
     wb.close()
     header = None
@@ -746,6 +746,12 @@ def one_line(e):
     """First line of an exception's message (library messages can span many lines)."""
     lines = [ln for ln in str(e).splitlines() if ln.strip()]
     return (lines[0] + (" ..." if len(lines) > 1 else "")) if lines else type(e).__name__
+
+
+def cause(e, limit=100):
+    """A library exception's first sentence, short enough to quote inside one of our one-line messages."""
+    first = one_line(e).split(". ")[0].rstrip(".")
+    return first if len(first) <= limit else first[:limit - 4] + " ..."
 
 
 DEBUG_ENV = "HERMES_DEBUG"

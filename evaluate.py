@@ -241,7 +241,7 @@ def evaluate_run(run_dir_or_ckpt, data_root=None, which="final", overlays=None, 
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except Exception as e:  # damaged file, or weights_only refusing an arbitrary pickle: say which file
-        raise data.DataError(f"evaluate.py: cannot read {ckpt_path} ({data.one_line(e)}); a damaged checkpoint.pt "
+        raise data.DataError(f"evaluate.py: cannot read {ckpt_path} ({data.cause(e)}); a damaged checkpoint.pt "
                              f"can be replaced by --checkpoint best, or the run retrained") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt:
         raise data.DataError(f"evaluate.py: {ckpt_path} is not a train.py checkpoint (no 'model' key)")

@@ -219,7 +219,7 @@ def read_checkpoint(path):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, not a torch file, unreadable
-        raise data.DataError(f"cannot read {path} ({data.one_line(e)}): it cannot be resumed; move the run "
+        raise data.DataError(f"cannot read {path} ({data.cause(e)}): it cannot be resumed; move the run "
                              f"folder aside and rerun the command without --resume") from e
     needed = {"model", "opt_seg", "opt_cls", "iter", "rng", "config"}
     if not isinstance(ckpt, dict) or not needed <= set(ckpt):
@@ -298,7 +298,7 @@ def build_model(cfg):
                 state = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as e:
                 raise data.DataError(f"cannot read {path} as a torch state_dict or train.py checkpoint: "
-                                     f"{data.one_line(e)}") from e
+                                     f"{data.cause(e)}") from e
             try:
                 n = len(load(state))
             except ValueError as e:

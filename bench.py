@@ -106,6 +106,7 @@ def main(argv=None):
                    help="also profile one full Hermes step and print where its time goes")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--debug", action="store_true", help=f"show the Python traceback of an error (or {data.DEBUG_ENV}=1)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -180,4 +181,4 @@ def profile_step(model, init_state, batch, device):
 
 
 if __name__ == "__main__":
-    main()
+    data.cli_main(main)

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import re
+import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -48,7 +49,18 @@ CLASSES = ("benign", "malignant")
 DEMO_SIZE = 240               # images in the demo set (BUSI-like class balance, DEMO_MALIGNANT)
 DEMO_MALIGNANT = 0.4
 DEMO_BORDERLINE = 0.18        # share of demo cases whose signs lean to the other class
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# Raster formats PIL reads (GIF: the masks of the DDTI thyroid set); other files in image folders are ignored.
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".tif", ".tiff", ".gif", ".webp",
+              ".pbm", ".pgm", ".ppm", ".pnm", ".tga")
+
+
+# ---------------------------------------------------------------------------------------------- errors
+class DataError(ValueError):
+    """Input the user can fix (a file, a folder, a value): the message is one line naming it and the fix."""
+
+
+class MissingFileError(DataError, FileNotFoundError):
+    """A file or folder the input needs is not there."""
 
 
 # ----------------------------------------------------------------------------------------------- cache
@@ -77,12 +89,12 @@ class CachedSet:
         S = self.images.shape[1] if self.images.ndim == 4 else None
         if (self.images.shape != (N, S, S, 3) or self.masks.shape != (N, S, S) or self.labels.shape != (N,)
                 or len(self.groups) != N):
-            raise ValueError(f"inconsistent CachedSet shapes: images {self.images.shape}, masks "
-                             f"{self.masks.shape}, labels {self.labels.shape}, {N} names, {len(self.groups)} groups")
+            raise DataError(f"inconsistent CachedSet shapes: images {self.images.shape}, masks "
+                            f"{self.masks.shape}, labels {self.labels.shape}, {N} names, {len(self.groups)} groups")
         self.index = {n: i for i, n in enumerate(self.names)}
         if len(self.index) != N:
             dup = sorted({n for n in self.names if self.names.count(n) > 1})
-            raise ValueError(f"{self.name}: duplicate image names {dup[:5]} (names must be unique)")
+            raise DataError(f"{self.name}: duplicate image names {dup[:5]} (names must be unique)")
 
     def __len__(self):
         return len(self.names)
@@ -112,13 +124,13 @@ def _parse_label(value, where):
         return 0
     if v in (1, "1", "malignant"):
         return 1
-    raise ValueError(f"unknown label {value!r} in {where} (expected 0/1 or benign/malignant)")
+    raise DataError(f"unknown label {value!r} in {where} (expected 0/1 or benign/malignant)")
 
 
 def _open(path, mode):
     """Decoded PIL image of `path` converted to `mode`; a missing or unreadable file is named in the error."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"file not found: {path}")
+        raise MissingFileError(f"file not found: {path}")
     try:
         with Image.open(path) as im:
             im.load()
@@ -129,7 +141,7 @@ def _open(path, mode):
                 return Image.fromarray((grey * alpha // 255).astype(np.uint8))
             return im.convert(mode)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
+        raise DataError(f"cannot read image {path}: {cause(e)} (replace or remove the file)") from e
 
 
 def _decode(image_path, mask_paths, S):
@@ -142,8 +154,8 @@ def _decode(image_path, mask_paths, S):
     for mp in mask_paths:
         mk = _open(mp, "L")
         if mk.size != im.size:
-            raise ValueError(f"image/mask size mismatch: {image_path} is {im.size[0]}x{im.size[1]} but "
-                             f"{mp} is {mk.size[0]}x{mk.size[1]}")
+            raise DataError(f"image/mask size mismatch: {image_path} is {im.size[0]}x{im.size[1]} but "
+                            f"{mp} is {mk.size[0]}x{mk.size[1]} (a mask must cover its image pixel for pixel)")
         v = np.asarray(mk)
         b = v > 127 if v.max() > 1 else v > 0       # masks stored as 0/1 instead of 0/255 are read too
         m = b if m is None else m | b
@@ -155,11 +167,11 @@ def _decode(image_path, mask_paths, S):
 def _build(records, S, name, root):
     """records: list of (name, image_path, [mask_paths], label, group) -> CachedSet, decoded in parallel threads."""
     if not records:
-        raise ValueError(f"empty dataset: no images found for {name} in {root}")
+        raise DataError(f"empty dataset: no images found for {name} in {root} (README: Datasets shows the layout)")
     labels = np.array([r[3] for r in records], dtype=np.int64)
     for c, cname in enumerate(CLASSES):
         if not (labels == c).any():
-            raise ValueError(f"empty class: {name} in {root} has no {cname} images (both classes are needed)")
+            raise DataError(f"empty class: {name} in {root} has no {cname} images (both classes are needed)")
     images = np.empty((len(records), S, S, 3), np.uint8)
     masks = np.empty((len(records), S, S), np.uint8)
 
@@ -178,7 +190,7 @@ def _build(records, S, name, root):
 
 def _require_dir(path, what):
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{what} not found: {path}")
+        raise MissingFileError(f"{what} not found: {path}")
     return path
 
 
@@ -211,8 +223,8 @@ def _read_busi(root):
             if _BUSI_MASK.match(stem):
                 continue
             if stem not in masks:
-                raise FileNotFoundError(f"missing mask: {os.path.join(folder, stem + '_mask.png')} "
-                                        f"(for image {os.path.join(folder, f)})")
+                raise MissingFileError(f"missing mask: {os.path.join(folder, stem + '_mask.png')} "
+                                       f"(for image {os.path.join(folder, f)})")
             records.append((stem, os.path.join(folder, f), masks[stem], label, stem))
     return records
 
@@ -240,11 +252,11 @@ def _read_udiat(root):
     _require_dir(root, "UDIAT root")
     xlsx = os.path.join(root, "DatasetB.xlsx")
     if not os.path.isfile(xlsx):
-        raise FileNotFoundError(f"UDIAT label sheet not found: {xlsx}")
+        raise MissingFileError(f"UDIAT label sheet not found: {xlsx}")
     try:
         wb = openpyxl.load_workbook(xlsx, read_only=True, data_only=True)
     except Exception as e:  # openpyxl raises zipfile/KeyError/InvalidFileException on a bad file
-        raise ValueError(f"cannot read {xlsx}: {e}") from e
+        raise DataError(f"cannot read {xlsx}: {cause(e)}") from e
     rows = list(wb.worksheets[0].iter_rows(values_only=True))
     wb.close()
     header = None
@@ -254,7 +266,7 @@ def _read_udiat(root):
             header, ci, ct = r, cells.index("image"), cells.index("type")
             break
     if header is None:
-        raise ValueError(f"{xlsx}: no header row with columns 'Image' and 'Type' in the first sheet")
+        raise DataError(f"{xlsx}: no header row with columns 'Image' and 'Type' in the first sheet")
     img_dir = _require_dir(os.path.join(root, "original"), "UDIAT image folder")
     gt_dir = _require_dir(os.path.join(root, "GT"), "UDIAT mask folder")
     on_disk = {os.path.splitext(f)[0]: f for f in _image_files(img_dir)}
@@ -267,12 +279,12 @@ def _read_udiat(root):
             continue
         label = _parse_label(row[ct], f"{xlsx} row {r} (Type of image {i})")
         if i in seen:
-            raise ValueError(f"{xlsx} row {r}: image {i} listed twice")
+            raise DataError(f"{xlsx} row {r}: image {i} listed twice")
         seen.add(i)
         if i not in on_disk:
-            raise FileNotFoundError(f"image {i} of {xlsx} not found: {os.path.join(img_dir, i + '.png')}")
+            raise MissingFileError(f"image {i} of {xlsx} not found: {os.path.join(img_dir, i + '.png')}")
         if i not in gt_disk:
-            raise FileNotFoundError(f"missing mask: {os.path.join(gt_dir, i + '.png')} (for image {i})")
+            raise MissingFileError(f"missing mask: {os.path.join(gt_dir, i + '.png')} (for image {i})")
         records.append((i, os.path.join(img_dir, on_disk[i]), [os.path.join(gt_dir, gt_disk[i])], label, i))
     return sorted(records, key=lambda rec: rec[0])
 
@@ -293,7 +305,7 @@ def _read_sztus(root):
     _require_dir(root, "SZ-TUS root")
     lst = os.path.join(root, "labeled.txt")
     if not os.path.isfile(lst):
-        raise FileNotFoundError(f"SZ-TUS list file not found: {lst}")
+        raise MissingFileError(f"SZ-TUS list file not found: {lst}")
     with open(lst, encoding="utf-8-sig", newline=None) as f:  # universal newlines: CRLF tolerated
         lines = f.read().splitlines()
     records, no_patient = [], []
@@ -302,14 +314,14 @@ def _read_sztus(root):
             continue
         parts = line.split()
         if len(parts) != 3:
-            raise ValueError(f"{lst} line {n}: expected 'IMAGE MASK CLASS', got {line.strip()!r}")
+            raise DataError(f"{lst} line {n}: expected 'IMAGE MASK CLASS', got {line.strip()!r}")
         img, msk, cls = parts
         label = _parse_label(cls, f"{lst} line {n}")
         ip, mp = _first_file(root, "image", img), _first_file(root, "mask", msk)
         if not os.path.isfile(ip):
-            raise FileNotFoundError(f"image of {lst} line {n} not found: {ip}")
+            raise MissingFileError(f"image of {lst} line {n} not found: {ip}")
         if not os.path.isfile(mp):
-            raise FileNotFoundError(f"missing mask: {mp} (for image {ip}, {lst} line {n})")
+            raise MissingFileError(f"missing mask: {mp} (for image {ip}, {lst} line {n})")
         stem = os.path.splitext(os.path.basename(img))[0]
         m = _SZTUS_NAME.match(stem)
         if m is None:
@@ -321,36 +333,64 @@ def _read_sztus(root):
     return records
 
 
+def _by_stem(folder):
+    """{stem: [file names]} of the image files in `folder` (a stem may have several extensions)."""
+    out = {}
+    for f in _image_files(folder):
+        out.setdefault(os.path.splitext(f)[0], []).append(f)
+    return out
+
+
 def _read_folder(root):
-    """Generic layout: ROOT/images/*, ROOT/masks/* with the same stem, ROOT/labels.csv columns image,label."""
+    """Generic layout: ROOT/images/*, ROOT/masks/* with the same stem (any IMAGE_EXTS format, e.g. GIF masks),
+    ROOT/labels.csv with columns image,label and an optional group (patient, case): images of one group stay on
+    one side of the split; a blank group is the image's own. Images not in labels.csv are skipped with a
+    warning naming them."""
     _require_dir(root, "dataset root")
     img_dir = _require_dir(os.path.join(root, "images"), "image folder")
     mask_dir = _require_dir(os.path.join(root, "masks"), "mask folder")
     csv_path = os.path.join(root, "labels.csv")
     if not os.path.isfile(csv_path):
-        raise FileNotFoundError(f"label file not found: {csv_path}")
-    images = {os.path.splitext(f)[0]: f for f in _image_files(img_dir)}
-    masks = {os.path.splitext(f)[0]: f for f in _image_files(mask_dir)}
+        raise MissingFileError(f"label file not found: {csv_path} (columns image,label[,group])")
+    images, masks = _by_stem(img_dir), _by_stem(mask_dir)
     with open(csv_path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
         fields = {(k or "").strip().lower(): k for k in reader.fieldnames or []}
         if "image" not in fields or "label" not in fields:
-            raise ValueError(f"{csv_path}: needs columns 'image' and 'label', found {reader.fieldnames}")
+            raise DataError(f"{csv_path}: needs a header with columns 'image' and 'label' (and optionally "
+                            f"'group'), found {reader.fieldnames}")
         rows = list(reader)
-    records = []
+    records, line_of = [], {}
     for n, row in enumerate(rows, start=2):
         entry = (row[fields["image"]] or "").strip()
         if not entry:
             continue
-        stem = os.path.splitext(entry)[0] if entry.lower().endswith(IMAGE_EXTS) else entry
+        listed_ext = entry.lower().endswith(IMAGE_EXTS)
+        stem = os.path.splitext(entry)[0] if listed_ext else entry
         label = _parse_label(row[fields["label"]] or "", f"{csv_path} line {n}")
-        if stem not in images:
-            raise FileNotFoundError(f"image of {csv_path} line {n} not found: {os.path.join(img_dir, entry)}")
+        if stem in line_of:
+            raise DataError(f"{csv_path} lines {line_of[stem]} and {n} both list image {stem!r} (keep one)")
+        line_of[stem] = n
+        files = images.get(stem, [])
+        if listed_ext and entry in files:
+            files = [entry]
+        if not files:
+            raise MissingFileError(f"image of {csv_path} line {n} not found: {os.path.join(img_dir, entry)}")
+        if len(files) > 1:
+            raise DataError(f"{csv_path} line {n}: image {stem!r} matches {files} in {img_dir} "
+                            f"(name the file with its extension in labels.csv)")
         if stem not in masks:
-            raise FileNotFoundError(f"missing mask: {os.path.join(mask_dir, stem + '.png')} "
-                                    f"(for image {os.path.join(img_dir, images[stem])})")
-        records.append((stem, os.path.join(img_dir, images[stem]), [os.path.join(mask_dir, masks[stem])], label,
-                        stem))
+            raise MissingFileError(f"missing mask: {os.path.join(mask_dir, stem)}.* (for image "
+                                   f"{os.path.join(img_dir, files[0])}; masks have the image's stem)")
+        if len(masks[stem]) > 1:
+            raise DataError(f"two masks for image {stem!r} in {mask_dir}: {', '.join(masks[stem])} (keep one)")
+        group = (row.get(fields["group"]) or "").strip() if "group" in fields else ""
+        records.append((stem, os.path.join(img_dir, files[0]), [os.path.join(mask_dir, masks[stem][0])], label,
+                        group or stem))
+    unlisted = [f for stem, fs in images.items() if stem not in line_of for f in fs]
+    if unlisted:
+        warnings.warn(f"{len(unlisted)} images in {img_dir} are not listed in {csv_path} and are not used, "
+                      f"e.g. {', '.join(repr(f) for f in unlisted[:3])} (add a row image,label to use one)")
     return sorted(records, key=lambda rec: _natural_key(rec[0]))
 
 
@@ -362,13 +402,13 @@ def load_dataset(name, root=None, image_size=224, seed=0, demo_size=None):
 
     seed and demo_size (number of images, default 240) only concern the generated demo set."""
     if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose from {DATASETS}")
+        raise DataError(f"unknown dataset {name!r}; choose from {DATASETS}")
     if int(image_size) != image_size or image_size < 8:
-        raise ValueError(f"image_size must be an integer >= 8, got {image_size}")
+        raise DataError(f"image size must be an integer >= 8, got {image_size}")
     if name == "demo":
         return make_demo(DEMO_SIZE if demo_size is None else demo_size, image_size, seed)
     if root is None:
-        raise ValueError(f"dataset {name!r} needs a root folder (--data-root)")
+        raise DataError(f"dataset {name!r} needs a root folder (--data-root)")
     root = os.path.abspath(os.path.expanduser(str(root)))
     return _build(_READERS[name](root), image_size, name, root)
 
@@ -501,7 +541,7 @@ def make_demo(n=DEMO_SIZE, image_size=96, seed=0):
 
     DEMO_BORDERLINE of the cases show signs of the other class (see `_demo_case`); ds.borderline marks them."""
     if n < 4:
-        raise ValueError(f"demo set needs at least 4 images, got {n}")
+        raise DataError(f"demo set needs at least 4 images, got {n} (--demo-size)")
     S = image_size
     children = np.random.SeedSequence(seed).spawn(n + 1)
     rng = np.random.default_rng(children[0])
@@ -539,10 +579,10 @@ def make_split(ds, labels, seed):
     carry both labels is assigned to the class of its malignant images (never split). Then the class's train
     images are permuted once with a generator seeded by (seed, c, 1) and the first labels/2 are labeled, so for one
     seed the budgets are nested (the 40-label set contains the 20-label set) and the evaluation set is the same
-    for every budget. Returns {"dataset", "seed", "labels", "train_labeled", "train_unlabeled", "eval"}."""
+    for every budget. A budget must leave at least one unlabeled train image (Hermes draws unlabeled batches);
+    an odd or too large budget is an error naming the largest one allowed.
+    Returns {"dataset", "seed", "labels", "train_labeled", "train_unlabeled", "eval"}."""
     labels, seed = int(labels), int(seed)
-    if labels <= 0 or labels % 2:
-        raise ValueError(f"labels must be a positive even number (labels/2 per class), got {labels}")
     k = labels // 2
     order = sorted(range(len(ds)), key=lambda i: _natural_key(ds.names[i]))   # independent of reading order
     patient_class = {}
@@ -553,16 +593,26 @@ def make_split(ds, labels, seed):
         groups = sorted({g for g, pc in patient_class.items() if pc == c}, key=_natural_key)
         unit = "patients" if ds.groups != ds.names else "images"
         if len(groups) < 2:
-            raise ValueError(f"empty class: {ds.name} has {len(groups)} {cname} {unit}; a 70/30 split needs >= 2")
+            raise DataError(f"empty class: {ds.name} has {len(groups)} {cname} {unit}; a 70/30 split needs >= 2")
         perm = np.random.default_rng([seed, c]).permutation(len(groups))
         train_groups.update(groups[j] for j in perm[:_n_train(len(groups))])
     for c in (0, 1):
         train_c[c] = [i for i in order if ds.labels[i] == c and ds.groups[i] in train_groups]
+    n0, n1 = len(train_c[0]), len(train_c[1])
+    k_max = min(n0, n1) - (n0 == n1)                    # labels/2 per class, leaving >= 1 unlabeled image
+    where = f"the train part of {ds.name} (seed {seed}: {n0} benign, {n1} malignant)"
+    if k_max < 1:
+        raise DataError(f"{where} is too small for a labeled and an unlabeled set; add images or use other data")
+    if labels <= 0 or labels % 2:
+        raise DataError(f"labels must be a positive even number (labels/2 per class), got {labels}; "
+                        f"maximum labels: {2 * k_max}")
     for c, cname in enumerate(CLASSES):
         if k > len(train_c[c]):
-            raise ValueError(f"labels={labels} needs {k} labeled {cname} images but the {cname} train part of "
-                             f"{ds.name} (seed {seed}) has only {len(train_c[c])}; maximum labels: "
-                             f"{2 * min(len(train_c[0]), len(train_c[1]))}")
+            raise DataError(f"labels={labels} needs {k} labeled {cname} images but {where} has only "
+                            f"{len(train_c[c])}; maximum labels: {2 * k_max}")
+    if k > k_max:
+        raise DataError(f"labels={labels} labels every image of {where} and leaves no unlabeled image; "
+                        f"maximum labels: {2 * k_max}")
     labeled = []
     for c in (0, 1):
         perm = np.random.default_rng([seed, c, 1]).permutation(len(train_c[c]))
@@ -579,14 +629,16 @@ _SPLIT_KEYS = ("train_labeled", "train_unlabeled", "eval")
 
 
 # ------------------------------------------------------------------------------------- run-folder files
-def atomic_write(path, write, binary=False):
+def atomic_write(path, write, binary=False, newline=None):
     """The project's one atomic writer: write(f) fills a temporary file in the same folder (unique name), which
-    is flushed to disk and renamed over `path`; a kill leaves either the old file or the new one, never half."""
+    is flushed to disk and renamed over `path`, and the rename itself is flushed (fsync of the folder); a kill or
+    a power cut leaves either the old file or the new one, never half. A failed write removes its temporary;
+    one a kill left behind is removed by remove_stale_temporaries. newline: as for open() (csv wants "")."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        with open(tmp, "wb" if binary else "w") as f:
+        with open(tmp, "wb") if binary else open(tmp, "w", newline=newline) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
@@ -594,7 +646,35 @@ def atomic_write(path, write, binary=False):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    _fsync_dir(folder)
     return path
+
+
+def _fsync_dir(folder):
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # not every system opens folders
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+TEMP_SUFFIX = re.compile(r"\.tmp\d*$")   # what atomic_write leaves behind when killed mid-write
+
+
+def remove_stale_temporaries(folder):
+    """Delete the NAME.tmp[<pid>] files a killed atomic_write left in `folder`; returns their paths."""
+    removed = []
+    for f in sorted(os.listdir(folder)):
+        p = os.path.join(folder, f)
+        if TEMP_SUFFIX.search(f) and os.path.isfile(p) and not os.path.islink(p):
+            os.remove(p)
+            removed.append(p)
+    return removed
 
 
 def _jsonable(v):
@@ -615,22 +695,26 @@ def write_json_atomic(obj, path, indent=2):
 
 
 def save_split(split, path):
-    """Write a split dict as JSON (names, not indices)."""
+    """Write a split dict as JSON (names, not indices), atomically."""
     return write_json_atomic(split, path, indent=1)
 
 
 def load_split(path, ds=None):
     """Read a split written by save_split; checks its keys, and its names against `ds` when given."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"split file not found: {path}")
+        raise MissingFileError(f"split file not found: {path}")
     try:
         with open(path) as f:
             split = json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"split file {path} is not valid JSON: {e}") from e
+        raise DataError(f"split file {path} is not valid JSON: {e}") from e
     missing = [k for k in _SPLIT_KEYS if not isinstance(split, dict) or not isinstance(split.get(k), list)]
     if missing:
-        raise ValueError(f"split file {path} lacks the lists {missing} (expected keys {_SPLIT_KEYS})")
+        raise DataError(f"split file {path} lacks the lists {missing} (expected keys {_SPLIT_KEYS})")
+    empty = [k for k in _SPLIT_KEYS if not split[k]]
+    if empty:
+        raise DataError(f"split file {path} has no {' and no '.join(empty)} images (every list needs one; "
+                        f"draw a split with --labels instead)")
     if ds is not None:
         split_indices(ds, split, where=path)
     return split
@@ -642,19 +726,67 @@ def split_indices(ds, split, where="split"):
     out, seen = [], {}
     for key in _SPLIT_KEYS:
         if not isinstance(split.get(key), list):
-            raise ValueError(f"{where}: no list {key!r} (expected keys {_SPLIT_KEYS})")
+            raise DataError(f"{where}: no list {key!r} (expected keys {_SPLIT_KEYS})")
         names = split[key]
         unknown = [n for n in names if n not in ds.index]
         if unknown:
-            raise ValueError(f"{where}: {len(unknown)} of the {key} names are not in dataset {ds.name!r} "
-                             f"({len(ds)} images{', root ' + ds.root if ds.root else ''}), e.g. {unknown[:3]}; "
-                             f"was the split made for {split.get('dataset')!r} with other settings?")
+            raise DataError(f"{where}: {len(unknown)} of the {key} names are not in dataset {ds.name!r} "
+                            f"({len(ds)} images{', root ' + ds.root if ds.root else ''}), e.g. {unknown[:3]}; "
+                            f"was the split made for {split.get('dataset')!r} with other settings?")
         for n in names:
             if n in seen:
-                raise ValueError(f"{where}: image {n!r} is in both {seen[n]} and {key}")
+                raise DataError(f"{where}: image {n!r} is in both {seen[n]} and {key}")
             seen[n] = key
         out.append(np.array([ds.index[n] for n in names], dtype=np.int64))
     return tuple(out)
+
+
+# ------------------------------------------------------------------------------------ command-line errors
+def one_line(e):
+    """First line of an exception's message (library messages can span many lines)."""
+    lines = [ln for ln in str(e).splitlines() if ln.strip()]
+    return (lines[0] + (" ..." if len(lines) > 1 else "")) if lines else type(e).__name__
+
+
+def cause(e, limit=100):
+    """A library exception's first sentence, short enough to quote inside one of our one-line messages."""
+    first = one_line(e).split(". ")[0].rstrip(".")
+    return first if len(first) <= limit else first[:limit - 4] + " ..."
+
+
+DEBUG_ENV = "HERMES_DEBUG"
+
+
+def debug_requested(argv):
+    """--debug on the command line or HERMES_DEBUG set (not empty, not 0)."""
+    return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def cli_main(main, argv=None):
+    """Run an entry point main(argv) as a user sees it. An error prints one or two lines on stderr (what is
+    wrong, naming the file or value, and the fix) and exits with status 1; Ctrl-C exits with 130; warnings
+    print as one line. --debug or HERMES_DEBUG=1 shows Python's traceback instead."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    prog = os.path.basename(sys.argv[0]) or "hermes"
+    if debug_requested(argv):
+        return main(argv)
+    warnings.showwarning = lambda message, *a, **k: print(f"{prog}: warning: {message}", file=sys.stderr)
+    try:
+        return main(argv)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except (DataError, OSError) as e:  # the user's input, files or disk: the message names them
+        print(f"{prog}: error: {_without(prog, one_line(e))}", file=sys.stderr)
+    except Exception as e:  # anything else is unexpected: say so, and how to see where it came from
+        print(f"{prog}: error: {type(e).__name__}: {_without(prog, one_line(e))}\n"
+              f"{prog}: rerun with --debug (or {DEBUG_ENV}=1) for the traceback", file=sys.stderr)
+    sys.exit(1)
+
+
+def _without(prog, msg):
+    """'evaluate.py: no checkpoint ...' -> 'no checkpoint ...' (the line already starts with the program)."""
+    return msg[len(prog):].lstrip(": ") if msg.startswith(prog) else msg
 
 
 # -------------------------------------------------------------------------------------- augmentation
@@ -737,8 +869,8 @@ def _train_loader(dataset, batch_size, num_workers, seed):
     """Shuffled, seeded, drop-last loader; a set smaller than the batch is drawn with replacement so every
     batch is full (one batch per pass)."""
     if len(dataset) == 0:
-        raise ValueError(f"cannot build a training loader over an empty {type(dataset).__name__} "
-                         f"(the labeled budget leaves no images of this kind)")
+        raise DataError(f"cannot build a training loader over an empty {type(dataset).__name__} "
+                        f"(the labeled budget leaves no images of this kind)")
     g = torch.Generator().manual_seed(seed)
     sampler = (RandomSampler(dataset, generator=g) if len(dataset) >= batch_size else
                RandomSampler(dataset, replacement=True, num_samples=batch_size, generator=g))
@@ -770,7 +902,8 @@ class StepSampler:
 
     def __init__(self, n, batch_size, seed, stream):
         if n == 0:
-            raise ValueError(f"cannot draw batches from an empty set ({stream})")
+            raise DataError(f"cannot draw batches from an empty {('', 'labeled', 'unlabeled')[stream]} set "
+                            f"(stream {stream}): the split leaves no such training image")
         self.n, self.B, self.seed, self.stream = n, batch_size, seed, stream
         self.per_pass = max(1, n // batch_size)
 
@@ -863,6 +996,7 @@ def main(argv=None):
     p.add_argument("--labels", type=int, default=None, help="also print the split sizes for this budget")
     p.add_argument("--rows", type=int, default=4)
     p.add_argument("--cols", type=int, default=6)
+    p.add_argument("--debug", action="store_true", help=f"show the Python traceback of an error (or {DEBUG_ENV}=1)")
     args = p.parse_args(argv)
     S = args.image_size or (96 if args.dataset == "demo" else 224)
     t0 = time.perf_counter()
@@ -879,4 +1013,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    cli_main(main)

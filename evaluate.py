@@ -1,7 +1,7 @@
 """Evaluation of Hermes runs: per-image metrics, a checkpoint on its evaluation split, multi-run tables
 (figures: figures.py).
 
-    python evaluate.py runs/demo-40-seed0                      # final checkpoint -> runs/demo-40-seed0/metrics.json
+    python evaluate.py runs/demo-40-seed0                      # checkpoint.pt -> metrics_checkpoint.json
     python evaluate.py runs/demo-40-seed0 --checkpoint best    # best.pt -> metrics_best.json
     python evaluate.py runs/x/checkpoint.pt --overlays ov/     # PNG overlays + attention panels
     python evaluate.py --summary runs/busi-72-seed* runs/busi-144-seed* --out table.md   # paper Tables 1-2
@@ -18,9 +18,9 @@ denominator class is absent is NaN, written as null in JSON and skipped by the s
 
 Run folder (train.py): config.json, split.json, checkpoint.pt (final), best.pt (best evaluation Dice, i.e.
 selected on the evaluation split, the paper's protocol: optimistic, not a held-out test score), metrics.json.
-evaluate_run writes, beside the checkpoint, metrics.json for checkpoint.pt (keys it does not compute, such as
-train.py's "best" block, are kept) and metrics_<stem>.json for any other file (best.pt -> metrics_best.json),
-plus per_image[_<stem>].csv.
+metrics.json is train.py's record of the run: evaluate_run never rewrites it. It writes, beside the checkpoint,
+metrics_<stem>.json and per_image_<stem>.csv (checkpoint.pt -> metrics_checkpoint.json, best.pt ->
+metrics_best.json).
 """
 import argparse
 import csv
@@ -199,21 +199,21 @@ def resolve_checkpoint(path, which="final"):
     """(checkpoint file, metrics json, per-image csv) for a run folder (+ which) or a checkpoint file.
 
     Folder: which="final" -> checkpoint.pt, "best" -> best.pt. File: used as given (`which` is ignored).
-    Outputs lie beside the checkpoint: metrics.json / per_image.csv for checkpoint.pt,
-    metrics_<stem>.json / per_image_<stem>.csv for any other name.
+    Outputs lie beside the checkpoint: metrics_<stem>.json / per_image_<stem>.csv (metrics_checkpoint.json,
+    metrics_best.json, ...); metrics.json is train.py's record of the run and is never rewritten here.
     """
     if os.path.isdir(path):
         if which not in ("final", "best"):
-            raise ValueError(f"evaluate.py: --checkpoint must be final or best, got {which!r}")
+            raise data.DataError(f"evaluate.py: --checkpoint must be final or best, got {which!r}")
         ckpt = os.path.join(path, "checkpoint.pt" if which == "final" else "best.pt")
     else:
         ckpt = path
     if not os.path.isfile(ckpt):
-        raise FileNotFoundError(f"evaluate.py: no checkpoint {ckpt} (a run folder holds checkpoint.pt and best.pt)")
+        raise data.MissingFileError(f"evaluate.py: no checkpoint {ckpt} (a run folder holds checkpoint.pt and "
+                                    f"best.pt)")
     stem = os.path.splitext(os.path.basename(ckpt))[0]
-    tag = "" if stem == "checkpoint" else f"_{stem}"
     folder = os.path.dirname(os.path.abspath(ckpt))
-    return ckpt, os.path.join(folder, f"metrics{tag}.json"), os.path.join(folder, f"per_image{tag}.csv")
+    return ckpt, os.path.join(folder, f"metrics_{stem}.json"), os.path.join(folder, f"per_image_{stem}.csv")
 
 
 def load_model(ckpt, config):
@@ -240,24 +240,25 @@ def evaluate_run(run_dir_or_ckpt, data_root=None, which="final", overlays=None, 
     folder = os.path.dirname(os.path.abspath(ckpt_path))
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refuses arbitrary pickles: say which file
-        raise RuntimeError(f"evaluate.py: cannot load {ckpt_path} with weights_only=True: {e}") from e
+    except Exception as e:  # damaged file, or weights_only refusing an arbitrary pickle: say which file
+        raise data.DataError(f"evaluate.py: cannot read {ckpt_path} ({data.cause(e)}); a damaged checkpoint.pt "
+                             f"can be replaced by --checkpoint best, or the run retrained") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise ValueError(f"evaluate.py: {ckpt_path} is not a train.py checkpoint (no 'model' key)")
+        raise data.DataError(f"evaluate.py: {ckpt_path} is not a train.py checkpoint (no 'model' key)")
     config = ckpt.get("config")
     if config is None:
         cfg_path = os.path.join(folder, "config.json")
         if not os.path.isfile(cfg_path):
-            raise FileNotFoundError(f"evaluate.py: {ckpt_path} holds no config and there is no {cfg_path}")
+            raise data.MissingFileError(f"evaluate.py: {ckpt_path} holds no config and there is no {cfg_path}")
         with open(cfg_path) as f:
             config = json.load(f)
     split_path = os.path.join(folder, "split.json")
     if not os.path.isfile(split_path):
-        raise FileNotFoundError(f"evaluate.py: no {split_path} beside the checkpoint (train.py writes it)")
+        raise data.MissingFileError(f"evaluate.py: no {split_path} beside the checkpoint (train.py writes it)")
     split = data.load_split(split_path)
     if split.get("dataset", config["dataset"]) != config["dataset"]:
-        raise ValueError(f"evaluate.py: {split_path} is a split of {split['dataset']!r}, the checkpoint was "
-                         f"trained on {config['dataset']!r}")
+        raise data.DataError(f"evaluate.py: {split_path} is a split of {split['dataset']!r}, the checkpoint was "
+                             f"trained on {config['dataset']!r}")
 
     device = models.pick_device(device)
     ds = data.load_dataset(config["dataset"], data_root or config.get("data_root"),
@@ -270,12 +271,13 @@ def evaluate_run(run_dir_or_ckpt, data_root=None, which="final", overlays=None, 
                                         keep_masks=overlays is not None)
     names = [ds.names[i] for i in idx_eval]
 
-    with open(csv_path, "w", newline="") as f:
+    def write_csv(f):
         w = csv.writer(f)
         w.writerow(["name", "label", "pred", "score", "dice", "iou", "hd95"])
         for n, r in zip(names, per_image):
             w.writerow([n, r["label"], r["pred"], f"{r['score']:.6f}", f"{r['dice']:.6f}", f"{r['iou']:.6f}",
                         f"{r['hd95']:.4f}"])
+    data.atomic_write(csv_path, write_csv, newline="")
     if overlays is not None:
         images = ds.images[idx_eval]
         gts = ds.masks[idx_eval].astype(bool)
@@ -288,11 +290,7 @@ def evaluate_run(run_dir_or_ckpt, data_root=None, which="final", overlays=None, 
               "selected_on": SELECTED_ON_BEST if is_best else SELECTED_ON_FINAL,
               "method": method_name(config), "dataset": config["dataset"], "labels": config.get("labels"),
               "seed": config.get("seed"), "per_image_file": os.path.basename(csv_path)}
-    previous = {}
-    if os.path.isfile(metrics_path):  # keep what train.py wrote and we do not recompute (e.g. "best")
-        with open(metrics_path) as f:
-            previous = json.load(f)
-    data.write_json_atomic({**previous, **result}, metrics_path)
+    data.write_json_atomic(result, metrics_path)
     result["metrics_file"] = metrics_path
     return result
 
@@ -465,6 +463,7 @@ def main(argv=None):
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available")
     p.add_argument("--batch-size", type=int, default=8, help="evaluation batch size")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (ignored on CPU)")
+    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error (or HERMES_DEBUG=1)")
     args = p.parse_args(argv)
     if args.summary:
         md = summary_markdown(args.paths)
@@ -491,4 +490,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    data.cli_main(main)

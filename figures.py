@@ -456,6 +456,8 @@ def main(argv=None):
     c.add_argument("--metric", default="dice_mean", help="log.csv eval column (dice_mean, accuracy, ...)")
     c.add_argument("--title", default=None)
     c.add_argument("--out", required=True)
+    for q in (a, c):
+        q.add_argument("--debug", action="store_true", help="show the Python traceback of an error (or HERMES_DEBUG=1)")
     args = p.parse_args(argv)
     if args.cmd == "pseudo-labels":
         out = args.out or os.path.join(args.runs[0], "pseudo_labels.png")
@@ -477,4 +479,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    import data
+    data.cli_main(main)

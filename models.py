@@ -66,7 +66,8 @@ def pick_device(name):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if str(name).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda asked for, but torch sees no CUDA device (use --device cpu)")
+        import data  # the user's input: a one-line error on the command line (data.cli_main)
+        raise data.DataError("--device cuda asked for, but torch sees no CUDA device (use --device cpu)")
     return torch.device(name)
 
 

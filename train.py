@@ -31,7 +31,7 @@ EVAL_KEYS = ["dice_mean", "iou_mean", "hd95_mean", "accuracy", "auc", "area_rati
 LOG_COLUMNS = ["kind", "iter", *hermes.STAT_KEYS, "lr_seg", "lr_cls", "sec_per_step", *EVAL_KEYS]
 D = hermes.HermesConfig()  # the defaults of every method flag below
 # Arguments that may differ between a run and its resumption (they do not change what is computed).
-RESUME_OVERRIDABLE = {"resume", "device", "data_root", "stop_after", "out", "workers"}
+RESUME_OVERRIDABLE = {"resume", "device", "data_root", "stop_after", "out", "workers", "debug"}
 
 
 def build_parser():
@@ -120,7 +120,16 @@ def build_parser():
     a("--ckpt-every", type=int, default=None, help="write checkpoint.pt every N steps (default: --eval-every)")
     a("--log-every", type=int, default=10, help="write a log.csv row every N steps")
     a("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # simulate a kill after N steps (tests)
+    a("--debug", action="store_true", help=f"show the Python traceback of an error (or {data.DEBUG_ENV}=1)")
     return p
+
+
+def given_on_command_line(argv):
+    """Names (dests) of the arguments the command line sets, as opposed to those left at their defaults."""
+    probe = build_parser()
+    for action in probe._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(probe.parse_args(argv)))
 
 
 def resolve(args):
@@ -141,11 +150,12 @@ def resolve(args):
     if args.out is None:
         args.out = os.path.join("runs", f"{args.dataset}-{args.labels}-seed{args.seed}")
     if not demo and args.data_root is None:
-        raise SystemExit(f"--data-root is required for --dataset {args.dataset} (see README, Datasets)")
+        raise data.DataError(f"--data-root is required for --dataset {args.dataset} (see README, Datasets)")
     if args.image_size % 32:
-        raise SystemExit(f"--image-size {args.image_size} must be divisible by 32 (the encoder downsamples 32×)")
+        raise data.DataError(f"--image-size {args.image_size} must be divisible by 32 (the encoder downsamples "
+                             f"32×), e.g. {max(32, 32 * round(args.image_size / 32))}")
     if args.iters < 1 or args.batch_size < 1:
-        raise SystemExit("--iters and --batch-size must be positive")
+        raise data.DataError(f"--iters and --batch-size must be positive, got {args.iters} and {args.batch_size}")
     return args
 
 
@@ -189,11 +199,42 @@ def save_atomic(obj, path):
     return data.atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
-def checkpoint(model, banks, opts, it, best, cfg):
-    """Everything an exact resume needs; the memory banks under their own key."""
+def checkpoint(model, banks, opts, it, best, cfg, seconds):
+    """Everything an exact resume needs, the memory banks under their own key; seconds = training wall time so
+    far, over all resumed parts."""
     return {"model": model.state_dict(), "banks": banks.state_dict(),
             **{f"opt_{k}": o.state_dict() for k, o in opts.items()},
-            "iter": it, "rng": rng_state(), "best_dice": best["dice"], "best_iter": best["iter"], "config": cfg}
+            "iter": it, "rng": rng_state(), "best_dice": best["dice"], "best_iter": best["iter"], "config": cfg,
+            "train_seconds": seconds}
+
+
+def best_checkpoint(model, banks, it, best, cfg):
+    """What evaluation needs (weights, memory banks, config, step), without optimizer or RNG states."""
+    return {"model": model.state_dict(), "banks": banks.state_dict(), "iter": it, "config": cfg,
+            "best_dice": best["dice"], "best_iter": best["iter"]}
+
+
+def read_checkpoint(path):
+    """A train.py checkpoint for --resume; a damaged or foreign file is a DataError naming it and the way out."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, not a torch file, unreadable
+        raise data.DataError(f"cannot read {path} ({data.cause(e)}): it cannot be resumed; move the run "
+                             f"folder aside and rerun the command without --resume") from e
+    needed = {"model", "opt_seg", "opt_cls", "iter", "rng", "config"}
+    if not isinstance(ckpt, dict) or not needed <= set(ckpt):
+        raise data.DataError(f"{path} is not a resumable train.py checkpoint (it lacks "
+                             f"{sorted(needed - set(ckpt) if isinstance(ckpt, dict) else needed)}); rerun the "
+                             f"command without --resume into a new --out")
+    return ckpt
+
+
+def _write_csv(path, rows):
+    def write(f):
+        w = csv.DictWriter(f, LOG_COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    data.atomic_write(path, write, newline="")
 
 
 def load_checkpoint(ckpt, model, banks, opts):
@@ -252,32 +293,38 @@ def build_model(cfg):
                            model, st, "cls", what=f"--init-cls-encoder {cfg['init_cls_encoder']}"))):
         if path:
             if not os.path.isfile(path):
-                raise SystemExit(f"initialisation file not found: {path}")
+                raise data.MissingFileError(f"initialisation file not found: {path}")
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as e:
-                raise SystemExit(f"cannot read {path} as a torch state_dict or train.py checkpoint: {e}")
+                raise data.DataError(f"cannot read {path} as a torch state_dict or train.py checkpoint: "
+                                     f"{data.cause(e)}") from e
             try:
                 n = len(load(state))
             except ValueError as e:
-                raise SystemExit(str(e))
+                raise data.DataError(data.one_line(e)) from e
             print(f"initialised {n} tensors from {path}")
     return model
 
 
 class CsvLog:
-    """log.csv with one row per logged step and one per evaluation; on resume, rows past the checkpoint go."""
+    """log.csv with one row per logged step and one per evaluation, appended as training goes.
+
+    A new run writes the header; a resumed run appends after the rows already there, except that rows past the
+    checkpoint (written before a kill) are dropped first, in one atomic rewrite."""
 
     def __init__(self, path, resume_iter=None):
         self.path = path
-        rows = []
-        if resume_iter is not None and os.path.exists(path):
-            with open(path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["iter"]) <= resume_iter]
-        with open(path, "w", newline="") as f:
-            w = csv.DictWriter(f, LOG_COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
+        if resume_iter is None or not os.path.exists(path):
+            _write_csv(path, [])
+            return
+        with open(path, newline="") as f:
+            text = f.read()
+        reader = csv.DictReader(text.splitlines())
+        rows = list(reader)
+        keep = [r for r in rows if (r.get("iter") or "").isdigit() and int(r["iter"]) <= resume_iter]
+        if len(keep) < len(rows) or reader.fieldnames != LOG_COLUMNS or not text.endswith("\n"):
+            _write_csv(path, keep)
 
     def write(self, row):
         with open(self.path, "a", newline="") as f:
@@ -288,37 +335,78 @@ def _fmt(v):
     return f"{v:.6g}" if isinstance(v, float) else v
 
 
-def prepare_run(args):
-    """Create or reopen the run folder; return (config dict, checkpoint or None)."""
+def _flag(k):
+    return "--" + k.replace("_", "-")
+
+
+def open_run(args, given):
+    """Check --out and, with --resume, read its checkpoint; writes nothing. -> (config dict, checkpoint or None).
+
+    given: the arguments set on the command line; with --resume, one that differs from the run's own
+    setting is an error naming both (the run's config is what the checkpoint was trained with)."""
     out = args.out
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise data.DataError(f"--out {out} is a file, not a folder: name a folder for the run")
     ckpt_path = os.path.join(out, "checkpoint.pt")
-    if args.resume and os.path.exists(ckpt_path):
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    if args.resume:
+        if not os.path.isfile(ckpt_path):
+            raise data.DataError(f"--resume: there is no {ckpt_path} to continue from (nothing was changed); "
+                                 f"start the run without --resume, into a new or empty --out")
+        ckpt = read_checkpoint(ckpt_path)
         cfg = dict(ckpt["config"])
         new = vars(args)
-        changed = {k: (cfg.get(k), new[k]) for k in new
-                   if k not in RESUME_OVERRIDABLE and new[k] != cfg.get(k) and k in cfg}
+        changed = [k for k in sorted(given) if k not in RESUME_OVERRIDABLE and k in cfg and new[k] != cfg[k]]
         if changed:
-            print(f"--resume: keeping the run's own settings, ignoring {sorted(changed)}", file=sys.stderr)
+            both = "; ".join(f"{_flag(k)} {cfg[k]} (the run) vs {new[k]} (given)" for k in changed)
+            raise data.DataError(f"--resume: {out} was trained with other settings: {both}. Drop them to "
+                                 f"continue the run, or train into a new --out")
         cfg.update(resume=True, device=new["device"], stop_after=new["stop_after"], workers=new["workers"])
         if new["data_root"] is not None:
             cfg["data_root"] = new["data_root"]
         return cfg, ckpt
-    if os.path.isdir(out) and os.listdir(out) and not args.resume:
-        raise SystemExit(f"run folder {out} exists and is not empty: pass --resume to continue it, "
-                         f"or another --out")
-    if args.resume:
-        print(f"--resume: no checkpoint.pt in {out} yet, starting from step 0", file=sys.stderr)
-    os.makedirs(out, exist_ok=True)
+    if os.path.isdir(out) and os.listdir(out):
+        raise data.DataError(f"run folder {out} exists and is not empty: pass --resume to continue it, "
+                             f"or another --out")
     cfg = dict(vars(args))
     cfg["git_commit"] = git_commit()
-    data.write_json_atomic(cfg, os.path.join(out, "config.json"))
     return cfg, None
 
 
+def run_split(cfg, ds, given):
+    """The run's split, checked against the dataset and the config; writes nothing.
+
+    Resume: the run folder's split.json, which must be a split of the config's dataset, budget (and seed,
+    when the run drew it). New run: --split FILE (its budget becomes the config's; a different --labels on the
+    command line is an error), or a split drawn from --labels and --seed."""
+    if cfg["resume"]:
+        where = os.path.join(cfg["out"], "split.json")
+        split = data.load_split(where, ds)
+        said = {"dataset": split.get("dataset"), "labels": len(split["train_labeled"])}
+        want = {"dataset": cfg["dataset"], "labels": cfg["labels"]}
+        if not cfg["split"]:
+            said["seed"], want["seed"] = split.get("seed"), cfg["seed"]
+        bad = [k for k in said if said[k] != want[k]]
+        if bad:
+            raise data.DataError(f"{where} is a split of {', '.join(f'{k} {said[k]}' for k in bad)} but the run "
+                                 f"was trained with {', '.join(f'{k} {want[k]}' for k in bad)} (checkpoint.pt): "
+                                 f"put the run's own split.json back, or train into a new --out")
+        return split
+    if cfg["split"]:
+        split = data.load_split(cfg["split"], ds)
+        n = len(split["train_labeled"])
+        if "labels" in given and n != cfg["labels"]:
+            raise data.DataError(f"--split {cfg['split']} has {n} labeled images but --labels says "
+                                 f"{cfg['labels']}: drop --labels, or draw the split with --labels alone")
+        cfg["labels"] = n
+        return split
+    return data.make_split(ds, cfg["labels"], cfg["seed"])
+
+
 def train(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = resolve(build_parser().parse_args(argv))
-    cfg, ckpt = prepare_run(args)
+    given = given_on_command_line(argv)
+    cfg, ckpt = open_run(args, given)
     out = cfg["out"] = args.out
     device = models.pick_device(cfg["device"])
     amp = bool(cfg["amp"]) and device.type == "cuda"
@@ -328,22 +416,22 @@ def train(argv=None):
     torch.manual_seed(cfg["seed"])
 
     t0 = time.perf_counter()
+    seconds_before = float(ckpt.get("train_seconds", 0.0)) if ckpt is not None else 0.0
+    elapsed = lambda: seconds_before + time.perf_counter() - t0  # training wall time over all resumed parts
     ds = data.load_dataset(cfg["dataset"], cfg["data_root"], image_size=cfg["image_size"], seed=cfg["seed"],
                            demo_size=cfg["demo_size"])
     load_s = time.perf_counter() - t0
-    split_path = os.path.join(out, "split.json")
-    if os.path.exists(split_path):
-        split = data.load_split(split_path)
-    else:
-        split = data.load_split(cfg["split"]) if cfg["split"] else data.make_split(ds, cfg["labels"], cfg["seed"])
-        data.save_split(split, split_path)
+    split = run_split(cfg, ds, given)
     idx_l, idx_u, idx_eval = data.split_indices(ds, split)
     print(f"{cfg['dataset']}: {len(ds.labels)} images loaded in {load_s:.1f}s; "
           f"{len(idx_l)} labeled, {len(idx_u)} unlabeled, {len(idx_eval)} evaluation")
 
     set_l, set_u = data.LabeledSet(ds, idx_l, train=True), data.UnlabeledSet(ds, idx_u)
+    # Its own generator: an evaluation must not draw from the global RNG that anchor sampling uses, or
+    # --eval-every would change the training.
     eval_loader = torch.utils.data.DataLoader(data.LabeledSet(ds, idx_eval, train=False),
-                                              batch_size=cfg["batch_size"], shuffle=False)
+                                              batch_size=cfg["batch_size"], shuffle=False,
+                                              generator=torch.Generator())
     batches = data.StepBatches(set_l, set_u, cfg["batch_size"], cfg["seed"])
 
     hcfg = hermes.config_from(cfg)
@@ -356,7 +444,17 @@ def train(argv=None):
         load_checkpoint(ckpt, model, banks, opts)
         start, best = ckpt["iter"], {"dice": ckpt["best_dice"], "iter": ckpt["best_iter"]}
         set_rng_state(ckpt["rng"])
+    # Everything is loaded and checked: only now is the run folder created or changed.
+    os.makedirs(out, exist_ok=True)
+    if ckpt is not None:
+        stale = data.remove_stale_temporaries(out)
+        if stale:
+            print(f"removed {len(stale)} temporary files of an interrupted write: "
+                  f"{', '.join(os.path.basename(p) for p in stale)}", file=sys.stderr)
         print(f"resumed {out} at step {start}/{total}")
+    else:
+        data.write_json_atomic(cfg, os.path.join(out, "config.json"))
+        data.save_split(split, os.path.join(out, "split.json"))
     log = CsvLog(os.path.join(out, "log.csv"), resume_iter=start if ckpt is not None else None)
     ckpt_path, best_path = os.path.join(out, "checkpoint.pt"), os.path.join(out, "best.pt")
 
@@ -393,11 +491,11 @@ def train(argv=None):
             final_metrics = metrics if done == total else None
             if metrics["dice_mean"] > best["dice"]:
                 best = {"dice": metrics["dice_mean"], "iter": done}
-                save_atomic(checkpoint(model, banks, opts, done, best, cfg), best_path)
+                save_atomic(best_checkpoint(model, banks, done, best, cfg), best_path)
         if done % cfg["ckpt_every"] == 0 or done == total:
-            save_atomic(checkpoint(model, banks, opts, done, best, cfg), ckpt_path)
+            save_atomic(checkpoint(model, banks, opts, done, best, cfg, elapsed()), ckpt_path)
         if cfg.get("stop_after") is not None and done >= cfg["stop_after"]:
-            save_atomic(checkpoint(model, banks, opts, done, best, cfg), ckpt_path)
+            save_atomic(checkpoint(model, banks, opts, done, best, cfg, elapsed()), ckpt_path)
             print(f"stopped after step {done} (--stop-after); continue with --resume --out {out}")
             return None
     bar.close()
@@ -408,7 +506,7 @@ def train(argv=None):
               "best": {"checkpoint": "best.pt", "iter": best["iter"], "dice_mean": best["dice"],
                        "selected_on": evaluate.SELECTED_ON_BEST},
               "dataset": cfg["dataset"], "labels": cfg["labels"], "seed": cfg["seed"],
-              "train_seconds": round(time.perf_counter() - t0, 1)}
+              "train_seconds": round(elapsed(), 1)}
     data.write_json_atomic(result, os.path.join(out, "metrics.json"))
     print(f"\nrun folder: {out}  (config.json, split.json, log.csv, checkpoint.pt, best.pt, metrics.json)")
     print(f"final checkpoint on the evaluation split ({metrics['n_images']} images): "
@@ -419,4 +517,4 @@ def train(argv=None):
 
 
 if __name__ == "__main__":
-    train()
+    data.cli_main(train)

@@ -1,5 +1,7 @@
 """Tests of data.py on tiny fixtures written to tmp_path: readers, demo set, splits, augmentation, loaders, errors."""
 import json
+import os
+import re
 
 import numpy as np
 import openpyxl
@@ -270,7 +272,7 @@ def test_empty_class_and_empty_dataset(tmp_path):
     with pytest.raises(ValueError, match="no malignant images"):
         data.load_dataset("busi", tmp_path / "b")
     make_folder(tmp_path / "f", rows=[" , "])
-    with pytest.raises(ValueError, match="empty dataset"):
+    with pytest.raises(ValueError, match="empty dataset"), pytest.warns(UserWarning, match="not listed"):
         data.load_dataset("folder", tmp_path / "f")
 
 
@@ -482,8 +484,10 @@ def test_make_loaders_seeded():
     for a, b in zip(*firsts):
         assert torch.equal(a, b)
     ds = fake_set(10, 10, S=8)
+    sp = data.make_split(ds, 12, seed=0)
+    all_labeled = dict(sp, train_labeled=sp["train_labeled"] + sp["train_unlabeled"], train_unlabeled=[])
     with pytest.raises(ValueError, match="empty"):
-        data.make_loaders(ds, data.make_split(ds, 14, seed=0), batch_size=4)  # 7 + 7 train, all labeled
+        data.make_loaders(ds, all_labeled, batch_size=4)  # 7 + 7 train, all labeled: no unlabeled set
 
 
 # ----------------------------------------------------------------------------------------------- preview
@@ -525,3 +529,166 @@ def test_step_batches_are_a_pure_function_of_the_step():
     before = torch.get_rng_state()
     _ = a[1]
     assert torch.equal(torch.get_rng_state(), before)                              # the global RNG is untouched
+
+
+# ------------------------------------------------------------------------- issue 11: budgets, formats, groups
+def test_maximum_budget_named_by_the_error_trains():
+    ds = fake_set(12, 12)                                   # train parts 8 and 8 (folder set of 12/12)
+    with pytest.raises(data.DataError, match=r"maximum labels: (\d+)") as e:
+        data.make_split(ds, 16, 0)
+    maximum = int(re.search(r"maximum labels: (\d+)", str(e.value)).group(1))
+    assert maximum == 14                                    # 7 + 7 labeled leaves 1 + 1 unlabeled
+    sp = data.make_split(ds, maximum, 0)
+    idx_l, idx_u, _ = data.split_indices(ds, sp)
+    assert len(idx_l) == 14 and len(idx_u) == 2
+    batches = data.StepBatches(data.LabeledSet(ds, idx_l), data.UnlabeledSet(ds, idx_u), 8, seed=0)
+    (x, _, _), (w, _, _, _) = batches[0]
+    assert x.shape[0] == 8 and w.shape[0] == 8
+    assert "no unlabeled" in str(e.value)
+    assert "maximum labels: 20" in _error(lambda: data.make_split(fake_set(20, 14), 22, 0))   # 14 / 10 train parts
+    assert "maximum labels: 20" in _error(lambda: data.make_split(fake_set(20, 14), 21, 0))   # odd: names it too
+
+
+def _error(fn):
+    try:
+        fn()
+    except data.DataError as e:
+        return str(e)
+    raise AssertionError("no DataError")
+
+
+def test_split_with_no_unlabeled_image_is_refused(tmp_path):
+    ds = fake_set(10, 10)
+    sp = data.make_split(ds, 4, seed=0)
+    bad = dict(sp, train_labeled=sp["train_labeled"] + sp["train_unlabeled"], train_unlabeled=[])
+    (tmp_path / "s.json").write_text(json.dumps(bad))
+    with pytest.raises(data.DataError, match=r"s\.json.*no train_unlabeled"):
+        data.load_split(tmp_path / "s.json", ds)
+
+
+def gif(path, arr):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.asarray(arr, np.uint8)).convert("P").save(path)   # palette GIF, as DDTI ships masks
+    return path
+
+
+def make_ddti_like(root, n_cases=10, crops=2, group_column=True):
+    """DDTI-style folder set: case k's image cropped into 'k_1(1)', 'k_1(2)' (JPEG), GIF masks, group = case."""
+    rows = ["image,label,group" if group_column else "image,label"]
+    for k in range(100, 100 + n_cases):
+        for j in range(1, crops + 1):
+            name = f"{k}_1({j})"
+            png(root / "images" / f"{name}.jpg", grey_image(24, 28, k * 10 + j))
+            gif(root / "masks" / f"{name}.gif", rect_mask(24, 28, 4, 12 + j, 4, 20))
+            rows.append(f"{name}.jpg,{k % 2}" + (f",{k}" if group_column else ""))
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_folder_reads_gif_masks(tmp_path):
+    make_ddti_like(tmp_path, n_cases=2, crops=2)
+    ds = data.load_dataset("folder", tmp_path, image_size=16)
+    assert ds.names == ["100_1(1)", "100_1(2)", "101_1(1)", "101_1(2)"]
+    assert ds.masks.sum() > 0 and set(np.unique(ds.masks)) == {0, 1}
+    expected = np.asarray(Image.fromarray(rect_mask(24, 28, 4, 13, 4, 20)).resize((16, 16), Image.NEAREST)) > 127
+    assert np.array_equal(ds.masks[0], expected)
+
+
+def test_folder_two_masks_of_one_stem_is_an_error(tmp_path):
+    make_ddti_like(tmp_path, n_cases=2, crops=1)
+    png(tmp_path / "masks" / "100_1(1).png", rect_mask(24, 28, 4, 12, 4, 20))
+    with pytest.raises(data.DataError, match=r"100_1\(1\)\.gif.*100_1\(1\)\.png"):
+        data.load_dataset("folder", tmp_path, image_size=16)
+
+
+def test_folder_unlisted_images_are_named_in_a_warning(tmp_path):
+    make_folder(tmp_path, rows=["a.png,0", "c.jpg,1"])                 # b.png and d.png are not listed
+    with pytest.warns(UserWarning, match=r"2 images in .*images.* not listed in .*labels\.csv.*'b\.png', 'd\.png'"):
+        ds = data.load_dataset("folder", tmp_path, image_size=8)
+    assert ds.names == ["a", "c"]
+
+
+def test_folder_group_column_keeps_groups_on_one_side(tmp_path):
+    make_ddti_like(tmp_path, n_cases=20, crops=3)
+    ds = data.load_dataset("folder", tmp_path, image_size=8)
+    assert ds.groups[:3] == ["100"] * 3 and len(set(ds.groups)) == 20
+    for seed in range(5):
+        sp = data.make_split(ds, 8, seed)
+        side = {}
+        for key in data._SPLIT_KEYS:
+            for n in sp[key]:
+                side.setdefault(ds.groups[ds.index[n]], set()).add("eval" if key == "eval" else "train")
+        assert all(len(s) == 1 for s in side.values()), side
+        assert sum(s == {"eval"} for s in side.values()) == 6            # 3 of each class's 10 cases
+    # without the column every crop is its own group: the same cases then straddle the split
+    make_ddti_like(tmp_path / "nogroup", n_cases=20, crops=3, group_column=False)
+    ds2 = data.load_dataset("folder", tmp_path / "nogroup", image_size=8)
+    assert ds2.groups == ds2.names
+
+
+def test_folder_blank_group_is_its_own_group(tmp_path):
+    make_folder(tmp_path, rows=["a.png,0,p1", "b,benign,", "c.jpg,malignant,p1", " d.png , 1 , p2"])
+    (tmp_path / "labels.csv").write_text("image,label,Group\n" + (tmp_path / "labels.csv").read_text().split("\n", 1)[1])
+    ds = data.load_dataset("folder", tmp_path, image_size=8)
+    assert ds.groups == ["p1", "b", "p1", "p2"]
+
+
+@pytest.mark.parametrize("case", ["missing_root", "missing_mask", "bad_label", "corrupt", "odd_budget",
+                                  "budget", "csv_columns", "image_size", "duplicate_row"])
+def test_data_errors_are_one_line_data_errors(tmp_path, case):
+    make_folder(tmp_path / "f")
+    f = tmp_path / "f"
+    if case == "missing_root":
+        call = lambda: data.load_dataset("folder", tmp_path / "nowhere")
+    elif case == "missing_mask":
+        (f / "masks" / "d.png").unlink()
+        call = lambda: data.load_dataset("folder", f)
+    elif case == "bad_label":
+        make_folder(f, rows=["a.png,0", "b.png,normal"])
+        call = lambda: data.load_dataset("folder", f)
+    elif case == "corrupt":
+        (f / "images" / "b.png").write_bytes(b"nope")
+        call = lambda: data.load_dataset("folder", f, image_size=8)
+    elif case == "odd_budget":
+        call = lambda: data.make_split(fake_set(10, 10), 3, 0)
+    elif case == "budget":
+        call = lambda: data.make_split(fake_set(10, 10), 40, 0)
+    elif case == "csv_columns":
+        (f / "labels.csv").write_text("file,class\na.png,0\n")
+        call = lambda: data.load_dataset("folder", f)
+    elif case == "image_size":
+        call = lambda: data.load_dataset("folder", f, image_size=4)
+    else:
+        make_folder(f, rows=["a.png,0", "b.png,0", "a.png,1", "c.jpg,1"])
+        call = lambda: data.load_dataset("folder", f)
+    with pytest.raises(data.DataError) as e:
+        call()
+    assert "\n" not in str(e.value) and len(str(e.value)) < 400
+
+
+def test_save_split_fsyncs_and_a_kill_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "split.json"
+    data.save_split({"a": 1}, path)
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    data.save_split({"a": 2}, path)
+    assert synced and json.loads(path.read_text()) == {"a": 2}
+
+    def dying_dump(obj, f, **kw):
+        f.write('{"a": ')
+        raise KeyboardInterrupt("killed during the write")
+
+    monkeypatch.setattr(json, "dump", dying_dump)
+    with pytest.raises(KeyboardInterrupt):
+        data.save_split({"a": 3}, path)
+    monkeypatch.undo()
+    assert json.loads(path.read_text()) == {"a": 2} and os.listdir(tmp_path) == ["split.json"]
+
+
+def test_remove_stale_temporaries(tmp_path):
+    for f in ["best.pt.tmp123", "split.json.tmp", "checkpoint.pt", "log.csv", "notes.tmp.txt"]:
+        (tmp_path / f).write_text("x")
+    removed = data.remove_stale_temporaries(tmp_path)
+    assert sorted(os.path.basename(r) for r in removed) == ["best.pt.tmp123", "split.json.tmp"]
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "log.csv", "notes.tmp.txt"]

@@ -253,7 +253,7 @@ def test_resolve_checkpoint_names(tmp_path):
     (tmp_path / "best.pt").write_bytes(b"x")
     c, m, p = E.resolve_checkpoint(str(tmp_path))
     assert (os.path.basename(c), os.path.basename(m), os.path.basename(p)) == \
-        ("checkpoint.pt", "metrics.json", "per_image.csv")
+        ("checkpoint.pt", "metrics_checkpoint.json", "per_image_checkpoint.csv")  # metrics.json is train.py's
     c, m, _ = E.resolve_checkpoint(str(tmp_path), "best")
     assert (os.path.basename(c), os.path.basename(m)) == ("best.pt", "metrics_best.json")
     assert os.path.basename(E.resolve_checkpoint(str(tmp_path / "best.pt"))[1]) == "metrics_best.json"
@@ -283,14 +283,14 @@ def test_evaluate_run_end_to_end_demo(tmp_path):
 
     m = E.evaluate_run(str(run), overlays=str(tmp_path / "ov"), batch_size=4, n_panels=2)
     n_eval = len(split["eval"])
-    written = json.loads((run / "metrics.json").read_text())
+    assert json.loads((run / "metrics.json").read_text()) == {"best": {"iter": 0}, "dice_mean": -1}  # train.py's
+    written = json.loads((run / "metrics_checkpoint.json").read_text())
     assert set(E.SUMMARY_KEYS) <= set(written) and written["n_images"] == n_eval
     assert written["checkpoint"] == "checkpoint.pt" and written["iter"] == 0 and written["method"] == "Hermes"
-    assert written["best"] == {"iter": 0}  # what train.py wrote and evaluate_run does not compute is kept
     assert written["dice_mean"] == pytest.approx(m["dice_mean"]) and 0 <= m["dice_mean"] <= 1
     files = sorted(os.listdir(tmp_path / "ov"))
     assert len([f for f in files if f.startswith("panel_")]) == 2 and len(files) == n_eval + 2
-    lines = (run / "per_image.csv").read_text().splitlines()
+    lines = (run / "per_image_checkpoint.csv").read_text().splitlines()
     assert lines[0] == "name,label,pred,score,dice,iou,hd95" and len(lines) == n_eval + 1
     assert [l.split(",")[0] for l in lines[1:]] == split["eval"]
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+import data
 import train
 
 TINY = ["--dataset", "demo", "--demo-size", "40", "--image-size", "64", "--labels", "4", "--batch-size", "2",
@@ -69,7 +70,7 @@ def test_existing_out_is_refused(tmp_path):
     out = tmp_path / "busy"
     out.mkdir()
     (out / "something.txt").write_text("x")
-    with pytest.raises(SystemExit, match="not empty"):
+    with pytest.raises(data.DataError, match="not empty"):
         train.train(TINY + ["--out", str(out), "--iters", "1"])
 
 
@@ -142,5 +143,5 @@ def test_init_from_an_earlier_run(tmp_path):
         assert torch.equal(state[k], ckpt[k]), k
     assert not torch.equal(state["image_head.0.weight"], ckpt["image_head.0.weight"])  # heads: only --init-heads
     cfg["init"] = str(tmp_path / "missing.pt")
-    with pytest.raises(SystemExit, match="not found"):
+    with pytest.raises(data.DataError, match="not found"):
         train.build_model(cfg)

@@ -100,11 +100,17 @@ def main(argv=None):
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=False)
     p.add_argument("--steps", type=int, default=5, help="timed steps per variant (median reported)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
-    p.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    p.add_argument("--variants", nargs="*", default=None, choices=list(VARIANTS),
+                   help="default: all (--concurrent: SupOnly and Hermes)")
     p.add_argument("--amp-compare", action="store_true", help="CUDA: time each variant in fp32 and bf16 autocast")
     p.add_argument("--profile", action="store_true",
                    help="also profile one full Hermes step and print where its time goes")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; --concurrent N: cores / N per run)")
+    p.add_argument("--concurrent", type=int, nargs="+", default=None, metavar="N",
+                   help="instead of the table above: N training processes side by side on the device, for each N "
+                        "given and 1; aggregate steps/s and s/step per run")
+    p.add_argument("--amp", action="store_true", help="--concurrent on CUDA: bf16 autocast")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     if args.threads:
@@ -115,6 +121,10 @@ def main(argv=None):
     t = time.perf_counter()
     ds = data.load_dataset(args.dataset, args.data_root, image_size=args.image_size, seed=args.seed)
     load_s = time.perf_counter() - t
+    if args.concurrent:
+        print_concurrent(concurrent_runs(args, ds), args, ds)
+        return
+    args.variants = args.variants or list(VARIANTS)
     split = data.make_split(ds, train.DEFAULT_LABELS.get(args.dataset, 40), args.seed)
     idx_l, idx_u, _ = data.split_indices(ds, split)
     set_l, set_u = data.LabeledSet(ds, idx_l, train=True), data.UnlabeledSet(ds, idx_u)
@@ -177,6 +187,98 @@ def profile_step(model, init_state, batch, device):
     print(f"\nprofile of one Hermes step: convolution operators (forward and backward) take "
           f"{100 * conv / total:.0f}% of self CPU time")
     print(events.table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+# ------------------------------------------------------------------------------ runs side by side (--concurrent)
+def _concurrent_worker(rank, opts, ds, barrier, results):
+    """One training process of --concurrent: train.py's step (on-device batches, hermes_step, one backward, both
+    optimizers) for warmup steps, then, once every process is ready, `steps` timed steps."""
+    torch.set_num_threads(opts["threads"])
+    torch.manual_seed(opts["seed"] + rank)
+    device = torch.device(opts["device"])
+    split = data.make_split(ds, train.DEFAULT_LABELS.get(ds.name, 40), opts["seed"])
+    idx_l, idx_u, _ = data.split_indices(ds, split)
+    batches = data.DeviceBatches(ds, idx_l, idx_u, opts["batch_size"], opts["seed"] + rank, device)
+    cfg = hermes.HermesConfig(**VARIANTS[opts["variant"]])
+    model = HermesNet(seg_encoder=opts["seg_encoder"], pretrained=False)
+    hermes.attach_banks(model, cfg)
+    model.to(device).train()
+    opt_seg = torch.optim.Adam(model.seg_parameters(), lr=1e-4)
+    opt_cls = torch.optim.SGD(model.cls_parameters(), lr=1e-4, momentum=0.9, weight_decay=1e-4)
+    total = opts["warmup"] + opts["steps"]
+
+    def step(t):
+        batch_l, batch_u = batches(t)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=opts["amp"]):
+            loss, _ = hermes.hermes_step(model, batch_l, batch_u, t, 3000, cfg)
+        opt_seg.zero_grad(set_to_none=True)
+        opt_cls.zero_grad(set_to_none=True)
+        loss.backward()
+        opt_seg.step()
+        opt_cls.step()
+
+    for t in range(opts["warmup"]):
+        step(t)
+    sync(device)
+    barrier.wait()                       # all processes start timing together
+    start = time.monotonic()             # system-wide clock: comparable across processes
+    for t in range(opts["warmup"], total):
+        step(t)
+    sync(device)
+    end = time.monotonic()
+    if device.type == "cuda":
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        import resource
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    results.put((rank, start, end, peak))
+
+
+def concurrent_runs(args, ds):
+    """--concurrent N ...: N training processes side by side on one device, for each N (and N = 1 as the
+    baseline); returns rows (variant, N, median s/step per process, aggregate steps/s, peak memory per process)."""
+    import torch.multiprocessing as mp
+    ctx = mp.get_context("spawn")        # CUDA cannot be used in forked children
+    counts = sorted(set([1] + args.concurrent))
+    variants = args.variants or ["SupOnly", "Hermes"]
+    rows = []
+    for variant in variants:
+        for n in counts:
+            threads = args.threads or max(1, (os.cpu_count() or 1) // n)
+            opts = dict(device=args.device, batch_size=args.batch_size, seg_encoder=args.seg_encoder,
+                        seed=args.seed, variant=variant, warmup=args.warmup, steps=args.steps, threads=threads,
+                        amp=args.amp and args.device == "cuda")
+            barrier, results = ctx.Barrier(n), ctx.Queue()
+            procs = [ctx.Process(target=_concurrent_worker, args=(r, opts, ds, barrier, results)) for r in range(n)]
+            for p in procs:
+                p.start()
+            out = [results.get() for _ in procs]
+            for p in procs:
+                p.join()
+                if p.exitcode != 0:
+                    raise SystemExit(f"--concurrent: a training process exited with code {p.exitcode}")
+            per_run = statistics.median((end - start) / args.steps for _, start, end, _ in out)
+            window = max(o[2] for o in out) - min(o[1] for o in out)
+            rows.append((variant, n, per_run, n * args.steps / window, max(o[3] for o in out)))
+            print(f"  {variant}, {n} side by side: {per_run:.3f} s/step per run, "
+                  f"{rows[-1][3]:.2f} steps/s in all", flush=True)
+    return rows
+
+
+def print_concurrent(rows, args, ds):
+    device = torch.cuda.get_device_name() if args.device == "cuda" else f"cpu, {os.cpu_count()} cores"
+    what = "peak CUDA memory per run" if args.device == "cuda" else "peak RSS per run"
+    print(f"\n{ds.name} at {args.image_size} px, batch {args.batch_size} + {args.batch_size}, seg encoder "
+          f"{args.seg_encoder}, {'bf16 autocast' if args.amp and args.device == 'cuda' else 'fp32'}, device "
+          f"{device}; each run: on-device batches + train.py's step, {args.steps} timed steps after {args.warmup} "
+          f"warm-up, all runs timed over the same window\n")
+    print(f"| variant | runs side by side | s/step per run | aggregate steps/s | aggregate images/s | "
+          f"throughput vs 1 run | {what} (MiB) |")
+    print("|---|---|---|---|---|---|---|")
+    for variant, n, per_run, agg, peak in rows:
+        one = next(r[3] for r in rows if r[0] == variant and r[1] == 1)
+        print(f"| {variant} | {n} | {per_run:.3f} | {agg:.2f} | {agg * 2 * args.batch_size:.1f} | "
+              f"{agg / one:.2f}× | {peak / 2**20:.0f} |")
 
 
 if __name__ == "__main__":

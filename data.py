@@ -934,9 +934,15 @@ def strong_views(x, p, k):
 def normalise_batch(x):
     """(B,C,S,S) float in [0,255] (C = 1: grey, repeated to RGB) -> (B,3,S,S) float32, as `normalise`."""
     x = x.expand(-1, 3, -1, -1).float().mul(1 / 255)
-    mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+    mean, std = _imagenet_stats(x.device)
     return (x - mean) / std
+
+
+@functools.lru_cache
+def _imagenet_stats(device):
+    """ImageNet mean and std (1,3,1,1) on `device`, copied there once (a copy from the host would wait for it)."""
+    return (torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
+            torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
 
 
 class DeviceBatches:
@@ -971,18 +977,36 @@ class DeviceBatches:
         return x, y.long(), labels
 
     def params(self, t):
-        """Step t's draws, on the CPU: (indices_l (B,), indices_u (B,), weak_l, weak_u, strong) (draw_weak/_strong)."""
+        """Step t's draws, on the CPU: indices j_l, j_u (B,) into the labeled / unlabeled set, weak views of both
+        (boxes_l, flip_l, boxes_u, flip_u: draw_weak) and the strong ops (draw_strong's keys)."""
         g = torch.Generator().manual_seed(_step_seed(self.seed, t, 0))
-        return (torch.tensor(self.draw_l(t)), torch.tensor(self.draw_u(t)), draw_weak(self.B, self.S, g),
-                draw_weak(self.B, self.S, g), draw_strong(self.B, g))
+        p_l, p_u = draw_weak(self.B, self.S, g), draw_weak(self.B, self.S, g)
+        return {"j_l": torch.tensor(self.draw_l(t)), "j_u": torch.tensor(self.draw_u(t)),
+                "boxes_l": p_l["boxes"], "flip_l": p_l["flip"], "boxes_u": p_u["boxes"], "flip_u": p_u["flip"],
+                **draw_strong(self.B, g)}
 
     def __call__(self, t):
-        j_l, j_u, p_l, p_u, p_s = self.params(t)
-        to = lambda p: {k: v.to(self.device, non_blocking=True) for k, v in p.items()}
-        x, y, z = self._weak(self.set_l, j_l.to(self.device), to(p_l))
-        x_w, y_gt, z_gt = self._weak(self.set_u, j_u.to(self.device), to(p_u))
-        x_s = strong_views(x_w, to(p_s), self.k)
+        p = _to_device(self.params(t), self.device)
+        x, y, z = self._weak(self.set_l, p["j_l"], {"boxes": p["boxes_l"], "flip": p["flip_l"]})
+        x_w, y_gt, z_gt = self._weak(self.set_u, p["j_u"], {"boxes": p["boxes_u"], "flip": p["flip_u"]})
+        x_s = strong_views(x_w, p, self.k)
         return (normalise_batch(x), y, z), (normalise_batch(x_w), normalise_batch(x_s), y_gt, z_gt)
+
+
+def _to_device(tensors, device):
+    """Dict of small CPU tensors -> the same on `device` in one copy, from pinned memory and asynchronous on
+    CUDA, so preparing a batch never waits for the device."""
+    if device.type == "cpu":
+        return tensors
+    flat = torch.cat([v.reshape(-1).double() for v in tensors.values()])   # float64 holds the ints exactly
+    if device.type == "cuda":
+        flat = flat.pin_memory()
+    flat = flat.to(device, non_blocking=True)
+    out, i = {}, 0
+    for k, v in tensors.items():
+        out[k] = flat[i:i + v.numel()].view(v.shape).to(v.dtype)
+        i += v.numel()
+    return out
 
 
 # ------------------------------------------------------------------------------------------- preview

@@ -210,8 +210,8 @@ def test_device_batches_format_alignment_and_images_of_step_batches():
             rc = unnormalise(img)[:, :2] / 16                                  # source row, column of each pixel
             assert (torch.div(mask, 16, rounding_mode="floor") - rc[:, 0]).abs().max() <= 0.5 + 1e-3
             assert ((mask % 16) - rc[:, 1]).abs().max() <= 0.5 + 1e-3
-        _, _, _, _, p_s = db.params(t)
-        torch.testing.assert_close(x_s, data.normalise_batch(data.strong_views(unnormalise(x_w), p_s, db.k)),
+        strong = data.strong_views(unnormalise(x_w), db.params(t), db.k)
+        torch.testing.assert_close(x_s, data.normalise_batch(strong),
                                    atol=1e-4, rtol=0)                          # strong = photometric ops on weak
     assert ds.images[0, 3, 0, 0] == 48 and ds.masks[0, 3, 2] == 50              # cache untouched
 
@@ -246,6 +246,9 @@ def test_grey_shortcut_equals_the_rgb_path():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_batches_equal_cpu_batches():
+    p = {"i": torch.tensor([3, 2**40]), "f": torch.tensor([0.25, 1.5]), "b": torch.tensor([True, False])}
+    for k, v in data._to_device(p, torch.device("cuda")).items():                # one packed copy
+        assert v.is_cuda and v.dtype == p[k].dtype and torch.equal(v.cpu(), p[k])
     ds = grey_set(S=32, n=8)
     a = data.DeviceBatches(ds, range(4), range(4, 8), 4, seed=1, device="cpu")(5)
     b = data.DeviceBatches(ds, range(4), range(4, 8), 4, seed=1, device="cuda")(5)

@@ -9,7 +9,8 @@ All variants run in one process on the same networks, the same batches and the s
 before each variant). A step is what train.py does per iteration (`train.train_step`: `hermes_step`, eq. 15, one
 backward, the two optimizer steps). Reported: median seconds per step over --steps after --warmup, images per
 second (labeled + unlabeled images in the batch), peak memory during the variant's steps (RSS sampled every
-5 ms on CPU, torch.cuda.max_memory_allocated on CUDA), and the ratio to SupOnly. Also: time to load and cache
+5 ms on CPU, torch.cuda.max_memory_allocated on CUDA), and the ratio to SupOnly; on CPU also the process's CPU
+seconds per step. The memory banks start full (fill_banks), as in a long run. Also: time to load and cache
 the dataset, and the data pipeline's time per step as a share of the Hermes step, for train.py's default (whole
 batches augmented on the device, data.DeviceBatches) and for the per-image torchvision path (--augment cpu).
 
@@ -72,10 +73,21 @@ def sync(device):
         torch.cuda.synchronize()
 
 
+def fill_banks(banks, seed=0):
+    """Both memory banks filled with random unit vectors, as they are after the first few dozen steps of a run:
+    the contrastive terms then cost what they cost in a long run (fresh banks make the first steps cheaper)."""
+    g = torch.Generator().manual_seed(seed)
+    for bank in (banks.pixel, banks.image):
+        n, dev = bank.num_classes * bank.size, bank.feats.device
+        feats = torch.nn.functional.normalize(torch.randn(n, bank.dim, generator=g), dim=1)
+        bank.push(feats.to(dev), torch.arange(bank.num_classes).repeat_interleave(bank.size).to(dev))
+    return banks
+
+
 def time_variant(model, init_state, batches, cfg, device, steps, warmup, amp):
     model.load_state_dict(init_state)
     model.train()
-    banks = hermes.make_banks(model, cfg)
+    banks = fill_banks(hermes.make_banks(model, cfg))
     opts = train.make_optimizers(model, TRAIN_DEFAULTS)
     times, cpu_times = [], []
     if device.type == "cuda":
@@ -116,6 +128,9 @@ def main(argv=None):
                    help="instead of the table above: N training processes side by side on the device, for each N "
                         "given and 1; aggregate steps/s and s/step per run")
     p.add_argument("--amp", action="store_true", help="--concurrent on CUDA: bf16 autocast")
+    p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                   help="torch.compile the model in place first (MODE: default, reduce-overhead, ...); on the "
+                        "2-core CPU it did not pay (README, Speed)")
     p.add_argument("--keep-mmap", action="store_true",
                    help="CPU: leave glibc's malloc as it is (blocks > 32 MiB mmapped and page-faulted anew every "
                         "step) instead of train.py's train.keep_freed_memory()")
@@ -157,6 +172,8 @@ def main(argv=None):
 
     model = HermesNet(seg_encoder=args.seg_encoder, pretrained=args.pretrained).to(device)
     init_state = copy.deepcopy(model.state_dict())
+    if args.compile:
+        model.compile(mode=args.compile)   # in place: state_dict keys unchanged; warm-up steps absorb compiling
 
     amps = [False, True] if (args.amp_compare and device.type == "cuda") else [False]
     rows = []
@@ -191,8 +208,34 @@ def main(argv=None):
           f"{share(data_s['device'])}")
     print(f"  torchvision per image, one process (--augment cpu, --workers 0): {data_s['cpu']:.4f} s/step"
           f"{share(data_s['cpu'])}")
+    if device.type == "cuda":
+        syncs = count_syncs(model, init_state, device_batches, amp=False)
+        print(f"\nhost-device synchronisations in one Hermes step as train.py runs it (batch, step, backward, "
+              f"optimizers; torch.cuda sync debug mode): {len(syncs)}")
+        for s in sorted(set(syncs))[:5]:
+            print(f"  {s}")
     if args.profile:
         profile_step(model, init_state, batches[0], device)
+
+
+def count_syncs(model, init_state, batches, amp):
+    """CUDA: messages of the synchronising calls made by one train.py iteration (after one warm-up)."""
+    import warnings
+    model.load_state_dict(init_state)
+    cfg = hermes.HermesConfig()
+    banks, opts = hermes.make_banks(model, cfg), train.make_optimizers(model, TRAIN_DEFAULTS)
+    watch = train.FiniteWatch(torch.device("cuda"))
+    for it in (0, 1):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            torch.cuda.set_sync_debug_mode("warn" if it else "default")
+            try:
+                loss, _ = train.train_step(model, banks, opts, *batches(it), it, 3000, cfg, amp)
+                watch.update(loss, it)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    return [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message).lower()]
 
 
 def profile_step(model, init_state, batch, device):
@@ -228,7 +271,7 @@ def _concurrent_worker(rank, opts, ds, barrier, results):
     batches = data.DeviceBatches(ds, idx_l, idx_u, opts["batch_size"], opts["seed"] + rank, device)
     cfg = hermes.HermesConfig(**VARIANTS[opts["variant"]])
     model = HermesNet(seg_encoder=opts["seg_encoder"], pretrained=False).to(device).train()
-    banks, optimizers = hermes.make_banks(model, cfg), train.make_optimizers(model, TRAIN_DEFAULTS)
+    banks, optimizers = fill_banks(hermes.make_banks(model, cfg)), train.make_optimizers(model, TRAIN_DEFAULTS)
     total = opts["warmup"] + opts["steps"]
     step = lambda t: train.train_step(model, banks, optimizers, *batches(t), t, 3000, cfg, opts["amp"])
     for t in range(opts["warmup"]):

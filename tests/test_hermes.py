@@ -540,3 +540,24 @@ def test_separate_bn_leaves_running_stats_to_labeled_images():
 def test_config_from_mapping():
     cfg = hermes.config_from({"alpha": 0.5, "lr": 1.0, "unlabeled_bn": "separate"})
     assert cfg.alpha == 0.5 and cfg.unlabeled_bn == "separate" and cfg.beta == hermes.HermesConfig().beta
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_step_never_waits_for_the_device():
+    """train.py's iteration (on-device batch, hermes_step, backward, optimizers, finiteness record) makes no
+    host-device synchronisation once warm."""
+    import data
+    import train
+    ds = data.load_dataset("demo", image_size=64, demo_size=24, seed=0)
+    model = HermesNet(seg_encoder="resnet18").cuda().train()
+    cfg = hermes.HermesConfig(n_anchors=16, pixel_bank_size=64, image_bank_size=8)
+    banks, opts = hermes.make_banks(model, cfg), train.make_optimizers(model, vars(train.build_parser().parse_args([])))
+    batches, watch = data.DeviceBatches(ds, range(8), range(8, 24), 2, seed=0, device="cuda"), train.FiniteWatch("cuda")
+    for it in range(3):
+        torch.cuda.set_sync_debug_mode("error" if it == 2 else "default")
+        try:
+            loss, _ = train.train_step(model, banks, opts, *batches(it), it, 10, cfg)
+            watch.update(loss, it)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    watch.check({k: torch.zeros(()) for k in hermes.STAT_KEYS})

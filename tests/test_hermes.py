@@ -108,6 +108,22 @@ def test_sample_anchors_only_kept_and_deterministic():
     assert touched.sum() == 12 and touched[b, yy, xx].all()
 
 
+
+def test_anchor_slots_fixed_size_valid_first_and_equal_to_indices():
+    labels, keep, pred = random_maps(4, B=2, h=5, w=5)
+    for n in (3, 8, 60):
+        g = lambda: torch.Generator().manual_seed(n)
+        idx, lab, valid = hermes.sample_anchor_slots(labels, keep, pred, n, generator=g())
+        assert idx.shape == lab.shape == valid.shape == (2 * n,)
+        assert lab.tolist() == [0] * n + [1] * n
+        for c in (0, 1):                                       # used slots first within each class block
+            v = valid[c * n:(c + 1) * n].int()
+            assert (v[:-1] >= v[1:]).all()
+        ref_idx, ref_lab = hermes.sample_anchor_indices(labels, keep, pred, n, generator=g())
+        assert torch.equal(idx[valid], ref_idx) and torch.equal(lab[valid], ref_lab)
+    pools = naive_pools(labels, keep, pred)
+    assert valid[n:].sum() == len(pools[(1, True)]) + len(pools[(1, False)])   # n = 60: every kept pixel
+
 def test_downsample_nearest():
     y = torch.arange(16).reshape(1, 4, 4)
     assert hermes.downsample_nearest(y, (2, 2)).tolist() == [[[0, 2], [8, 10]]]
@@ -166,6 +182,21 @@ def test_memory_bank_vs_naive_ring():
         f, l = bank.keys()
         assert f.shape == (sum(ring.filled), 3) and (l[:ring.filled[0]] == 0).all() and (l[ring.filled[0]:] == 1).all()
 
+
+
+def test_memory_bank_masked_push_equals_pushing_the_selected_rows():
+    g = torch.Generator().manual_seed(1)
+    bank, ref = hermes.MemoryBank(6, 3), hermes.MemoryBank(6, 3)
+    for k in (5, 0, 17, 3, 9):
+        feats, labels = torch.randn(k, 3, generator=g), torch.randint(0, 2, (k,), generator=g)
+        mask = torch.rand(k, generator=g) > 0.4
+        bank.push(feats, labels, mask)
+        ref.push(feats[mask], labels[mask])
+        for a, b in zip(bank.state_dict().values(), ref.state_dict().values()):
+            assert torch.equal(a, b)
+    f, lab, filled = bank.slots()
+    assert f.shape == (12, 3) and lab.tolist() == [0] * 6 + [1] * 6 and filled.sum() == bank.filled.sum()
+    assert torch.equal(f[filled], bank.keys()[0])
 
 def test_memory_bank_classes_detach_and_state_dict():
     bank = hermes.MemoryBank(3, 2)
@@ -509,3 +540,24 @@ def test_separate_bn_leaves_running_stats_to_labeled_images():
 def test_config_from_mapping():
     cfg = hermes.config_from({"alpha": 0.5, "lr": 1.0, "unlabeled_bn": "separate"})
     assert cfg.alpha == 0.5 and cfg.unlabeled_bn == "separate" and cfg.beta == hermes.HermesConfig().beta
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_training_step_never_waits_for_the_device():
+    """train.py's iteration (on-device batch, hermes_step, backward, optimizers, finiteness record) makes no
+    host-device synchronisation once warm."""
+    import data
+    import train
+    ds = data.load_dataset("demo", image_size=64, demo_size=24, seed=0)
+    model = HermesNet(seg_encoder="resnet18").cuda().train()
+    cfg = hermes.HermesConfig(n_anchors=16, pixel_bank_size=64, image_bank_size=8)
+    banks, opts = hermes.make_banks(model, cfg), train.make_optimizers(model, vars(train.build_parser().parse_args([])))
+    batches, watch = data.DeviceBatches(ds, range(8), range(8, 24), 2, seed=0, device="cuda"), train.FiniteWatch("cuda")
+    for it in range(3):
+        torch.cuda.set_sync_debug_mode("error" if it == 2 else "default")
+        try:
+            loss, _ = train.train_step(model, banks, opts, *batches(it), it, 10, cfg)
+            watch.update(loss, it)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    watch.check({k: torch.zeros(()) for k in hermes.STAT_KEYS})

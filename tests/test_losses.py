@@ -170,6 +170,26 @@ def test_pixel_contrastive_loss_vs_loop(seed):
         assert out.item() == pytest.approx(naive_pixel_loss(a, la, k, lk, T), rel=1e-9, abs=1e-9)
 
 
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_pixel_contrastive_loss_masks_equal_the_selected_rows(seed):
+    g = torch.Generator().manual_seed(seed)
+    a = F.normalize(torch.randn(13, 8, generator=g, dtype=torch.float64), dim=1)
+    k = F.normalize(torch.randn(21, 8, generator=g, dtype=torch.float64), dim=1)
+    la, lk = torch.randint(0, 2, (13,), generator=g), torch.randint(0, 2, (21,), generator=g)
+    ma, mk = torch.rand(13, generator=g) > 0.3, torch.rand(21, generator=g) > 0.5
+    a.requires_grad_(True)
+    out = losses.pixel_contrastive_loss(a, la, k, lk, 0.1, anchor_mask=ma, key_mask=mk)
+    assert out.item() == pytest.approx(naive_pixel_loss(a.detach()[ma], la[ma], k[mk], lk[mk], 0.1), rel=1e-12)
+    (grad,) = torch.autograd.grad(out, a)
+    assert torch.isfinite(grad).all() and (grad[~ma] == 0).all()
+    mk_one = torch.zeros(21, dtype=torch.bool)
+    mk_one[lk == 0] = True                                          # only label-0 keys: no negatives at all
+    out = losses.pixel_contrastive_loss(a, la, k, lk, 0.1, key_mask=mk_one)
+    assert out.item() == pytest.approx(naive_pixel_loss(a.detach(), la, k[mk_one], lk[mk_one], 0.1), rel=1e-12)
+    none = losses.pixel_contrastive_loss(a, la, k, lk, 0.1, anchor_mask=torch.zeros(13, dtype=torch.bool))
+    assert none.item() == 0
+
 # ---------------------------------------------------------------- eq. (12)-(13)
 
 def naive_image_loss(v, lab, wt, T, bank=None, bank_lab=None):
@@ -239,6 +259,19 @@ def test_image_contrastive_loss_vs_loop(seed, with_bank):
         out = losses.image_contrastive_loss(v, lab, wt, T, bank_feats=bank, bank_labels=bank_lab)
         assert out.item() == pytest.approx(naive_image_loss(v, lab, wt, T, bank, bank_lab), rel=1e-9, abs=1e-9)
 
+
+
+def test_image_contrastive_loss_bank_mask_equals_the_filled_slots():
+    g = torch.Generator().manual_seed(3)
+    v = F.normalize(torch.randn(8, 6, generator=g, dtype=torch.float64), dim=1)
+    lab, wt = torch.randint(0, 2, (4,), generator=g).repeat(2), (torch.rand(4, generator=g) > 0.4).double().repeat(2)
+    bank = F.normalize(torch.randn(9, 6, generator=g, dtype=torch.float64), dim=1)
+    bank_lab, filled = torch.randint(0, 2, (9,), generator=g), torch.rand(9, generator=g) > 0.5
+    out = losses.image_contrastive_loss(v, lab, wt, 0.2, bank_feats=bank, bank_labels=bank_lab, bank_mask=filled)
+    assert out.item() == pytest.approx(naive_image_loss(v, lab, wt, 0.2, bank[filled], bank_lab[filled]), rel=1e-12)
+    empty = losses.image_contrastive_loss(v, lab, wt, 0.2, bank_feats=bank, bank_labels=bank_lab,
+                                          bank_mask=torch.zeros(9, dtype=torch.bool))
+    assert empty.item() == pytest.approx(naive_image_loss(v, lab, wt, 0.2), rel=1e-12)
 
 def test_image_contrastive_loss_rejects_odd_rows():
     with pytest.raises(ValueError, match="2N"):

@@ -49,12 +49,18 @@ def test_three_steps_write_every_output(tmp_path):
     assert {"python", "numpy", "torch"} <= set(ckpt["rng"])
 
 
-def test_resume_continues_as_if_never_stopped(tmp_path):
-    full, _ = run(tmp_path, "--iters", "4", "--eval-every", "100", name="full")
+@pytest.mark.parametrize("augment", ["device", "cpu"])
+def test_resume_continues_as_if_never_stopped(tmp_path, augment):
+    full, _ = run(tmp_path, "--iters", "4", "--eval-every", "100", "--augment", augment, name="full")
     part, stopped = run(tmp_path, "--iters", "4", "--eval-every", "100", "--ckpt-every", "1", "--stop-after", "2",
-                        name="part")
+                        "--augment", augment, name="part")
     assert stopped is None
-    assert torch.load(os.path.join(part, "checkpoint.pt"), weights_only=True)["iter"] == 2
+    ckpt_path = os.path.join(part, "checkpoint.pt")
+    assert torch.load(ckpt_path, weights_only=True)["iter"] == 2
+    if augment == "cpu":            # a run made before --augment existed resumes with the per-image path
+        ckpt = torch.load(ckpt_path, weights_only=True)
+        del ckpt["config"]["augment"]
+        torch.save(ckpt, ckpt_path)
     train.train(["--out", part, "--resume", "--workers", "1"])  # batches do not depend on the workers
     a, b = read_log(full), read_log(part)
     assert [r["iter"] for r in b] == ["1", "2", "3", "4"]
@@ -65,6 +71,24 @@ def test_resume_continues_as_if_never_stopped(tmp_path):
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=k)
 
+
+
+def test_non_finite_loss_is_caught_before_anything_is_saved(tmp_path, monkeypatch):
+    step = train.hermes.hermes_step
+
+    def nan_at_step_1(model, banks, batch_l, batch_u, it, *a):
+        loss, stats = step(model, banks, batch_l, batch_u, it, *a)
+        return (loss * float("nan") if it == 1 else loss), stats
+
+    monkeypatch.setattr(train.hermes, "hermes_step", nan_at_step_1)
+    out = str(tmp_path / "nan")
+    with pytest.raises(SystemExit, match="non-finite loss at step 1 "):
+        train.train(TINY + ["--out", out, "--iters", "6", "--log-every", "3", "--eval-every", "100"])
+    assert not os.path.exists(os.path.join(out, "checkpoint.pt")) and read_log(out) == []  # checked at step 3
+    watch = train.FiniteWatch(torch.device("cpu"))
+    for it, v in enumerate([1.0, float("inf"), float("nan"), 2.0]):
+        watch.update(torch.tensor(v), it)
+    assert int(watch.first) == 1
 
 def test_existing_out_is_refused(tmp_path):
     out = tmp_path / "busy"

@@ -203,16 +203,14 @@ PLANTED = [
      "eta_min + 0.5 * (eta_max - eta_min)", "eta_max - 0.5 * (eta_max - eta_min)"),                # cos reversed
     ("thresholds", "hermes.py", "uncertainty", "probs + eps", "probs.clamp_min(eps)"),
     ("dice", "losses.py", "seg_unsupervised_loss", ".sum() / B", ".sum() / kept.sum().clamp_min(1)"),
-    ("dice", "losses.py", "seg_unsupervised_loss", "logits_w.detach().argmax(1)", "logits_w.softmax(1)[:, 1]"),
+    ("dice", "losses.py", "seg_unsupervised_loss", "logits_w.detach().max(1).indices", "logits_w.softmax(1)[:, 1]"),
     ("dice", "losses.py", "_dice_loss", "p, g = p * w, g * w", "p = p * w"),
     ("pixel-contrast", "losses.py", "pixel_contrastive_loss", "keys) / temperature", "keys) / 0.1"),
     ("pixel-contrast", "losses.py", "pixel_contrastive_loss", ".logsumexp(1, keepdim=True)",
      ".logsumexp(0, keepdim=True)"),                                                               # wrong dim
     ("pixel-contrast", "losses.py", "pixel_contrastive_loss",
      "(L * has_pos).sum() / has_pos.sum().clamp_min(1)", "L.mean()"),
-    ("pixel-contrast", "hermes.py", "sample_anchor_indices", "n_h = min(n - n_e, a_h)", "n_h = n_h"),  # no filling
-    ("pixel-contrast", "hermes.py", "sample_anchor_indices", "torch.where(pool, r, torch.full_like(r, -1.0))",
-     "torch.where(pool, -torch.arange(P, device=dev).float(), torch.full_like(r, -1e9))"),         # first pixels
+    ("pixel-contrast", "hermes.py", "sample_anchor_slots", "n_h = torch.minimum(n - n_e, a_h)", "n_h = n_h"),  # no filling
     ("image-contrast", "losses.py", "image_contrastive_loss", ".logsumexp(1, keepdim=True)",
      ".logsumexp(0, keepdim=True)"),                                                               # wrong dim
     ("image-contrast", "losses.py", "image_contrastive_loss",

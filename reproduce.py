@@ -1,0 +1,900 @@
+"""Reproduce the paper's tables with one command: plan the train.py runs, run the missing ones, write the table.
+
+    python reproduce.py list                                     # the experiments and their runs
+    python reproduce.py demo                                     # CPU minutes: demo data, SupOnly vs Hermes, 2 seeds
+    python reproduce.py table3 --dry-run --data-root busi=PATH   # the train.py commands, one per line
+    python reproduce.py table1 --jobs 2 --data-root busi=P1 --data-root udiat=P2 --data-root sztus=P3 --device cuda
+    python reproduce.py table1 --slurm --partition gpu > table1.sbatch    # a Slurm job array, one task per run
+    python reproduce.py table1 --collect                         # the table from the finished run folders
+
+A run is one `python train.py ...` subprocess writing DIR/<dataset>-<labels>-<method>-seed<seed>/ (default DIR
+runs/reproduce); its output goes to DIR/logs/<run>.log. Identical runs share one folder across experiments (Table 3's
+SupOnly row is Table 1's BUSI 72-label SupOnly). A folder holding metrics.json is finished and skipped; one holding
+checkpoint.pt is resumed (`--resume`); one with neither (killed before its first checkpoint) is moved aside to
+<run>.incomplete-<time> and started again, so rerunning the same command continues a killed sweep.
+Options reproduce.py does not know are passed on to every train.py command (`--iters 250 --image-size 96`,
+`--device cuda --amp`, `--no-pretrained`); they are checked with train.py's own parser first.
+
+DIR/EXP.md holds the table in the paper's layout: mean ± sample std over seeds of the final checkpoints'
+metrics.json, in %, with the paper's number beside each cell.
+"""
+import argparse
+import csv
+import datetime
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+TRAIN = os.path.join(HERE, "train.py")
+DEFAULT_OUT = os.path.join("runs", "reproduce")
+PAPER_SEEDS = (0, 1, 2)  # README, Training: "--seed 0/1/2 for the seeds of a table"
+DATASET_TITLES = {"demo": "demo", "busi": "BUSI", "udiat": "UDIAT", "sztus": "SZ-TUS"}
+# train.py options reproduce.py sets for each run: never passed on from the command line.
+PER_RUN = {"dataset", "labels", "seed", "out", "resume", "data_root", "split"}
+# config.json keys that may differ between a run folder and a new sweep over it (they do not change the final
+# metrics); any other difference stops the sweep before it starts.
+NEUTRAL = {"out", "resume", "device", "data_root", "workers", "stop_after", "eval_every", "ckpt_every",
+           "log_every"}
+TAIL_LINES = 15  # lines of a failed run's log shown in the report
+
+# -------------------------------------------------------------------------------------------- methods
+# A method is the train.py options that make a row, as {dest: value} with only non-default values, so that one
+# configuration always gets the same name (and run folder) whichever table asks for it.
+SWITCHES = ("dtcl", "ias", "itcl")  # Table 3: DTCL, SM/ITA, ITCL
+SUPONLY = {"dtcl": False, "ias": False, "itcl": False}  # README, Ablations: row 1
+HERMES = {}
+PAPER_LR = 1e-4          # §4.1 and Table 4's best; train.py's default
+PAPER_CONTRAST_LEVEL = 3  # Table 5's best (Conv3); train.py's default
+OPTION_ORDER = ("task", "dtcl", "ias", "itcl", "threshold", "lr", "contrast_level")
+
+
+def method(**kw):
+    """A method as a hashable tuple of (dest, value), defaults dropped."""
+    defaults = {"task": "joint", "threshold": "dual", "lr": PAPER_LR, "contrast_level": PAPER_CONTRAST_LEVEL,
+                "dtcl": True, "ias": True, "itcl": True}
+    unknown = set(kw) - set(defaults)
+    if unknown:
+        raise ValueError(f"reproduce.method: no such option {sorted(unknown)}")
+    return tuple((k, kw[k]) for k in OPTION_ORDER if k in kw and kw[k] != defaults[k])
+
+
+def _num(x):
+    """2e-4 -> '2e-4', 1.5e-4 -> '1.5e-4' (short and exact in run names and commands)."""
+    mant, exp = f"{x:e}".split("e")
+    return f"{mant.rstrip('0').rstrip('.')}e{int(exp)}"
+
+
+def method_name(m):
+    """'hermes', 'suponly', the switches left on ('dtcl', 'ias-itcl', ...), 'ss-'/'sc-' for one task, then
+    '-thr-confidence', '-lr2e-4', '-conv1' for the other options."""
+    d = dict(m)
+    on = [s for s in SWITCHES if d.get(s, True)]
+    name = "hermes" if len(on) == len(SWITCHES) else "suponly" if not on else "-".join(on)
+    name = {"seg": "ss-", "cls": "sc-"}.get(d.get("task"), "") + name
+    if "threshold" in d:
+        name += f"-thr-{d['threshold']}"
+    if "lr" in d:
+        name += f"-lr{_num(d['lr'])}"
+    if "contrast_level" in d:
+        name += f"-conv{d['contrast_level']}"
+    return name
+
+
+def method_options(m):
+    """train.py options of a method, e.g. ['--task', 'seg', '--no-dtcl', '--lr', '2e-4']."""
+    out = []
+    for k, v in m:
+        opt = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            out.append(opt if v else "--no-" + k.replace("_", "-"))
+        else:
+            out += [opt, _num(v) if isinstance(v, float) else str(v)]
+    return out
+
+
+@dataclass(frozen=True)
+class Run:
+    dataset: str
+    labels: int
+    method: tuple
+    seed: int
+
+    @property
+    def name(self):
+        return f"{self.dataset}-{self.labels}-{method_name(self.method)}-seed{self.seed}"
+
+
+# ------------------------------------------------------------------------------------ the paper's numbers
+# Table 1 (Dice %, mean ± std), rows "SupOnly" and "Hermes", columns in the paper's order.
+TABLE1 = {
+    ("busi", 216): {"suponly": (83.62, 0.21), "hermes": (87.48, 0.47)},
+    ("busi", 144): {"suponly": (79.28, 0.84), "hermes": (84.41, 0.51)},
+    ("busi", 72): {"suponly": (71.84, 0.45), "hermes": (75.68, 0.22)},
+    ("udiat", 60): {"suponly": (85.78, 0.39), "hermes": (88.73, 0.48)},
+    ("udiat", 40): {"suponly": (83.28, 0.47), "hermes": (87.15, 0.32)},
+    ("udiat", 20): {"suponly": (78.74, 0.63), "hermes": (83.23, 0.28)},
+    ("sztus", 120): {"suponly": (77.24, 0.59), "hermes": (80.23, 0.46)},
+    ("sztus", 60): {"suponly": (73.42, 0.41), "hermes": (77.33, 0.37)},
+}
+# Table 2 (accuracy %, mean ± std), rows "SupOnly" and "Hermes"; the paper reports no UDIAT accuracy and no
+# BUSI 72-label column here (Table 3 has BUSI 72: 81.17 / 84.77).
+TABLE2 = {
+    ("busi", 216): {"suponly": (91.06, 0.48), "hermes": (94.51, 0.32)},
+    ("busi", 144): {"suponly": (87.51, 0.52), "hermes": (90.20, 0.31)},
+    ("sztus", 120): {"suponly": (78.96, 0.31), "hermes": (83.65, 0.28)},
+    ("sztus", 60): {"suponly": (75.61, 0.39), "hermes": (81.24, 0.29)},
+}
+# Table 3 (BUSI, 72 labels): index -> (DTCL, SM/ITA, ITCL, SS Dice, SC Acc, joint Dice, joint Acc); "-" = None.
+TABLE3 = {
+    1: (False, False, False, 71.79, 81.08, 71.84, 81.17),
+    2: (True, False, False, 73.09, 82.27, 73.13, 82.32),
+    3: (False, True, False, None, None, 72.95, 82.39),
+    4: (False, True, True, None, None, 74.09, 83.43),
+    5: (True, True, False, None, None, 74.24, 83.54),
+    6: (True, True, True, None, None, 75.68, 84.77),
+}
+# Table 4 (BUSI, 72 labels): lr -> (Dice, Acc). Its 1e-4 accuracy (83.19) differs from Table 3 row 6 (84.77)
+# for the same configuration; both are the paper's.
+TABLE4 = {8e-5: (73.91, 81.86), 9e-5: (74.35, 82.17), 1e-4: (75.68, 83.19), 2e-4: (73.93, 82.76),
+          3e-4: (73.22, 82.50)}
+# Table 5 (supplement, BUSI, 144 labels): contrast level (Conv1..Conv4 = layer1..layer4) -> (resolution at
+# 224 px, Dice, IoU). Its Conv3 Dice (83.37) differs from Table 1's Hermes BUSI 144 (84.41).
+TABLE5 = {1: ("56 × 56", 81.26, 69.22), 2: ("28 × 28", 81.56, 69.62), 3: ("14 × 14", 83.37, 72.54),
+          4: ("7 × 7", 80.72, 68.06)}
+# Table 6 (supplement, BUSI, 144 labels): saliency fusion at Conv_up1..up4 -> (resolution, Dice, IoU).
+TABLE6 = {"up1": ("14 × 14", 82.28, 70.04), "up2": ("28 × 28", 81.46, 69.25), "up3": ("56 × 56", 83.14, 71.56),
+          "up4": ("112 × 112", 82.53, 70.61)}
+ENCODER_STRIDE = {1: 4, 2: 8, 3: 16, 4: 32}  # models.SegEncoder: layer1 /4 ... layer4 /32
+
+
+# ------------------------------------------------------------------------------------------------ tables
+@dataclass(frozen=True)
+class Cell:
+    """One table cell: a metric of (dataset, labels, method) averaged over seeds, beside the paper's number.
+    metric: a metrics.json key (fraction, shown in %) or 'log:<column>' = log.csv train rows of the second half
+    of training, averaged per run."""
+    dataset: str
+    labels: int
+    method: tuple
+    metric: str
+    paper: object = None  # (mean, std), a number or None
+
+
+@dataclass
+class Table:
+    header: list
+    rows: list  # lists of str | Cell
+    notes: tuple = ()
+
+
+@dataclass
+class Experiment:
+    name: str
+    title: str
+    seeds: tuple
+    table: object = None       # function(image_size or None) -> Table
+    base: tuple = ()           # (option, value) of every run; a passed-on option replaces the base one
+    varies: frozenset = frozenset()  # train.py dests the rows set: not accepted as passed-on options
+    unsupported: str = None
+
+    def runs(self, seeds=None):
+        keys = []
+        for row in self.table(None).rows:
+            for c in row:
+                if isinstance(c, Cell) and (c.dataset, c.labels, c.method) not in keys:
+                    keys.append((c.dataset, c.labels, c.method))
+        return [Run(d, n, m, s) for d, n, m in keys for s in (self.seeds if seeds is None else seeds)]
+
+    def datasets(self):
+        return sorted({r.dataset for r in self.runs()} - {"demo"})
+
+
+def _table1(_):
+    cols = list(TABLE1)
+    header = ["Method"] + [f"{DATASET_TITLES[d]} {n} labels" for d, n in cols]
+    rows = [[title] + [Cell(d, n, m, "dice_mean", TABLE1[(d, n)][method_name(m)]) for d, n in cols]
+            for title, m in (("SupOnly", method(**SUPONLY)), ("Hermes", method(**HERMES)))]
+    return Table(header, rows, ("Dice of the final checkpoint on the evaluation split (Table 1).",))
+
+
+def _table2(_):
+    cols = list(TABLE2)
+    header = ["Method"] + [f"{DATASET_TITLES[d]} {n} labels" for d, n in cols]
+    rows = [[title] + [Cell(d, n, m, "accuracy", TABLE2[(d, n)][method_name(m)]) for d, n in cols]
+            for title, m in (("SupOnly", method(**SUPONLY)), ("Hermes", method(**HERMES)))]
+    return Table(header, rows, ("Accuracy of the final checkpoint on the evaluation split (Table 2). These are "
+                                "the runs of table1: one joint run gives both tables.",))
+
+
+def _table3(_):
+    header = ["Index", "DTCL", "SM/ITA", "ITCL", "SS Dice", "SC Acc", "Joint Dice", "Joint Acc"]
+    rows = []
+    for i, (dtcl, ias, itcl, ss, sc, dice, acc) in TABLE3.items():
+        joint = method(dtcl=dtcl, ias=ias, itcl=itcl)
+        # README, Ablations: SS / SC = --task seg / cls with --no-ias --no-itcl (and --no-dtcl for row 1)
+        ss_m, sc_m = (method(task=t, dtcl=dtcl, ias=False, itcl=False) for t in ("seg", "cls"))
+        rows.append([str(i)] + ["✓" if on else "" for on in (dtcl, ias, itcl)] + [
+            Cell("busi", 72, ss_m, "dice_mean", ss) if ss is not None else "-",
+            Cell("busi", 72, sc_m, "accuracy", sc) if sc is not None else "-",
+            Cell("busi", 72, joint, "dice_mean", dice), Cell("busi", 72, joint, "accuracy", acc)])
+    return Table(header, rows, ("Ablation of Table 3 (BUSI, 72 labels); flags per row as in the README's "
+                                "Ablations table. SS / SC: one branch trained alone.",))
+
+
+def _table4(_):
+    header = ["LR"] + [_num(lr) for lr in TABLE4]
+    rows = [[metric_title] + [Cell("busi", 72, method(lr=lr), key, TABLE4[lr][j]) for lr in TABLE4]
+            for j, (metric_title, key) in enumerate((("Dice(%)", "dice_mean"), ("Acc(%)", "accuracy")))]
+    return Table(header, rows, ("Learning rate of both branches (Table 4; BUSI, 72 labels, Hermes). The paper's "
+                                "1e-4 column is Table 3's row 6 but gives Acc 83.19 against Table 3's 84.77.",))
+
+
+def _table5(image_size):
+    header = ["Feature", "Resolution", "Dice(%)", "IoU(%)"]
+    rows = []
+    for level, (res, dice, iou) in TABLE5.items():
+        m = method(contrast_level=level)
+        here = f"{image_size // ENCODER_STRIDE[level]} × {image_size // ENCODER_STRIDE[level]}" if image_size else "?"
+        rows.append([f"Conv{level} (`--contrast-level {level}`)", f"{here} (paper {res})",
+                     Cell("busi", 144, m, "dice_mean", dice), Cell("busi", 144, m, "iou_mean", iou)])
+    return Table(header, rows, ("Seg-encoder level of the pixel contrast, eq. 11 (supplement Table 5; BUSI, "
+                                "144 labels, Hermes). The paper's Conv3 row is Table 1's Hermes BUSI 144 but gives "
+                                "Dice 83.37 against Table 1's 84.41.",))
+
+
+FIG1_RULES = (("dual (eq. 7)", "dual"), ("confidence only", "confidence"), ("none", "none"))
+
+
+def _fig1(_):
+    header = ["Pseudo-label rule", "Dice(%)", "Acc(%)", "kept pixels (%)", "kept-pixel PL acc (%)",
+              "kept images (%)", "kept-image PL acc (%)"]
+    rows = []
+    for title, rule in FIG1_RULES:
+        m = method(threshold=rule)
+        rows.append([f"{title} (`--threshold {rule}`)"] + [
+            Cell("busi", 72, m, k) for k in ("dice_mean", "accuracy", "log:kept_pix", "log:pl_acc_pix_kept",
+                                             "log:kept_img", "log:pl_acc_img_kept")])
+    return Table(header, rows, (
+        "Fig. 1 of the paper plots pseudo-label accuracy on CIFAR-10 and gives no numbers; here the three rules "
+        "(eq. 7 and Fig. 1 / Fig. 6) on BUSI, 72 labels. PL acc = accuracy of the kept pseudo-labels against the "
+        "unlabeled ground truth held aside (log.csv), mean over the train rows of the second half of training.",
+        "The curves: `python figures.py pseudo-labels {out}/busi-72-hermes-seed* --out fig1.png`."))
+
+
+DEMO_LABELS = 40  # train.py's demo default (40 of the 168 train images)
+
+
+def _demo(_):
+    header = ["Method", "Dice(%)", "IoU(%)", "Acc(%)", "AUC(%)"]
+    rows = [[title] + [Cell("demo", DEMO_LABELS, m, k) for k in ("dice_mean", "iou_mean", "accuracy", "auc")]
+            for title, m in (("SupOnly", method(**SUPONLY)), ("Hermes", method(**HERMES)))]
+    return Table(header, rows, ("Synthetic demo data (no paper numbers): a CPU-sized check of the whole "
+                                "pipeline, not a result.",))
+
+
+EXPERIMENTS = {e.name: e for e in [
+    Experiment("table1", "Table 1: Dice, BUSI / UDIAT / SZ-TUS × label budgets, SupOnly vs Hermes", PAPER_SEEDS,
+               _table1, varies=frozenset(SWITCHES)),
+    Experiment("table2", "Table 2: accuracy, BUSI / SZ-TUS × label budgets, SupOnly vs Hermes (table1's runs)",
+               PAPER_SEEDS, _table2, varies=frozenset(SWITCHES)),
+    Experiment("table3", "Table 3: ablation rows (DTCL, SM/ITA, ITCL; SS / SC), BUSI 72 labels", PAPER_SEEDS,
+               _table3, varies=frozenset(SWITCHES + ("task",))),
+    Experiment("table4", "Table 4: learning rate 8e-5 ... 3e-4, BUSI 72 labels, Hermes", PAPER_SEEDS, _table4,
+               varies=frozenset({"lr"})),
+    Experiment("table5", "Table 5 (supplement): pixel-contrast level Conv1 ... Conv4, BUSI 144 labels, Hermes",
+               PAPER_SEEDS, _table5, varies=frozenset({"contrast_level"})),
+    Experiment("table6", "Table 6 (supplement): saliency fusion at Conv_up1 ... up4, BUSI 144 labels",
+               PAPER_SEEDS, unsupported=(
+                   "table6 is not supported: models.py fuses the saliency map at up3 only (Table 6's best) and "
+                   "train.py has no option to move it; the paper's numbers: " + ", ".join(
+                       f"{k} {r}: Dice {d} IoU {i}" for k, (r, d, i) in TABLE6.items()))),
+    Experiment("fig1", "Fig. 1: pseudo-label rule dual / confidence / none, BUSI 72 labels, Hermes", PAPER_SEEDS,
+               _fig1, varies=frozenset({"threshold"})),
+    Experiment("demo", "demo: SupOnly vs Hermes on the built-in demo data, 2 seeds, 64 px and 60 steps (CPU minutes)",
+               (0, 1), _demo, base=(("--image-size", "64"), ("--iters", "60"), ("--eval-every", "30")),
+               varies=frozenset(SWITCHES)),
+]}
+
+
+# ------------------------------------------------------------------------------------------- reading runs
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def log_second_half(run_dir, column):
+    """Mean of a log.csv column over the train rows of the second half of training (NaN, empty and, for an
+    accuracy, rows that kept nothing are left out); None when there is none."""
+    path = os.path.join(run_dir, "log.csv")
+    if not os.path.isfile(path):
+        return None
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("kind") == "train"]
+    if not rows:
+        return None
+    last = max(int(r["iter"]) for r in rows)
+    kept_col = None  # pl_acc_<t>_kept -> kept_<t>, pl_acc_<t>_conf -> kept_<t>_conf (train.py's log.csv)
+    if column.startswith("pl_acc_"):
+        _, _, t, rule = column.split("_")
+        kept_col = {"kept": f"kept_{t}", "conf": f"kept_{t}_conf"}.get(rule)
+    vals = []
+    for r in rows:
+        try:
+            v = float(r.get(column) or "nan")
+            kept = float(r.get(kept_col) or "nan") if kept_col else 1.0
+        except ValueError:
+            continue
+        if int(r["iter"]) > last / 2 and v == v and kept > 0:
+            vals.append(v)
+    return sum(vals) / len(vals) if vals else None
+
+
+def metric_value(run_dir, metric):
+    if metric.startswith("log:"):
+        return log_second_half(run_dir, metric[4:])
+    m = read_json(os.path.join(run_dir, "metrics.json"))
+    v = None if m is None else m.get(metric)
+    return float(v) if isinstance(v, (int, float)) and v == v else None
+
+
+def format_cell(values, n_expected, paper):
+    """'75.12 ± 0.40 (paper 75.68 ± 0.22)': values are fractions, shown in %; sample std (n - 1) over seeds."""
+    if not values:
+        here = "—"
+    else:
+        pct = [100 * v for v in values]
+        here = f"{statistics.mean(pct):.2f}"
+        if len(pct) > 1:
+            here += f" ± {statistics.stdev(pct):.2f}"
+        if len(pct) < n_expected:
+            here += f" ({len(pct)} of {n_expected} seeds)"
+    if isinstance(paper, tuple):
+        here += f" (paper {paper[0]:.2f} ± {paper[1]:.2f})"
+    elif paper is not None:
+        here += f" (paper {paper:.2f})"
+    return here
+
+
+def settings_line(run_dirs, exp):
+    """The runs' train.py settings that differ from train.py's defaults (config.json; per-run options and the
+    ones the rows vary left out), e.g. 'image_size 224, iters 3000, pretrained true; git 1a2b3c4d'."""
+    configs = [c for c in (read_json(os.path.join(d, "config.json")) for d in run_dirs) if c]
+    if not configs:
+        return "no finished run yet"
+    defaults = vars(_train_parser().parse_args([]))
+    skip = PER_RUN | NEUTRAL | exp.varies | {"git_commit"}
+    parts = []
+    for k in sorted({k for c in configs for k in c} - skip):
+        vals = sorted({json.dumps(c.get(k)) for c in configs})
+        if len(vals) > 1 or k not in defaults or json.dumps(defaults[k]) != vals[0]:
+            parts.append(f"{k} {'/'.join(vals)}" + (" (MIXED)" if len(vals) > 1 else ""))
+    commits = sorted({str(c.get("git_commit", "?"))[:8] for c in configs})
+    return ", ".join(parts) + f"; git {', '.join(commits)}"
+
+
+def table_markdown(exp, out_dir, seeds, command):
+    """The experiment's table from the run folders under out_dir, as markdown."""
+    runs = exp.runs(seeds)
+    done = [r for r in runs if os.path.isfile(os.path.join(out_dir, r.name, "metrics.json"))]
+    dirs = [os.path.join(out_dir, r.name) for r in done]
+    sizes = {c.get("image_size") for c in (read_json(os.path.join(d, "config.json")) for d in dirs) if c}
+    table = exp.table(sizes.pop() if len(sizes) == 1 else None)
+    lines = [f"# {exp.title}", "",
+             f"Final checkpoints on the evaluation split, in %: mean ± sample std over the seeds "
+             f"({', '.join(map(str, seeds))}), the paper's number beside each cell. {len(done)} of {len(runs)} runs "
+             f"finished, in {out_dir}.",
+             "", f"Settings of the runs other than train.py's defaults (config.json): {settings_line(dirs, exp)}. "
+             "The paper: 224 px, 3000 steps, batch 8 + 8, ImageNet-pretrained encoders.", "",
+             "| " + " | ".join(table.header) + " |", "|" + "---|" * len(table.header)]
+    for row in table.rows:
+        cells = []
+        for c in row:
+            if isinstance(c, Cell):
+                finished = [os.path.join(out_dir, r.name) for r in done
+                            if (r.dataset, r.labels, r.method) == (c.dataset, c.labels, c.method)]
+                vals = [metric_value(d, c.metric) for d in finished]
+                cells.append(format_cell([v for v in vals if v is not None], len(seeds), c.paper))
+            else:
+                cells.append(c)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [""] + [f"- {n}".replace("{out}", out_dir) for n in table.notes]
+    missing = [r.name for r in runs if r not in done]
+    if missing:
+        lines.append(f"- Not finished ({len(missing)}): {', '.join(missing)}.")
+    lines += [f"- Made by `{command}`.", ""]
+    return "\n".join(lines)
+
+
+def write_table(exp, out_dir, seeds, command):
+    text = table_markdown(exp, out_dir, seeds, command)
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, f"{exp.name}.md")
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path, text
+
+
+# ----------------------------------------------------------------------------------------- commands
+class EnvRoot(str):
+    """A data root not given on the command line: written as "$BUSI_ROOT" for the shell to expand."""
+
+
+def parse_roots(items, exp):
+    """['busi=PATH', ...] -> {dataset: PATH}; a bare PATH is allowed when the experiment reads one dataset."""
+    roots = {}
+    for item in items or []:
+        name, sep, path = item.partition("=")
+        if sep and name in DATASET_TITLES:
+            roots[name] = path
+        elif len(exp.datasets()) == 1:
+            roots[exp.datasets()[0]] = item
+        else:
+            raise UsageError(f"--data-root {item}: write DATASET=PATH, DATASET one of "
+                             f"{', '.join(exp.datasets() or ['(none: this experiment needs no data)'])}")
+    extra = set(roots) - set(exp.datasets())
+    if extra:
+        raise UsageError(f"--data-root {sorted(extra)[0]}=...: {exp.name} does not read that dataset "
+                         f"(it reads: {', '.join(exp.datasets()) or 'the generated demo data'})")
+    return roots
+
+
+def with_env_roots(roots, exp):
+    return {d: roots.get(d, EnvRoot(f"{d.upper()}_ROOT")) for d in exp.datasets()}
+
+
+def train_args(run, exp, out_dir, roots, passed):
+    """train.py options of one run: per-run, experiment base (unless passed on), passed-on, method, --out."""
+    given = {t.split("=")[0] for t in passed if t.startswith("--")}
+    base = [x for opt, value in exp.base if opt not in given for x in (opt, value)]
+    args = ["--dataset", run.dataset]
+    if run.dataset != "demo":
+        args += ["--data-root", roots[run.dataset]]
+    args += ["--labels", str(run.labels), "--seed", str(run.seed), *base, *passed,
+             *method_options(run.method), "--out", os.path.join(out_dir, run.name)]
+    return args
+
+
+def shell_join(tokens):
+    return " ".join(f'"${t}"' if isinstance(t, EnvRoot) else shlex.quote(t) for t in tokens)
+
+
+def python_and_train():
+    """The interpreter running this file (as `python` when that is the one on PATH) and train.py's path
+    (relative when run from the repository)."""
+    py = sys.executable
+    on_path = shutil.which("python")
+    if on_path and os.path.realpath(on_path) == os.path.realpath(py):
+        py = "python"
+    train = "train.py" if os.path.realpath(os.getcwd()) == os.path.realpath(HERE) else TRAIN
+    return [py, train]
+
+
+class UsageError(Exception):
+    pass
+
+
+def _raise_usage(msg):
+    raise UsageError(msg)
+
+
+def _train_parser():
+    """train.py's own parser, raising UsageError instead of printing usage and exiting."""
+    import train  # imported only where train.py's options are needed (it imports torch)
+    p = train.build_parser()
+    p.error = _raise_usage
+    return p
+
+
+def check_passed_options(passed, exp):
+    """Parse the passed-on options with train.py's own parser; one-line UsageError when one is unknown, has a
+    bad value, or is set per run / per row by this experiment."""
+    p = _train_parser()
+    for action in p._actions:  # no defaults: the namespace then holds only the options given
+        action.default = argparse.SUPPRESS
+    try:
+        given = vars(p.parse_args(list(passed)))
+    except UsageError as e:
+        msg = str(e)
+        if msg.startswith("unrecognized arguments"):
+            raise UsageError(f"{msg}: not an option of reproduce.py or train.py "
+                             f"(see python reproduce.py -h and python train.py --help)") from None
+        raise UsageError(f"train.py option: {msg}") from None
+    clash = sorted(set(given) & (PER_RUN | exp.varies))
+    if clash:
+        what = f"{exp.name}'s rows set it" if clash[0] in exp.varies else "reproduce.py sets it for each run"
+        hint = {"seed": "; use --seeds", "out": "", "data_root": "; use --data-root DATASET=PATH"}.get(clash[0], "")
+        raise UsageError(f"--{clash[0].replace('_', '-')} cannot be passed on to {exp.name}'s runs: {what}{hint}")
+    return given
+
+
+def config_mismatch(run_dir, args):
+    """Differences between a run folder's config.json and the options of the command that would continue it
+    (keys the command sets, other than NEUTRAL ones): [(key, folder's value, command's value)]."""
+    cfg = read_json(os.path.join(run_dir, "config.json"))
+    if cfg is None:
+        return []
+    ns = vars(_train_parser().parse_args([str(a) for a in args]))
+    return [(k, cfg[k], v) for k, v in ns.items()
+            if v is not None and k not in NEUTRAL and k in cfg and cfg[k] != v]
+
+
+def run_state(run_dir):
+    """'done' (metrics.json), 'resume' (checkpoint.pt), 'stale' (something else: killed before its first
+    checkpoint) or 'new'."""
+    if os.path.isfile(os.path.join(run_dir, "metrics.json")):
+        return "done"
+    if os.path.isfile(os.path.join(run_dir, "checkpoint.pt")):
+        return "resume"
+    if os.path.isdir(run_dir) and os.listdir(run_dir):
+        return "stale"
+    return "new"
+
+
+# ----------------------------------------------------------------------------------------------- Slurm
+def slurm_script(exp, runs, out_dir, roots, passed, opts, command):
+    """An sbatch job-array script: task i trains runs[i] (skipped when finished, resumed from its checkpoint)."""
+    logs = os.path.join(out_dir, "logs")
+    n = len(runs)
+    head = [
+        "#!/bin/bash",
+        f"# Hermes, {exp.title}: {n} runs as a Slurm job array, one task per run.",
+        f"# Made by: {command}",
+        f"# Submit from the repository root:  mkdir -p {shlex.quote(logs)} && sbatch THIS_FILE",
+        "# A task whose run folder holds metrics.json exits at once; one with checkpoint.pt resumes, so",
+        "# resubmitting this file continues a sweep. Activate the Python environment before sbatch (it is",
+        "# exported to the tasks) or set PYTHON=/path/to/python. The table, once the tasks have finished:",
+        f"#   python reproduce.py {exp.name} --collect --out {shlex.quote(out_dir)}",
+        f"#SBATCH --job-name=hermes-{exp.name}",
+        f"#SBATCH --array=0-{n - 1}" + (f"%{opts.jobs}" if opts.jobs else ""),
+        "#SBATCH --ntasks=1",
+        f"#SBATCH --cpus-per-task={opts.cpus_per_task}",
+        f"#SBATCH --time={opts.time}",
+        f"#SBATCH --output={logs}/slurm-{exp.name}-%A_%a.out",
+    ]
+    if opts.gpus_per_task:
+        head.append(f"#SBATCH --gpus-per-task={opts.gpus_per_task}")
+    for flag in ("partition", "account", "mem"):
+        if getattr(opts, flag):
+            head.append(f"#SBATCH --{flag}={getattr(opts, flag)}")
+    body = ["set -euo pipefail", 'PYTHON="${PYTHON:-python}"',
+            'test -f train.py || { echo "submit from the Hermes repository root (no train.py in $PWD)" >&2; exit 1; }']
+    for d, r in roots.items():
+        if isinstance(r, EnvRoot):
+            body.append(f': "${{{r}:?export {r}=/path/to/the {DATASET_TITLES[d]} folder before sbatch}}"')
+    body.append('case "${SLURM_ARRAY_TASK_ID:?run this file with sbatch}" in')
+    for i, run in enumerate(runs):
+        args = train_args(run, exp, out_dir, roots, passed)[:-2]  # --out comes from NAME below
+        body += [f"  {i}) NAME={shlex.quote(run.name)}; ARGS=({shell_join(args)}) ;;"]
+    body += [f'  *) echo "task $SLURM_ARRAY_TASK_ID: this array has tasks 0-{n - 1}" >&2; exit 1 ;;', "esac",
+             f"OUT={shlex.quote(out_dir)}/$NAME",
+             f"LOG={shlex.quote(logs)}/$NAME.log",
+             "# one task per run folder at a time, also across arrays (table1 and table3 share runs)",
+             'if command -v flock >/dev/null; then',
+             '  exec 9>>"$LOG.lock"; flock -n 9 || { echo "$NAME: another task is running it"; exit 0; }',
+             "fi",
+             'if [ -f "$OUT/metrics.json" ]; then echo "$NAME: finished already ($OUT/metrics.json)"; exit 0; fi',
+             "RESUME=()",
+             'if [ -f "$OUT/checkpoint.pt" ]; then RESUME=(--resume)',
+             'elif [ -d "$OUT" ] && [ -n "$(ls -A "$OUT")" ]; then',
+             '  mv "$OUT" "$OUT.incomplete-$(date +%Y%m%d-%H%M%S)"; echo "$NAME: moved an unfinished folder aside"',
+             "fi",
+             'echo "$NAME: task $SLURM_ARRAY_TASK_ID on $(hostname), log $LOG"',
+             'echo "=== $(date -Is) task $SLURM_ARRAY_TASK_ID on $(hostname)" >>"$LOG"',
+             '"$PYTHON" train.py "${ARGS[@]}" --out "$OUT" ${RESUME[@]+"${RESUME[@]}"} >>"$LOG" 2>&1']
+    return "\n".join(head + [""] + body) + "\n"
+
+
+# ------------------------------------------------------------------------------------------- local runs
+class Sweep:
+    """Runs train.py commands as subprocesses (from a thread pool's threads), each with its log; stops them all on
+    Ctrl-C / SIGTERM (their checkpoints are written atomically, so the next sweep resumes them)."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.procs = set()
+        self.stopping = False
+
+    def run(self, name, cmd, log_path, env):
+        with open(log_path, "a") as log:
+            log.write(f"=== {datetime.datetime.now().isoformat(timespec='seconds')} {shell_join(cmd)}\n")
+            log.flush()
+            with self.lock:
+                if self.stopping:
+                    return None
+                proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                        env=env)
+                self.procs.add(proc)
+            rc = proc.wait()
+            with self.lock:
+                self.procs.discard(proc)
+            return rc
+
+    def stop(self):
+        with self.lock:
+            self.stopping = True
+            procs = list(self.procs)
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+class RunLock:
+    """DIR/logs/<run>.lock while a run is launched by a sweep of this machine, so that two sweeps sharing a run
+    folder (table1 and table3 both hold busi-72-suponly) do not train it twice; a lock whose process is gone is
+    taken over."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def acquire(self):
+        me = f"{socket.gethostname()} {os.getpid()}"
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    host, pid = open(self.path).read().split()
+                    if host == socket.gethostname():
+                        os.kill(int(pid), 0)
+                    return f"pid {pid} on {host}"
+                except (OSError, ValueError):  # that process is gone (or the file is unreadable): take it over
+                    os.remove(self.path)
+                    continue
+            with os.fdopen(fd, "w") as f:
+                f.write(me)
+            return None
+        return "another sweep"
+
+    def release(self):
+        try:
+            os.remove(self.path)
+        except OSError:
+            pass
+
+
+def tail(path, n=TAIL_LINES):
+    try:
+        with open(path, errors="replace") as f:
+            lines = [l.rstrip() for l in f.read().splitlines() if l.strip()]
+        return lines[-n:]
+    except OSError:
+        return ["(no log)"]
+
+
+def run_local(exp, runs, out_dir, roots, passed, jobs, command):
+    from tqdm import tqdm
+
+    def say(msg):  # a line above the progress bar; stdout is kept for the table
+        tqdm.write(msg, file=sys.stderr)
+
+    logs = os.path.join(out_dir, "logs")
+    os.makedirs(logs, exist_ok=True)
+    py_train = python_and_train()
+    todo, mismatches = [], []
+    for run in runs:
+        run_dir = os.path.join(out_dir, run.name)
+        args = train_args(run, exp, out_dir, roots, passed)
+        state = run_state(run_dir)
+        if state in ("done", "resume"):  # a stale folder is moved aside and started again: no settings to keep
+            for k, theirs, ours in config_mismatch(run_dir, args):
+                mismatches.append(f"{run_dir}: config.json has {k}={theirs!r}, this sweep asks {ours!r}")
+        if state != "done":
+            todo.append((run, args))
+    if mismatches:
+        raise UsageError(f"{len(mismatches)} run folder(s) were made with other settings; use another --out or the "
+                         f"same options. First: {mismatches[0]}")
+    n_done = len(runs) - len(todo)
+    print(f"{exp.name}: {len(runs)} runs, {n_done} finished, {len(todo)} to run, {jobs} at a time; logs in {logs}",
+          file=sys.stderr)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if jobs > 1 and "OMP_NUM_THREADS" not in env:  # N processes share the CPU cores instead of each taking all
+        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+    sweep = Sweep()
+    failed, stopped, busy = [], [], []
+    bar = tqdm(total=len(runs), initial=n_done, unit="run", desc=exp.name, dynamic_ncols=True)
+
+    def one(run, args):
+        run_dir = os.path.join(out_dir, run.name)
+        lock = RunLock(os.path.join(logs, f"{run.name}.lock"))
+        holder = lock.acquire()
+        if holder:
+            return run, "busy", holder
+        try:
+            state = run_state(run_dir)
+            if state == "done":
+                return run, "done", None
+            if state == "stale":
+                aside = f"{run_dir}.incomplete-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+                os.replace(run_dir, aside)
+                say(f"{run.name}: no checkpoint yet, moved the unfinished folder to {aside}; starting again")
+            cmd = py_train + args + (["--resume"] if state == "resume" else [])
+            rc = sweep.run(run.name, cmd, os.path.join(logs, f"{run.name}.log"), env)
+        finally:
+            lock.release()
+        if rc is None:
+            return run, "stopped", None
+        if rc != 0:
+            return run, "failed", rc
+        return run, ("done" if run_state(run_dir) == "done" else "stopped"), None
+
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    try:
+        futures = [pool.submit(one, run, args) for run, args in todo]
+        for fut in as_completed(futures):
+            run, status, info = fut.result()
+            if status == "done":
+                m = read_json(os.path.join(out_dir, run.name, "metrics.json")) or {}
+                say(f"{run.name}: Dice {100 * m.get('dice_mean', float('nan')):.2f}  "
+                           f"Acc {100 * m.get('accuracy', float('nan')):.2f}  ({m.get('train_seconds', '?')} s)")
+                bar.update(1)
+            elif status == "failed":
+                failed.append((run, info))
+                say(f"{run.name}: FAILED (exit status {info}), log {os.path.join(logs, run.name + '.log')}")
+            elif status == "busy":
+                busy.append((run, info))
+                say(f"{run.name}: left alone, another sweep is running it ({info})")
+            else:
+                stopped.append(run)
+                say(f"{run.name}: stopped before its last step (no metrics.json)")
+    except KeyboardInterrupt:
+        sweep.stop()
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+        print(f"\n{exp.name}: interrupted; the runs in progress were stopped. Rerun the same command to continue "
+              "(finished runs are kept, interrupted ones resume from their last checkpoint).", file=sys.stderr)
+        return 130
+    pool.shutdown(wait=True)
+    bar.close()
+    path, text = write_table(exp, out_dir, tuple(sorted({r.seed for r in runs})), command)
+    print(text)
+    print(f"table: {path}", file=sys.stderr)
+    for run, rc in failed:
+        log = os.path.join(logs, f"{run.name}.log")
+        print(f"\nFAILED {run.name} (exit status {rc}); last lines of {log}:", file=sys.stderr)
+        print("\n".join("    " + l for l in tail(log)), file=sys.stderr)
+    if stopped or busy:
+        print(f"{len(stopped) + len(busy)} run(s) not finished "
+              f"({', '.join(r.name for r in stopped + [b[0] for b in busy])}): rerun the same command to continue.",
+              file=sys.stderr)
+    return 1 if failed or stopped or busy else 0
+
+
+# ------------------------------------------------------------------------------------------------- CLI
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog="reproduce.py", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="python reproduce.py {list|EXPERIMENT} [options] [train.py options]",
+        description=__doc__,
+        epilog="Several runs on one GPU: --jobs N starts N train.py processes that share the device (memory "
+               "and compute); on a CPU each gets cores/N threads (OMP_NUM_THREADS) unless you set it.")
+    a = p.add_argument
+    a("--out", default=DEFAULT_OUT, metavar="DIR", help=f"folder of the run folders and tables (default {DEFAULT_OUT})")
+    a("--data-root", action="append", metavar="DATASET=PATH",
+      help="dataset folder, repeat per dataset (busi=..., udiat=..., sztus=...); a bare PATH when the "
+           "experiment reads one dataset")
+    a("--seeds", type=int, nargs="+", default=None, help="seeds of each row (default 0 1 2; demo 0 1)")
+    a("--jobs", type=int, default=None, metavar="N",
+      help="runs at a time on this machine (default 1); with --slurm, tasks at a time (%%N)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="print the train.py commands it would run and stop")
+    mode.add_argument("--slurm", action="store_true", help="print an sbatch job-array script (one task per run)")
+    mode.add_argument("--collect", action="store_true", help="write the table from the finished run folders")
+    s = p.add_argument_group("Slurm (with --slurm)")
+    s.add_argument("--partition", default=None)
+    s.add_argument("--account", default=None)
+    s.add_argument("--gpus-per-task", type=int, default=1, help="default 1; 0 for a CPU partition")
+    s.add_argument("--cpus-per-task", type=int, default=8, help="default 8 (train.py --workers is 4 on CUDA)")
+    s.add_argument("--mem", default=None, help="e.g. 32G")
+    s.add_argument("--time", default="04:00:00", help="per task (default 04:00:00)")
+    return p
+
+
+def list_experiments():
+    lines = []
+    for e in EXPERIMENTS.values():
+        if e.unsupported:
+            lines.append(f"{e.name:7s} unsupported: {e.unsupported}")
+            continue
+        roots = " ".join(f"{d}=PATH" for d in e.datasets())
+        lines.append(f"{e.name:7s} {e.title}; {len(e.runs())} runs (seeds {', '.join(map(str, e.seeds))})"
+                     + (f"; --data-root {roots}" if roots else ""))
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = build_parser()
+    if not argv or argv[0] in ("-h", "--help"):
+        p.print_help()
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name == "list":
+        print(list_experiments())
+        return 0
+    try:
+        if name not in EXPERIMENTS:
+            raise UsageError(f"unknown experiment {name!r}: one of {', '.join(EXPERIMENTS)} (python reproduce.py list)")
+        exp = EXPERIMENTS[name]
+        if exp.unsupported:
+            raise UsageError(exp.unsupported)
+        opts, passed = p.parse_known_args(rest)
+        if opts.jobs is not None and opts.jobs < 1:
+            raise UsageError(f"--jobs {opts.jobs}: must be at least 1")
+        seeds = tuple(opts.seeds) if opts.seeds else exp.seeds
+        runs = exp.runs(seeds)
+        out_dir = opts.out
+        command = shlex.join(["python", "reproduce.py", *argv])
+        roots = parse_roots(opts.data_root, exp)
+        if opts.collect:
+            if passed:
+                raise UsageError(f"--collect reads finished runs and takes no train.py options ({passed[0]})")
+            path, text = write_table(exp, out_dir, seeds, command)
+            print(text)
+            print(f"table: {path}", file=sys.stderr)
+            return 0
+        check_passed_options(passed, exp)
+        if opts.dry_run or opts.slurm:
+            roots = with_env_roots(roots, exp)
+            env = [r for r in roots.values() if isinstance(r, EnvRoot)]
+            if env:
+                print(f"# no --data-root DATASET=PATH for {', '.join(env)}: the commands read "
+                      + " ".join(f"${r}" for r in env) + " from the environment", file=sys.stderr)
+        if opts.slurm:
+            print(slurm_script(exp, runs, out_dir, roots, passed, opts, command), end="")
+            return 0
+        if opts.dry_run:
+            py_train = python_and_train()
+            states = {}
+            for run in runs:
+                state = run_state(os.path.join(out_dir, run.name))
+                states[state] = states.get(state, 0) + 1
+                if state != "done":
+                    print(shell_join(py_train + train_args(run, exp, out_dir, roots, passed)
+                                     + (["--resume"] if state == "resume" else [])))
+            print(f"# {exp.name}: {len(runs)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(states.items())),
+                  file=sys.stderr)
+            return 0
+        missing = [d for d in exp.datasets() if d not in roots]
+        if missing:
+            raise UsageError(f"{exp.name} reads {', '.join(missing)}: add "
+                             + " ".join(f"--data-root {d}=PATH" for d in missing) + " (README: Datasets)")
+    except UsageError as e:
+        print(f"reproduce.py: {e}", file=sys.stderr)
+        return 2
+    try:
+        return run_local(exp, runs, out_dir, roots, passed, opts.jobs or 1, command)
+    except UsageError as e:
+        print(f"reproduce.py: {e}", file=sys.stderr)
+        return 2
+
+
+def _sigterm(signum, frame):
+    raise KeyboardInterrupt  # same clean stop as Ctrl-C: the runs in progress are stopped and resumable
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _sigterm)
+    try:
+        sys.exit(main())
+    except BrokenPipeError:  # `... --dry-run | head`
+        sys.stderr.close()
+        sys.exit(0)

@@ -30,8 +30,10 @@ DEFAULT_LABELS = {"demo": 40, "busi": 72, "udiat": 20, "sztus": 60, "folder": 40
 EVAL_KEYS = ["dice_mean", "iou_mean", "hd95_mean", "accuracy", "auc", "area_ratio"]
 LOG_COLUMNS = ["kind", "iter", *hermes.STAT_KEYS, "lr_seg", "lr_cls", "sec_per_step", *EVAL_KEYS]
 D = hermes.HermesConfig()  # the defaults of every method flag below
-# Arguments that may differ between a run and its resumption (they do not change what is computed).
-RESUME_OVERRIDABLE = {"resume", "device", "data_root", "stop_after", "out", "workers", "debug"}
+# Arguments that may differ between a run and its resumption (they do not change the trained weights); the
+# resumed part uses the values given on its command line.
+RESUME_OVERRIDABLE = {"resume", "device", "data_root", "stop_after", "out", "workers", "debug", "eval_every",
+                      "ckpt_every", "log_every"}
 # A run made before an argument existed resumes with the behaviour it was made with.
 RESUME_MISSING = {"augment": "cpu"}
 
@@ -409,8 +411,7 @@ def open_run(args, given):
             raise data.DataError(f"--resume: {out} was trained with other settings: {both}. Drop them to "
                                  f"continue the run, or train into a new --out")
         cfg.update(resume=True, device=new["device"], stop_after=new["stop_after"], workers=new["workers"])
-        if new["data_root"] is not None:
-            cfg["data_root"] = new["data_root"]
+        cfg.update({k: new[k] for k in ("data_root", "eval_every", "ckpt_every", "log_every") if k in given})
         return cfg, ckpt
     if os.path.isdir(out) and os.listdir(out):
         raise data.DataError(f"run folder {out} exists and is not empty: pass --resume to continue it, "

@@ -224,6 +224,18 @@ def expect_close(got, want, what, atol=1e-6, rtol=1e-5):
         raise Fail(f"{what}: got {_fmt(g)}, expected {_fmt(w)}")
 
 
+def expect_zero_with_finite_grad(out, leaf, what, atol=1e-9):
+    """Raise Fail unless `out` is an exact-enough 0 and, when it carries a graph, back-propagates a finite
+    gradient into `leaf` (the edge cases of eq. 9-12: nothing kept, no positive pair)."""
+    import torch
+    expect_close(out, torch.zeros((), dtype=torch.float64), what, atol=atol)
+    if out.requires_grad:
+        out.backward()
+        if leaf.grad is not None and not torch.isfinite(leaf.grad).all():
+            raise Fail(f"{what}: the gradient is not finite")
+
+
+
 def expect_number(got, want, what, tol=1e-9):
     try:
         v = float(got)
@@ -587,11 +599,7 @@ def _(ctx):
     ls, lw, _ = _seg_batch(_gen(5), 3, 4, 4, torch.float64, 0.5)
     ls.requires_grad_(True)
     out = ctx.S.losses.seg_unsupervised_loss(ls, lw, torch.zeros(3, 4, 4, dtype=torch.float64))
-    expect_close(out, torch.zeros((), dtype=torch.float64), "eq. 9 with w = 0 everywhere", atol=1e-9)
-    if out.requires_grad:
-        out.backward()
-        if ls.grad is not None and not torch.isfinite(ls.grad).all():
-            raise Fail("eq. 9 with w = 0: the gradient is not finite")
+    expect_zero_with_finite_grad(out, ls, "eq. 9 with w = 0 everywhere")
 
 
 @hidden("dice", "eq. 9: all pixels kept", 1)
@@ -792,11 +800,7 @@ def _(ctx):
                          (torch.ones(4, dtype=torch.long), torch.zeros(5, dtype=torch.long), "no key positive")):
         x = a.clone().requires_grad_(True)
         out = ctx.S.losses.pixel_contrastive_loss(x, la, k, lk, 0.07)
-        expect_close(out, torch.zeros((), dtype=torch.float64), f"eq. 11 with {what}", atol=1e-7)
-        if out.requires_grad:
-            out.backward()
-            if x.grad is not None and not torch.isfinite(x.grad).all():
-                raise Fail(f"eq. 11 with {what}: the gradient is not finite")
+        expect_zero_with_finite_grad(out, x, f"eq. 11 with {what}", atol=1e-7)
 
 
 @hidden("pixel-contrast", "no anchors or no keys give 0", 1)
@@ -1131,11 +1135,7 @@ def _(ctx):
     import torch
     v = _unit(_gen(5), 4, 3, torch.float64).requires_grad_(True)
     out = ctx.S.losses.image_contrastive_loss(v, torch.tensor([0, 1, 1, 0]), torch.zeros(4, dtype=torch.float64), 0.07)
-    expect_close(out, torch.zeros((), dtype=torch.float64), "eq. 12 when the two views disagree and w = 0", atol=1e-9)
-    if out.requires_grad:
-        out.backward()
-        if v.grad is not None and not torch.isfinite(v.grad).all():
-            raise Fail("eq. 12 without positive pairs: the gradient is not finite")
+    expect_zero_with_finite_grad(out, v, "eq. 12 when the two views disagree and w = 0")
 
 
 @hidden("image-contrast", "eq. 12 uses its temperature argument", 1)

@@ -3,7 +3,6 @@
 Tiny runs (demo set of 40 images at 64 px, ResNet-18 U-Net, batch 2, 1-3 steps) in tmp_path; every refused
 command must leave the files that were there unchanged."""
 import csv
-import hashlib
 import json
 import os
 
@@ -13,21 +12,11 @@ import torch
 import data
 import evaluate
 import train
+from test_cli import snapshot
 
 TINY = ["--dataset", "demo", "--demo-size", "40", "--image-size", "64", "--labels", "4", "--batch-size", "2",
         "--seg-encoder", "resnet18", "--n-anchors", "16", "--pixel-bank-size", "64", "--image-bank-size", "8",
         "--log-every", "1"]
-
-
-def snapshot(folder):
-    """{relative path: sha256} of every file under folder ({} when it does not exist)."""
-    out = {}
-    for d, _, files in os.walk(folder):
-        for f in files:
-            p = os.path.join(d, f)
-            with open(p, "rb") as fh:
-                out[os.path.relpath(p, folder)] = hashlib.sha256(fh.read()).hexdigest()
-    return out
 
 
 def refused(argv, *expected):

@@ -418,13 +418,9 @@ def table_markdown(exp, out_dir, seeds, command):
 
 
 def write_table(exp, out_dir, seeds, command):
+    import data  # the project's one atomic writer (imported here for the reason train is: it imports torch)
     text = table_markdown(exp, out_dir, seeds, command)
-    os.makedirs(out_dir, exist_ok=True)
-    path = os.path.join(out_dir, f"{exp.name}.md")
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    path = data.atomic_write(os.path.join(out_dir, f"{exp.name}.md"), lambda f: f.write(text))
     return path, text
 
 

@@ -1885,13 +1885,18 @@ hidden("fig1", "the kept fractions agree with your log.csv", 2)(_fig1_consistent
                                                                                  "img_kept_conf")))
 
 
-@hidden("fig1", "your numbers lie in the ranges measured with the committed code", 2)
-def _(ctx):
+def _check_ranges(ctx, ranges):
+    """Fail naming every answer outside its range {key: (lo, hi)} measured with the committed code."""
     answers = _answers(ctx)
-    out = [f"{k} = {answer_number(answers, k):.4f} (range {lo:.3f}-{hi:.3f})" for k, (lo, hi) in FIG1_RANGES.items()
+    out = [f"{k} = {answer_number(answers, k):.4f} (range {lo:.3f}-{hi:.3f})" for k, (lo, hi) in ranges.items()
            if not lo <= answer_number(answers, k) <= hi]
     if out:
         raise Fail("outside the measured ranges: " + "; ".join(out))
+
+
+@hidden("fig1", "your numbers lie in the ranges measured with the committed code", 2)
+def _(ctx):
+    _check_ranges(ctx, FIG1_RANGES)
 
 
 @hidden("fig1", "kappa_binds_from: the step where the entropy bound becomes the stricter one", 2)
@@ -1963,11 +1968,7 @@ def _(ctx):
 
 @hidden("ablation", "your numbers lie in the ranges measured with the committed code", 2)
 def _(ctx):
-    answers = _answers(ctx)
-    out = [f"{k} = {answer_number(answers, k):.4f} (range {lo:.3f}-{hi:.3f})" for k, (lo, hi) in ABL_RANGES.items()
-           if not lo <= answer_number(answers, k) <= hi]
-    if out:
-        raise Fail("outside the measured ranges: " + "; ".join(out))
+    _check_ranges(ctx, ABL_RANGES)
 
 
 # ================================================================================ loading a copy, running checks

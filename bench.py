@@ -12,7 +12,7 @@ second (labeled + unlabeled images in the batch), peak memory during the variant
 5 ms on CPU, torch.cuda.max_memory_allocated on CUDA), and the ratio to SupOnly; on CPU also the process's CPU
 seconds per step. The memory banks start full (fill_banks), as in a long run. Also: time to load and cache
 the dataset, and the data pipeline's time per step as a share of the Hermes step, for train.py's default (whole
-batches augmented on the device, data.DeviceBatches) and for the per-image torchvision path (--augment cpu).
+batches augmented on the device, augment.DeviceBatches) and for the per-image torchvision path (--augment cpu).
 
 --concurrent N ...: instead, N processes (and 1, the baseline) each run train.py's steps with on-device batches,
 timed over the same window: s/step per run, aggregate steps/s and images/s, throughput against one run.
@@ -26,6 +26,8 @@ import time
 
 import torch
 
+import augment
+import cli
 import data
 import hermes
 import train
@@ -135,7 +137,7 @@ def main(argv=None):
                    help="CPU: leave glibc's malloc as it is (blocks > 32 MiB mmapped and page-faulted anew every "
                         "step) instead of train.py's train.keep_freed_memory()")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--debug", action="store_true", help=f"show the Python traceback of an error (or {data.DEBUG_ENV}=1)")
+    p.add_argument("--debug", action="store_true", help=f"show the Python traceback of an error (or {cli.DEBUG_ENV}=1)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -154,8 +156,8 @@ def main(argv=None):
     split = data.make_split(ds, train.DEFAULT_LABELS.get(args.dataset, 40), args.seed)
     idx_l, idx_u, _ = data.split_indices(ds, split)
     B = args.batch_size
-    device_batches = data.DeviceBatches(ds, idx_l, idx_u, B, args.seed, device)   # train.py's default
-    per_image = data.StepBatches(data.LabeledSet(ds, idx_l, train=True), data.UnlabeledSet(ds, idx_u), B, args.seed)
+    device_batches = augment.DeviceBatches(ds, idx_l, idx_u, B, args.seed, device)   # train.py's default
+    per_image = augment.StepBatches(augment.LabeledSet(ds, idx_l, train=True), augment.UnlabeledSet(ds, idx_u), B, args.seed)
     n_batches = 4
     device_batches(n_batches)                                                      # warm-up (CUDA context, ...)
     sync(device)
@@ -269,7 +271,7 @@ def _concurrent_worker(rank, opts, ds, barrier, results):
         train.keep_freed_memory()
     split = data.make_split(ds, train.DEFAULT_LABELS.get(ds.name, 40), opts["seed"])
     idx_l, idx_u, _ = data.split_indices(ds, split)
-    batches = data.DeviceBatches(ds, idx_l, idx_u, opts["batch_size"], opts["seed"] + rank, device)
+    batches = augment.DeviceBatches(ds, idx_l, idx_u, opts["batch_size"], opts["seed"] + rank, device)
     cfg = hermes.HermesConfig(**VARIANTS[opts["variant"]])
     model = HermesNet(seg_encoder=opts["seg_encoder"], pretrained=False).to(device).train()
     banks, optimizers = fill_banks(hermes.make_banks(model, cfg)), train.make_optimizers(model, TRAIN_DEFAULTS)
@@ -340,4 +342,4 @@ def print_concurrent(rows, args, ds):
 
 
 if __name__ == "__main__":
-    data.cli_main(main)
+    cli.cli_main(main)

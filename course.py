@@ -34,7 +34,7 @@ ROOT = os.path.dirname(os.path.abspath(__file__))
 TEACHER_FILES = {"course.py", "COURSE.md", "tests/test_course.py"}  # never copied to a student
 # The project's importable modules (with every top-level .py file): swapped in and out of sys.modules when a copy
 # is loaded, so that a copy's modules import each other and never the reference's.
-PROJECT_MODULES = ("losses", "hermes", "models", "data", "evaluate", "figures", "train", "bench")
+PROJECT_MODULES = ("losses", "hermes", "models", "cli", "demo", "data", "augment", "evaluate", "figures", "train", "bench")
 NOT_COPIED = ("runs/", ".git/", "__pycache__/", ".pytest_cache/")
 ASSIGNMENT_FILE = ".assignment.json"
 GRADE_TIMEOUT_S = 300
@@ -156,6 +156,7 @@ class Assignment:
     hand_in: str = ""
     visible: str = ""        # source of tests/test_assignment_<name>.py
     files: dict = field(default_factory=dict)  # extra files written into the copy (answer templates)
+    wrappers: tuple = ()     # functions that only call a cut one: their tests are removed from the copy too
 
     @property
     def test_file(self):
@@ -164,7 +165,7 @@ class Assignment:
     @property
     def strip_names(self):
         """Names whose tests are removed from the copy: the cut functions, and the class of a cut method."""
-        return sorted({q.split(".")[0] if "." in q else q for _, q, _ in self.cuts})
+        return sorted({q.split(".")[0] if "." in q else q for _, q, _ in self.cuts} | set(self.wrappers))
 
 
 ASSIGNMENTS = {}
@@ -652,10 +653,11 @@ def _(ctx):
 
 register(Assignment(
     name="pixel-contrast", kind="code",
-    what="eq. 11: pixel contrastive loss and its anchors (losses.pixel_contrastive_loss, hermes.sample_anchor_indices)",
+    what="eq. 11: pixel contrastive loss and its anchors (losses.pixel_contrastive_loss, hermes.sample_anchor_slots)",
     section="§3.4", minutes="2-3 h",
     cuts=(("losses.py", "pixel_contrastive_loss", "eq. (11)"),
-          ("hermes.py", "sample_anchor_indices", "§3.4 anchor sampling")),
+          ("hermes.py", "sample_anchor_slots", "§3.4 anchor sampling")),
+    wrappers=("sample_anchor_indices",),
     task="""\
 Pixel embeddings of the same class are pulled together, of different classes pushed apart (paper §3.4). For an
 anchor i with positives P_i (keys of its class) and negatives N_i (keys of any other class):
@@ -666,9 +668,12 @@ and the loss is the mean of L_i over the anchors that have at least one positive
 temperature (0.07 in the paper). The w of eq. (11) is realised by the caller: only pixels with w = 1 become
 anchors or keys.
 
-Anchors are chosen by `hermes.sample_anchor_indices`: per class, among the pixels with w = 1, the *hard* ones
+Anchors are chosen by `hermes.sample_anchor_slots`: per class, among the pixels with w = 1, the *hard* ones
 (the strong view predicts another class than the pseudo-label) and the *easy* ones; n//2 hard and n - n//2 easy
-are drawn at random, a short pool being filled from the other one. Write both function bodies.""",
+are drawn at random, a short pool being filled from the other one. It returns fixed-size slots, so training
+never waits for the device: n slots per class, class c's slots holding its hard anchors, then its easy ones,
+then unused slots marked valid = False. `hermes.sample_anchor_indices` (given) drops the unused slots; the
+checks call it. Write both function bodies.""",
     hints=("Write the loss with a (K,M) similarity matrix `anchors @ keys.T / temperature` and masks, not loops; "
            "a loop version is a good test for yourself.",
            "exp(1/0.07) is fine in float32, exp(1/0.01) overflows: use `torch.logsumexp` / `torch.logaddexp`.",
@@ -678,7 +683,9 @@ are drawn at random, a short pool being filled from the other one. Write both fu
            "Anchors: flatten labels, w and pred_strong to (B*h*w,); draw with the `generator` argument "
            "(e.g. random keys `torch.rand(P, generator=generator)` and `topk`, or `torch.randperm`), so a seeded "
            "generator gives the same anchors twice.",
-           "Return (idx, labels) as long tensors, class 0's hard then easy anchors, then class 1's."),
+           "Return (idx, labels, valid): (C*n,) long, long, bool; slots c*n .. c*n+n-1 belong to class c, its "
+           "hard anchors first, then its easy ones, then the unused slots (any index, valid False).",
+           "Without a host sync: keep the counts as 0-d tensors (`torch.minimum`, `torch.clamp`), never `.item()`."),
     hand_in="losses.py and hermes.py (only the two function bodies change).",
     visible=r'''"""Visible checks of the 'pixel-contrast' assignment (eq. 11, §3.4 anchors):
 python -m pytest tests/test_assignment_pixel_contrast.py

@@ -1,12 +1,11 @@
-"""Datasets, splits and augmentation for Hermes (paper Section 4.1, SPEC §2).
+"""Datasets and splits for Hermes (paper Section 4.1, SPEC §2).
 
 Every dataset is decoded and resized once into a `CachedSet` of uint8 arrays held in memory (the sets have
-< 1,000 images); augmentation and ImageNet normalisation happen on the way out, in `LabeledSet` /
-`UnlabeledSet`.
+< 1,000 images); augmentation and ImageNet normalisation happen on the way out (augment.py).
 
     ds = load_dataset("busi", "PATH/Dataset_BUSI_with_GT", image_size=224)   # or "demo" (no root)
     split = make_split(ds, labels=72, seed=0)         # per class 70/30, 36 + 36 labeled, nested budgets
-    loader_l, loader_u, loader_eval = make_loaders(ds, split, batch_size=8, seed=0)
+    loader_l, loader_u, loader_eval = augment.make_loaders(ds, split, batch_size=8, seed=0)
     x, y, z = next(iter(loader_l))                     # (8,3,S,S) float32, (8,S,S) int64, (8,) int64
     x_w, x_s, y_gt, z_gt = next(iter(loader_u))        # weak and strong view, pixel-aligned
 
@@ -20,48 +19,33 @@ Layouts read (`--data-root`), labels 0 = benign, 1 = malignant:
     sztus   ROOT/labeled.txt lines "IMAGE MASK CLASS", ROOT/image/IMAGE, ROOT/mask/MASK;
             IMAGE = L<k>-<patient>-<n>.png gives the patient id used to keep patients on one side of the split.
     folder  ROOT/images/*, ROOT/masks/* (same stem), ROOT/labels.csv with columns image,label.
-    demo    synthetic B-mode breast ultrasound generated from the seed (see `make_demo`).
+    demo    synthetic B-mode breast ultrasound generated from the seed (demo.py).
 """
 import argparse
 import csv
 import functools
 import json
-import math
 import os
 import re
-import sys
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw
-from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
-from torchvision import tv_tensors
-from torchvision.transforms import v2
+
+import demo
+from cli import DEBUG_ENV, DataError, MissingFileError, cause, cli_main, write_json_atomic
+from demo import DEMO_SIZE
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DATASETS = ("demo", "busi", "udiat", "sztus", "folder")
 CLASSES = ("benign", "malignant")
-DEMO_SIZE = 240               # images in the demo set (BUSI-like class balance, DEMO_MALIGNANT)
-DEMO_MALIGNANT = 0.4
-DEMO_BORDERLINE = 0.18        # share of demo cases whose signs lean to the other class
 # Raster formats PIL reads (GIF: the masks of the DDTI thyroid set); other files in image folders are ignored.
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".tif", ".tiff", ".gif", ".webp",
               ".pbm", ".pgm", ".ppm", ".pnm", ".tga")
-
-
-# ---------------------------------------------------------------------------------------------- errors
-class DataError(ValueError):
-    """Input the user can fix (a file, a folder, a value): the message is one line naming it and the fix."""
-
-
-class MissingFileError(DataError, FileNotFoundError):
-    """A file or folder the input needs is not there."""
 
 
 # ----------------------------------------------------------------------------------------------- cache
@@ -414,156 +398,15 @@ def load_dataset(name, root=None, image_size=224, seed=0, demo_size=None):
     return _build(_READERS[name](root), image_size, name, root)
 
 
-# ------------------------------------------------------------------------------------------ demo set
-@functools.lru_cache(maxsize=8)
-def _gaussian_filters(S, sigmas):
-    """Fourier transfer functions (K,S,S//2+1) of Gaussian blurs, sigmas ((axial, lateral) px, ...)."""
-    fy = np.fft.fftfreq(S)[None, :, None]
-    fx = np.fft.rfftfreq(S)[None, None, :]
-    sig = np.asarray(sigmas, dtype=np.float64)[:, :, None, None]                  # (K,2,1,1)
-    return np.exp(-2 * np.pi ** 2 * ((sig[:, 0] * fy) ** 2 + (sig[:, 1] * fx) ** 2)).astype(np.complex64)
-
-
-def _gaussian_fields(rng, S, sigmas):
-    """len(sigmas) smooth zero-mean unit-std random fields (K,S,S) float32 (periodic boundary).
-
-    One batched FFT for all fields: the demo set's cost is mostly per-call overhead."""
-    f = np.fft.irfft2(np.fft.rfft2(rng.standard_normal((len(sigmas), S, S), dtype=np.float32))
-                      * _gaussian_filters(S, tuple(sigmas)), s=(S, S))
-    return f / (f.std(axis=(1, 2), keepdims=True) + 1e-8)
-
-
-def _demo_case(rng, S, label, borderline):
-    """One synthetic B-mode breast ultrasound image: (image (S,S) float32 in [0,1], mask (S,S) bool).
-
-    Tissue (top to bottom): gel, bright skin line, hypoechoic subcutaneous fat crossed by echogenic Cooper's
-    ligaments, bright fibroglandular layer, retromammary fat, striated pectoralis muscle. One hypoechoic lesion:
-    benign signs = oval, circumscribed (thin capsule), wider than tall, posterior enhancement (and edge shadows);
-    malignant signs = irregular / spiculated margin (echogenic halo), taller than wide, posterior shadowing,
-    microcalcifications. Borderline cases flip 1-3 of the signs (shape, orientation, posterior feature).
-    Then depth attenuation, compounded Rayleigh speckle (multiplicative) and log compression."""
-    u = S / 96.0                                        # texture scale: the same anatomy at any S
-    y = ((np.arange(S, dtype=np.float32) + 0.5) / S)[:, None]   # depth (S,1), 0 = transducer
-    x = ((np.arange(S, dtype=np.float32) + 0.5) / S)[None, :]   # lateral (1,S)
-    wav = lambda amp: amp * np.sin(2 * np.pi * (rng.uniform(0.4, 1.4) * x + rng.random()))
-    step = lambda b, w: 0.5 + 0.5 * np.tanh((y - b) / (2 * w))              # smooth 0 -> 1 at depth b
-    F = _gaussian_fields(rng, S, [(3 * u, 8 * u), (4 * u, 4 * u), (1.2 * u, 6 * u), (6 * u, 6 * u),
-                                  (3 * u, 10 * u), (1.5 * u, 1.5 * u)] + [(0.7 * u, 1.4 * u)] * 6)
-
-    sign = {k: label == 1 for k in ("shape", "orient", "posterior")}         # True = the malignant sign
-    if borderline:
-        for k in rng.permutation(list(sign))[:rng.choice([1, 2, 3], p=[0.5, 0.35, 0.15])]:
-            sign[k] = not sign[k]
-
-    # --- layered tissue echogenicity E (S,S)
-    y_skin = 0.035 + wav(0.006)
-    y_fat = 0.2 + 0.08 * rng.random() + wav(0.03)
-    y_gland = y_fat + 0.38 + 0.1 * rng.random() + wav(0.04)
-    y_muscle = y_gland + 0.06 + 0.04 * rng.random()
-    fat = 0.16 + 0.3 * np.exp(-(F[0] / 0.1) ** 2) + 0.04 * F[1]     # ligaments: zero set of a smooth field
-    gland = np.clip(0.8 + 0.3 * F[2] + 0.15 * F[3], 0.3, 1.4)          # horizontally layered parenchyma
-    fibres = np.sin(2 * np.pi * (y + rng.uniform(-0.25, 0.25) * x) * rng.uniform(14, 20) + 1.5 * F[4])
-    E = 0.03 + (fat - 0.03) * step(y_skin + 0.02, 0.012)
-    E = E + (gland - E) * step(y_fat, 0.02)
-    E = E + (0.28 - E) * step(y_gland, 0.02)
-    E = E + (0.3 + 0.15 * fibres - E) * step(y_muscle, 0.012)
-    E = E + 1.1 * np.exp(-((y - y_skin) / (0.008 + 0.6 / S)) ** 2)     # skin line
-
-    # --- lesion: ellipse in rotated normalised coordinates, margin r(theta); mask = rho < r exactly
-    size = rng.uniform(0.07, 0.19)                                      # equivalent radius / S
-    aspect = rng.uniform(1.1, 1.6) if sign["orient"] else rng.uniform(0.45, 0.8)   # height / width
-    angle = rng.uniform(-0.5, 0.5) if sign["orient"] else rng.uniform(-0.25, 0.25)
-    a, b = size / np.sqrt(aspect), size * np.sqrt(aspect)              # lateral, axial semi-axes
-    cx = rng.uniform(0.22, 0.78)
-    cy = float(np.clip(rng.uniform(0.32, 0.58), 0.1 + b, 0.8 - b))
-    c, s = np.cos(angle), np.sin(angle)
-    u_, v_ = c * (x - cx) + s * (y - cy), -s * (x - cx) + c * (y - cy)
-    rho = np.sqrt((u_ / a) ** 2 + (v_ / b) ** 2)                       # 1 on the ellipse
-    theta = np.arctan2(v_ / b, u_ / a)
-    r = np.ones_like(theta)
-    if sign["shape"]:                                                   # angular, microlobulated, spiculated
-        for k in range(3, 11):
-            r = r + rng.uniform(0.02, 0.09) / np.sqrt(k - 2) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
-        for t0 in rng.uniform(-np.pi, np.pi, rng.integers(4, 10)):
-            d = np.abs((theta - t0 + np.pi) % (2 * np.pi) - np.pi)
-            r = r + rng.uniform(0.2, 0.6) * np.clip(1 - d / rng.uniform(0.08, 0.18), 0, None) ** 1.5
-        edge_w, E_in = 1.0, rng.uniform(0.06, 0.16)
-    else:                                                               # oval, circumscribed, gently lobulated
-        for k in (2, 3):
-            r = r + rng.uniform(0.0, 0.05) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
-        edge_w, E_in = 0.5, rng.uniform(0.02, 0.14)
-    mask = rho < r
-    if mask.sum() < 4:                                                  # tiny S: keep a visible lesion
-        mask = rho <= np.sort(rho.ravel())[3]
-    dist = (rho - r) * (min(a, b) * S)                                  # ~ signed distance to the margin, px
-    soft = 0.5 - 0.5 * np.tanh(dist / (2 * edge_w * u))
-    inside = E_in * (1 + (0.35 if sign["shape"] else 0.15) * F[5])
-    if label == 1 and rng.random() < 0.4:                               # microcalcifications
-        ys, xs = np.nonzero(mask)
-        for j in rng.integers(len(ys), size=rng.integers(2, 6)):
-            inside = inside + 2.0 * np.exp(-(((y - (ys[j] + .5) / S) ** 2 + (x - (xs[j] + .5) / S) ** 2)
-                                             / (0.6 * u / S) ** 2))
-    E = E * (1 - soft) + inside * soft
-    if sign["shape"] and rng.random() < 0.6:                            # echogenic halo
-        E = E + rng.uniform(0.25, 0.5) * np.exp(-((dist - 2.5 * u) / (2.0 * u)) ** 2) * (dist > 0)
-    elif not sign["shape"] and rng.random() < 0.5:                      # thin echogenic capsule
-        E = E + 0.4 * np.exp(-(dist / (0.7 * u)) ** 2)
-
-    # --- posterior features below the lesion core (ellipse without spicules), soft lateral edges
-    core = rho < 1
-    cols = core.any(axis=0)
-    if not cols.any():
-        core, cols = mask, mask.any(axis=0)
-    bottom = (np.where(cols, S - 1 - np.argmax(core[::-1], axis=0), int(cy * S)) / S)[None, :]   # (1,S)
-    k = np.exp(-0.5 * (np.arange(-4 * u, 4 * u + 1) / (1.5 * u)) ** 2)
-    cover = np.clip(np.convolve(cols.astype(float), k / k.sum(), mode="same"), 0, 1)[None, :]   # (1,S)
-    below = step(bottom - 0.005, 0.01) * cover                                                # (S,S)
-    depth_below = np.clip(y - bottom, 0, None)
-    if sign["posterior"]:                                               # shadowing
-        E = E * (1 - rng.uniform(0.6, 0.85) * below * np.exp(-depth_below / 0.8))
-    else:                                                               # enhancement, strongest for cysts
-        strength = rng.uniform(1.0, 1.8) if E_in < 0.06 else rng.uniform(0.5, 1.2)
-        E = E * (1 + strength * below * np.exp(-depth_below / 0.4))
-        if rng.random() < 0.4:                                          # lateral edge (refraction) shadows
-            xs = np.nonzero(cols)[0]
-            for xe in (xs[0], xs[-1]):
-                edge = np.exp(-((x - (xe + 0.5) / S) / (1.5 * u / S)) ** 2)
-                E = E * (1 - 0.6 * edge * step(bottom - 0.3 * b, 0.01))
-
-    # --- attenuation with imperfect gain compensation, 3-look compounded Rayleigh speckle, log compression
-    E = E * np.exp(-rng.uniform(0.4, 0.9) * y) * (1 + 0.2 * np.exp(-((y - 0.45) / 0.2) ** 2))
-    speckle = (F[6] ** 2 + F[7] ** 2 + F[8] ** 2 + F[9] ** 2 + F[10] ** 2 + F[11] ** 2) / 6   # |z|^2, 3 looks
-    img = 0.87 + 10 * np.log10(np.clip(E, 0.005, None) ** 2 * speckle) / rng.uniform(32, 40)  # 32-40 dB shown
-    return np.clip(img, 0, 1).astype(np.float32), mask
-
-
 def make_demo(n=DEMO_SIZE, image_size=96, seed=0):
-    """Synthetic ultrasound CachedSet: n images of image_size px, 40 % malignant, deterministic in (n, size, seed).
-
-    DEMO_BORDERLINE of the cases show signs of the other class (see `_demo_case`); ds.borderline marks them."""
+    """The demo set (demo.py) as a CachedSet: n images of image_size px, deterministic in (n, size, seed);
+    ds.borderline marks the cases whose signs lean to the other class."""
     if n < 4:
         raise DataError(f"demo set needs at least 4 images, got {n} (--demo-size)")
-    S = image_size
-    children = np.random.SeedSequence(seed).spawn(n + 1)
-    rng = np.random.default_rng(children[0])
-    n_mal = int(round(DEMO_MALIGNANT * n))
-    labels = np.zeros(n, np.int64)
-    labels[rng.permutation(n)[:n_mal]] = 1
-    borderline = rng.random(n) < DEMO_BORDERLINE
-    images = np.empty((n, S, S, 3), np.uint8)
-    masks = np.empty((n, S, S), np.uint8)
-
-    def one(i):
-        img, m = _demo_case(np.random.default_rng(children[1 + i]), S, int(labels[i]), bool(borderline[i]))
-        images[i] = (img * 255 + 0.5).astype(np.uint8)[..., None]
-        masks[i] = m
-
-    with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:   # numpy releases the GIL
-        list(pool.map(one, range(n)))
+    images, masks, labels, borderline = demo.synthesise(n, image_size, seed)
     names = [f"demo_{i:04d}" for i in range(n)]
     return CachedSet(images=images, masks=masks, labels=labels, names=names, groups=list(names), merged=0,
                      name="demo", borderline=borderline)
-
 
 # ---------------------------------------------------------------------------------------------- splits
 def _n_train(n):
@@ -629,72 +472,7 @@ def make_split(ds, labels, seed):
 _SPLIT_KEYS = ("train_labeled", "train_unlabeled", "eval")
 
 
-# ------------------------------------------------------------------------------------- run-folder files
-def atomic_write(path, write, binary=False, newline=None):
-    """The project's one atomic writer: write(f) fills a temporary file in the same folder (unique name), which
-    is flushed to disk and renamed over `path`, and the rename itself is flushed (fsync of the folder); a kill or
-    a power cut leaves either the old file or the new one, never half. A failed write removes its temporary;
-    one a kill left behind is removed by remove_stale_temporaries. newline: as for open() (csv wants "")."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = f"{path}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "wb") if binary else open(tmp, "w", newline=newline) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    _fsync_dir(folder)
-    return path
-
-
-def _fsync_dir(folder):
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # not every system opens folders
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-TEMP_SUFFIX = re.compile(r"\.tmp\d*$")   # what atomic_write leaves behind when killed mid-write
-
-
-def remove_stale_temporaries(folder):
-    """Delete the NAME.tmp[<pid>] files a killed atomic_write left in `folder`; returns their paths."""
-    removed = []
-    for f in sorted(os.listdir(folder)):
-        p = os.path.join(folder, f)
-        if TEMP_SUFFIX.search(f) and os.path.isfile(p) and not os.path.islink(p):
-            os.remove(p)
-            removed.append(p)
-    return removed
-
-
-def _jsonable(v):
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, np.integer):
-        return int(v)
-    if isinstance(v, (float, np.floating)):
-        return float(v) if np.isfinite(v) else None  # NaN/inf -> null: strict JSON
-    return v
-
-
-def write_json_atomic(obj, path, indent=2):
-    """JSON (NaN -> null, strict) written atomically."""
-    return atomic_write(path, lambda f: json.dump(_jsonable(obj), f, indent=indent, allow_nan=False))
-
-
+# ------------------------------------------------------------------------------------------ split files
 def save_split(split, path):
     """Write a split dict as JSON (names, not indices), atomically."""
     return write_json_atomic(split, path, indent=1)
@@ -740,406 +518,6 @@ def split_indices(ds, split, where="split"):
             seen[n] = key
         out.append(np.array([ds.index[n] for n in names], dtype=np.int64))
     return tuple(out)
-
-
-# ------------------------------------------------------------------------------------ command-line errors
-def one_line(e):
-    """First line of an exception's message (library messages can span many lines)."""
-    lines = [ln for ln in str(e).splitlines() if ln.strip()]
-    return (lines[0] + (" ..." if len(lines) > 1 else "")) if lines else type(e).__name__
-
-
-def cause(e, limit=100):
-    """A library exception's first sentence, short enough to quote inside one of our one-line messages."""
-    first = one_line(e).split(". ")[0].rstrip(".")
-    return first if len(first) <= limit else first[:limit - 4] + " ..."
-
-
-DEBUG_ENV = "HERMES_DEBUG"
-
-
-def debug_requested(argv):
-    """--debug on the command line or HERMES_DEBUG set (not empty, not 0)."""
-    return "--debug" in argv or os.environ.get(DEBUG_ENV, "") not in ("", "0")
-
-
-def cli_main(main, argv=None):
-    """Run an entry point main(argv) as a user sees it. An error prints one or two lines on stderr (what is
-    wrong, naming the file or value, and the fix) and exits with status 1; Ctrl-C exits with 130; warnings
-    print as one line. --debug or HERMES_DEBUG=1 shows Python's traceback instead."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    prog = os.path.basename(sys.argv[0]) or "hermes"
-    if debug_requested(argv):
-        return main(argv)
-    warnings.showwarning = lambda message, *a, **k: print(f"{prog}: warning: {message}", file=sys.stderr)
-    try:
-        return main(argv)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
-        sys.exit(130)
-    except (DataError, OSError) as e:  # the user's input, files or disk: the message names them
-        print(f"{prog}: error: {_without(prog, one_line(e))}", file=sys.stderr)
-    except Exception as e:  # anything else is unexpected: say so, and how to see where it came from
-        print(f"{prog}: error: {type(e).__name__}: {_without(prog, one_line(e))}\n"
-              f"{prog}: rerun with --debug (or {DEBUG_ENV}=1) for the traceback", file=sys.stderr)
-    sys.exit(1)
-
-
-def _without(prog, msg):
-    """'evaluate.py: no checkpoint ...' -> 'no checkpoint ...' (the line already starts with the program)."""
-    return msg[len(prog):].lstrip(": ") if msg.startswith(prog) else msg
-
-
-# -------------------------------------------------------------------------------------- augmentation
-def blur_kernel(S):
-    """Odd Gaussian-blur kernel side for S px images: about S/10 (23 at 224, 9 at 96), at least 3."""
-    return max(3, (S // 10) | 1)
-
-
-def weak_transform(S):
-    """Weak view (§4.1 "random horizontal flipping, random scaling, and random cropping"), image + mask jointly."""
-    return v2.Compose([v2.RandomResizedCrop(S, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip(0.5)])
-
-
-def strong_photometric(S):
-    """Photometric part of the strong view (§4.1 "blurring and color jittering"), applied to the weak image only."""
-    return v2.Compose([v2.RandomApply([v2.ColorJitter(brightness=0.5, contrast=0.5)], p=0.8),
-                       v2.RandomApply([v2.GaussianBlur(blur_kernel(S), sigma=(0.1, 2.0))], p=0.5)])
-
-
-_normalise = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
-
-
-def normalise(image):
-    """uint8 (3,S,S) -> float32 (3,S,S), ImageNet mean/std."""
-    return _normalise(image).as_subclass(torch.Tensor)
-
-
-def _item(ds, i):
-    """Cached item i as (tv_tensors.Image uint8 (3,S,S), tv_tensors.Mask uint8 (S,S)); views, never modified."""
-    return (tv_tensors.Image(torch.from_numpy(ds.images[i]).permute(2, 0, 1)),   # (S,S,3) -> (3,S,S)
-            tv_tensors.Mask(torch.from_numpy(ds.masks[i])))
-
-
-class LabeledSet(Dataset):
-    """Labeled images: item = (image float32 (3,S,S) normalised, mask int64 (S,S), label int64 ()).
-
-    train=True: a fresh weak augmentation per access (global torch RNG); train=False: the cached image as is."""
-
-    def __init__(self, ds, indices, train=True):
-        self.ds, self.indices, self.train = ds, np.asarray(indices, dtype=np.int64), train
-        self.weak = weak_transform(ds.image_size)
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __getitem__(self, j):
-        i = int(self.indices[j])
-        image, mask = _item(self.ds, i)
-        if self.train:
-            image, mask = self.weak(image, mask)
-        return normalise(image), mask.as_subclass(torch.Tensor).long(), torch.tensor(int(self.ds.labels[i]))
-
-
-class UnlabeledSet(Dataset):
-    """Unlabeled images: item = (weak (3,S,S), strong (3,S,S), mask_gt int64 (S,S), label_gt int64 ()).
-
-    strong = photometric ops on the weak view's uint8 image, so the two views are pixel-aligned; mask_gt went
-    through the weak view's geometric transform. Ground truth is only for measuring pseudo-label accuracy."""
-
-    def __init__(self, ds, indices):
-        self.ds, self.indices = ds, np.asarray(indices, dtype=np.int64)
-        self.weak, self.photometric = weak_transform(ds.image_size), strong_photometric(ds.image_size)
-        self.grey = ds.grey  # computed once here, not in every loader worker
-
-    def __len__(self):
-        return len(self.indices)
-
-    def __getitem__(self, j):
-        i = int(self.indices[j])
-        image, mask = self.weak(*_item(self.ds, i))
-        if self.grey:  # same ops and random draws on one channel, ~3x cheaper (GaussianBlur dominates)
-            strong = self.photometric(tv_tensors.Image(image[:1])).expand(3, -1, -1)
-        else:
-            strong = self.photometric(image)
-        return (normalise(image), normalise(strong), mask.as_subclass(torch.Tensor).long(),
-                torch.tensor(int(self.ds.labels[i])))
-
-
-def _train_loader(dataset, batch_size, num_workers, seed):
-    """Shuffled, seeded, drop-last loader; a set smaller than the batch is drawn with replacement so every
-    batch is full (one batch per pass)."""
-    if len(dataset) == 0:
-        raise DataError(f"cannot build a training loader over an empty {type(dataset).__name__} "
-                        f"(the labeled budget leaves no images of this kind)")
-    g = torch.Generator().manual_seed(seed)
-    sampler = (RandomSampler(dataset, generator=g) if len(dataset) >= batch_size else
-               RandomSampler(dataset, replacement=True, num_samples=batch_size, generator=g))
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=num_workers,
-                      persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
-
-
-def make_loaders(ds, split, batch_size=8, num_workers=0, seed=0):
-    """(loader_l, loader_u, loader_eval) of a split.
-
-    loader_l: (x (B,3,S,S), y (B,S,S), z (B,)); loader_u: (x_w, x_s (B,3,S,S), y_gt (B,S,S), z_gt (B,));
-    loader_eval: like loader_l without augmentation, in split order, last batch kept. Train loaders reshuffle
-    (generators seeded from seed) and re-augment every pass. For notebooks and custom loops; train.py draws
-    its batches with StepBatches instead, which makes every batch a pure function of the step (exact resume)."""
-    idx_l, idx_u, idx_eval = split_indices(ds, split)
-    loader_l = _train_loader(LabeledSet(ds, idx_l, train=True), batch_size, num_workers, seed)
-    loader_u = _train_loader(UnlabeledSet(ds, idx_u), batch_size, num_workers, seed + 1)
-    loader_eval = DataLoader(LabeledSet(ds, idx_eval, train=False), batch_size=batch_size, shuffle=False,
-                             num_workers=num_workers, pin_memory=torch.cuda.is_available())
-    return loader_l, loader_u, loader_eval
-
-
-# ------------------------------------------------------------------- step batches (train.py)
-class StepSampler:
-    """Indices of the batch of step t: a fresh seeded permutation every pass over the set (drop-last).
-
-    Stateless in t, so a resumed run draws exactly the batches the uninterrupted run would have drawn.
-    A set smaller than the batch is repeated within the batch."""
-
-    def __init__(self, n, batch_size, seed, stream):
-        if n == 0:
-            raise DataError(f"cannot draw batches from an empty {('', 'labeled', 'unlabeled')[stream]} set "
-                            f"(stream {stream}): the split leaves no such training image")
-        self.n, self.B, self.seed, self.stream = n, batch_size, seed, stream
-        self.per_pass = max(1, n // batch_size)
-
-    def __call__(self, t):
-        epoch, pos = divmod(t, self.per_pass)
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.stream * 7_919 + epoch)
-        perm = torch.randperm(self.n, generator=g)
-        if self.n < self.B:
-            perm = perm.repeat(math.ceil(self.B / self.n))
-        return perm[pos * self.B:(pos + 1) * self.B].tolist()
-
-
-class StepBatches(Dataset):
-    """Item t = (labeled batch, unlabeled batch) of training step t, freshly augmented.
-
-    The augmentation of step t draws from a torch RNG seeded by (seed, t) — forked, so the global RNG that
-    anchor sampling uses is untouched — which makes every batch a pure function of the step: identical with
-    any number of loader workers, and after a resume."""
-
-    def __init__(self, set_l, set_u, batch_size, seed):
-        self.set_l, self.set_u, self.seed = set_l, set_u, seed
-        self.draw_l = StepSampler(len(set_l), batch_size, seed, stream=1)
-        self.draw_u = StepSampler(len(set_u), batch_size, seed, stream=2)
-
-    def __len__(self):
-        return 2 ** 62  # indexed by step; the loader's sampler says which steps
-
-    def __getitem__(self, t):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.seed * 1_000_003 + t)
-            batch_l = default_collate([self.set_l[i] for i in self.draw_l(t)])
-            batch_u = default_collate([self.set_u[i] for i in self.draw_u(t)])
-        return batch_l, batch_u
-
-
-def step_loader(batches, start, total, workers):
-    """Batches of steps start..total-1, prepared by `workers` processes ahead of the training step."""
-    # Its own generator: creating the iterator must not draw from the global RNG (exact resume).
-    return DataLoader(batches, sampler=range(start, total), batch_size=None,
-                      num_workers=workers, pin_memory=torch.cuda.is_available(),
-                      prefetch_factor=4 if workers else None, generator=torch.Generator())
-
-
-# ---------------------------------------------------------- on-device batches (augmented on the device)
-# The same views as LabeledSet / UnlabeledSet (weak_transform, strong_photometric), drawn for a whole batch at
-# once on the training device from the uint8 cache held there: per-image random parameters come from a CPU
-# torch.Generator seeded by (seed, step, stream), so a batch is a pure function of the step on CPU and CUDA.
-def _step_seed(seed, t, stream):
-    """64-bit seed of step t's augmentation draws: SeedSequence mixing keeps (seed, t, stream) streams apart."""
-    return int(np.random.SeedSequence([seed, t, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-def draw_crops(n, S, g, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), attempts=10):
-    """Boxes of torchvision's RandomResizedCrop for n square S×S images, all drawn at once from generator g.
-
-    Per image, `attempts` draws of (area ~ U(scale)·S², log aspect ~ U(log ratio)), w = round(√(area·aspect)),
-    h = round(√(area/aspect)); the first whose box fits is kept, otherwise the whole image (torchvision's
-    fallback for a square image); top ~ U{0..S-h}, left ~ U{0..S-w}.
-    -> boxes (4,n) int64 rows top, left, h, w (CPU).
-    """
-    area = S * S * torch.empty(n, attempts).uniform_(*scale, generator=g)                      # (n,attempts)
-    log_r = torch.empty(n, attempts).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)
-    w = torch.round(torch.sqrt(area * torch.exp(log_r))).long()
-    h = torch.round(torch.sqrt(area / torch.exp(log_r))).long()
-    fits = (w > 0) & (w <= S) & (h > 0) & (h <= S)                                                # (n,attempts)
-    first = fits.int().argmax(1)                                                                  # first fit
-    found = fits.any(1)
-    w = torch.where(found, w[torch.arange(n), first], S)                                          # (n,)
-    h = torch.where(found, h[torch.arange(n), first], S)
-    u = torch.rand(2, n, generator=g)
-    top = (u[0] * (S - h + 1)).long().clamp(max=S - h)     # floor(U·(S-h+1)): uniform over 0..S-h
-    left = (u[1] * (S - w + 1)).long().clamp(max=S - w)
-    return torch.stack([top, left, h, w])
-
-
-def draw_weak(n, S, g):
-    """Parameters of n weak views (weak_transform): crop boxes (4,n) and horizontal flips (n,) bool (p 0.5)."""
-    boxes = draw_crops(n, S, g)
-    return {"boxes": boxes, "flip": torch.rand(n, generator=g) < 0.5}
-
-
-def draw_strong(n, g, p_jitter=0.8, brightness=0.5, contrast=0.5, p_blur=0.5, sigma=(0.1, 2.0)):
-    """Parameters of n strong photometric ops (strong_photometric): ColorJitter applied with p 0.8, brightness and
-    contrast factors ~ U(1 ± 0.5) in random order (factor 1 where not applied); GaussianBlur applied with p 0.5,
-    σ ~ U(0.1, 2). -> dict of (n,) CPU tensors: bright, contrast, contrast_first (bool), blur (bool), sigma."""
-    u = torch.rand(5, n, generator=g)
-    jitter = u[0] < p_jitter
-    bright = torch.where(jitter, 1 - brightness + 2 * brightness * u[1], 1.0)
-    contr = torch.where(jitter, 1 - contrast + 2 * contrast * u[2], 1.0)
-    return {"bright": bright, "contrast": contr, "contrast_first": u[3] < 0.5, "blur": u[4] < p_blur,
-            "sigma": torch.empty(n).uniform_(*sigma, generator=g)}
-
-
-def resized_crop_flip(images, masks, boxes, flip, size):
-    """Crop box k of image k, resized to size×size and mirrored left-right where flip[k]; the mask follows.
-
-    Image: bilinear with align_corners=False, sample points clamped to the box (what torchvision's resized_crop
-    computes when the box is not larger than the output). Mask: the box pixel whose centre is nearest to the
-    image's sample point, so image and mask stay aligned to half a pixel.
-    images (B,C,S,S) float, masks (B,S,S) any dtype, boxes (4,B) int64 (top, left, h, w), flip (B,) bool
-    -> images (B,C,size,size) float, masks (B,size,size).
-    """
-    B, C, S, S2 = images.shape
-    top, left, h, w = boxes.to(images.device)
-    d = torch.arange(size, device=images.device)                                                 # output index
-    # image: source coordinate of output pixel d = start + clamp((d + 0.5)·len/size - 0.5, 0, len - 1)
-    coord = lambda start, n: start[:, None] + ((d + 0.5) * n[:, None] / size - 0.5).clamp(min=0).minimum(
-        n[:, None] - 1)                                                                           # (B,size)
-    ys, xs = coord(top, h), coord(left, w)
-    xs = torch.where(flip.to(images.device)[:, None], xs.flip(1), xs)
-    gx = ((2 * xs + 1) / S2 - 1)[:, None, :].expand(B, size, size)                              # (B,size,size)
-    gy = ((2 * ys + 1) / S - 1)[:, :, None].expand(B, size, size)
-    out = F.grid_sample(images, torch.stack([gx, gy], -1).to(images.dtype), mode="bilinear",
-                        padding_mode="border", align_corners=False)                               # (B,C,size,size)
-    # mask: nearest box pixel = start + floor((d + 0.5)·len/size), in integers
-    iy = top[:, None] + torch.div((2 * d + 1) * h[:, None], 2 * size, rounding_mode="floor")     # (B,size)
-    ix = left[:, None] + torch.div((2 * d + 1) * w[:, None], 2 * size, rounding_mode="floor")
-    ix = torch.where(flip.to(images.device)[:, None], ix.flip(1), ix)
-    b = torch.arange(B, device=images.device)[:, None, None]
-    return out, masks[b, iy[:, :, None], ix[:, None, :]]
-
-
-def colour_jitter(x, bright, contrast, contrast_first):
-    """torchvision's ColorJitter(brightness, contrast) with per-image factors, in either order per image.
-
-    brightness: clamp(b·x); contrast: clamp(c·x + (1 - c)·mean(grey(x))), grey = 0.2989 R + 0.587 G + 0.114 B
-    (the image itself with one channel). x (B,C,H,W) float in [0,255]; bright, contrast (B,); contrast_first (B,)
-    bool -> (B,C,H,W) float in [0,255]."""
-    shape = (-1, 1, 1, 1)
-    for contrast_now in (contrast_first, ~contrast_first):
-        if x.shape[1] == 3:
-            grey = (0.2989 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]).mean((1, 2))               # (B,)
-        else:
-            grey = x.mean((1, 2, 3))
-        f = torch.where(contrast_now, contrast, bright).view(shape)
-        ref = torch.where(contrast_now, grey, torch.zeros_like(grey)).view(shape)
-        x = (f * x + (1 - f) * ref).clamp(0, 255)
-    return x
-
-
-def gaussian_blur_batch(x, sigma, k):
-    """torchvision's GaussianBlur(k, σ) with a per-image σ: weights ∝ exp(-d²/2σ²), d = -k//2..k//2, reflect
-    padding; separable, one grouped convolution per axis. x (B,C,H,W) float, sigma (B,) -> (B,C,H,W)."""
-    B, C, H, W = x.shape
-    d = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
-    kern = torch.softmax(-d ** 2 / (2 * sigma.to(x)[:, None] ** 2), 1)                          # (B,k)
-    kern = kern.repeat_interleave(C, 0)                                                          # (B*C,k)
-    y = F.pad(x.reshape(1, B * C, H, W), [k // 2] * 4, mode="reflect")                           # (1,B*C,H+k-1,W+k-1)
-    y = F.conv2d(y, kern.view(B * C, 1, 1, k), groups=B * C)                                     # along x
-    y = F.conv2d(y, kern.view(B * C, 1, k, 1), groups=B * C)                                     # along y
-    return y.view(B, C, H, W)
-
-
-def strong_views(x, p, k):
-    """Strong photometric ops of parameters p (draw_strong) on weak images x (B,C,H,W) float in [0,255]."""
-    x = colour_jitter(x, p["bright"], p["contrast"], p["contrast_first"])
-    return torch.where(p["blur"].view(-1, 1, 1, 1), gaussian_blur_batch(x, p["sigma"], k), x)
-
-
-def normalise_batch(x):
-    """(B,C,S,S) float in [0,255] (C = 1: grey, repeated to RGB) -> (B,3,S,S) float32, as `normalise`."""
-    x = x.expand(-1, 3, -1, -1).float().mul(1 / 255)
-    mean, std = _imagenet_stats(x.device)
-    return (x - mean) / std
-
-
-@functools.lru_cache
-def _imagenet_stats(device):
-    """ImageNet mean and std (1,3,1,1) on `device`, copied there once (a copy from the host would wait for it)."""
-    return (torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
-            torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
-
-
-class DeviceBatches:
-    """(labeled batch, unlabeled batch) of training step t, drawn and augmented on `device`; StepBatches' format.
-
-    batches = DeviceBatches(ds, idx_l, idx_u, batch_size=8, seed=0, device="cuda")
-    (x, y, z), (x_w, x_s, y_gt, z_gt) = batches(t)       # float32 (B,3,S,S), int64 (B,S,S), int64 (B,) on device
-
-    The training images are copied once to the device as uint8 (one channel when the set is grey). Which images:
-    StepSampler (the same indices as StepBatches). Their views: weak_transform / strong_photometric's
-    distributions with per-image parameters drawn from a generator seeded by (seed, t), on the CPU, so a batch is
-    a pure function of t (any call order, exact resume) and the same on CPU and CUDA up to float rounding.
-    """
-
-    def __init__(self, ds, idx_l, idx_u, batch_size, seed, device="cpu"):
-        self.S, self.B, self.seed, self.device = ds.image_size, batch_size, seed, torch.device(device)
-        self.k = blur_kernel(self.S)
-        images = ds.images[..., :1] if ds.grey else ds.images   # grey: R = G = B, one channel is enough
-
-        def to_dev(idx):
-            idx = np.asarray(idx, dtype=np.int64)
-            return (torch.from_numpy(images[idx]).permute(0, 3, 1, 2).contiguous().to(self.device),  # (n,C,S,S)
-                    torch.from_numpy(ds.masks[idx]).to(self.device),                                 # (n,S,S)
-                    torch.from_numpy(ds.labels[idx]).to(self.device))                                # (n,)
-        self.set_l, self.set_u = to_dev(idx_l), to_dev(idx_u)
-        self.draw_l = StepSampler(len(idx_l), batch_size, seed, stream=1)
-        self.draw_u = StepSampler(len(idx_u), batch_size, seed, stream=2)
-
-    def _weak(self, cache, j, p):
-        images, masks, labels = (c[j] for c in cache)
-        x, y = resized_crop_flip(images.float(), masks, p["boxes"], p["flip"], self.S)
-        return x, y.long(), labels
-
-    def params(self, t):
-        """Step t's draws, on the CPU: indices j_l, j_u (B,) into the labeled / unlabeled set, weak views of both
-        (boxes_l, flip_l, boxes_u, flip_u: draw_weak) and the strong ops (draw_strong's keys)."""
-        g = torch.Generator().manual_seed(_step_seed(self.seed, t, 0))
-        p_l, p_u = draw_weak(self.B, self.S, g), draw_weak(self.B, self.S, g)
-        return {"j_l": torch.tensor(self.draw_l(t)), "j_u": torch.tensor(self.draw_u(t)),
-                "boxes_l": p_l["boxes"], "flip_l": p_l["flip"], "boxes_u": p_u["boxes"], "flip_u": p_u["flip"],
-                **draw_strong(self.B, g)}
-
-    def __call__(self, t):
-        p = _to_device(self.params(t), self.device)
-        x, y, z = self._weak(self.set_l, p["j_l"], {"boxes": p["boxes_l"], "flip": p["flip_l"]})
-        x_w, y_gt, z_gt = self._weak(self.set_u, p["j_u"], {"boxes": p["boxes_u"], "flip": p["flip_u"]})
-        x_s = strong_views(x_w, p, self.k)
-        return (normalise_batch(x), y, z), (normalise_batch(x_w), normalise_batch(x_s), y_gt, z_gt)
-
-
-def _to_device(tensors, device):
-    """Dict of small CPU tensors -> the same on `device` in one copy, from pinned memory and asynchronous on
-    CUDA, so preparing a batch never waits for the device."""
-    if device.type == "cpu":
-        return tensors
-    flat = torch.cat([v.reshape(-1).double() for v in tensors.values()])   # float64 holds the ints exactly
-    if device.type == "cuda":
-        flat = flat.pin_memory()
-    flat = flat.to(device, non_blocking=True)
-    out, i = {}, 0
-    for k, v in tensors.items():
-        out[k] = flat[i:i + v.numel()].view(v.shape).to(v.dtype)
-        i += v.numel()
-    return out
 
 
 # ------------------------------------------------------------------------------------------- preview

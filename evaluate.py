@@ -35,6 +35,8 @@ import torch
 from scipy.ndimage import binary_erosion, distance_transform_edt, generate_binary_structure
 from scipy.stats import rankdata
 
+import augment
+import cli
 import data
 import figures
 import models
@@ -204,12 +206,12 @@ def resolve_checkpoint(path, which="final"):
     """
     if os.path.isdir(path):
         if which not in ("final", "best"):
-            raise data.DataError(f"evaluate.py: --checkpoint must be final or best, got {which!r}")
+            raise cli.DataError(f"evaluate.py: --checkpoint must be final or best, got {which!r}")
         ckpt = os.path.join(path, "checkpoint.pt" if which == "final" else "best.pt")
     else:
         ckpt = path
     if not os.path.isfile(ckpt):
-        raise data.MissingFileError(f"evaluate.py: no checkpoint {ckpt} (a run folder holds checkpoint.pt and "
+        raise cli.MissingFileError(f"evaluate.py: no checkpoint {ckpt} (a run folder holds checkpoint.pt and "
                                     f"best.pt)")
     stem = os.path.splitext(os.path.basename(ckpt))[0]
     folder = os.path.dirname(os.path.abspath(ckpt))
@@ -241,30 +243,30 @@ def evaluate_run(run_dir_or_ckpt, data_root=None, which="final", overlays=None, 
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
     except Exception as e:  # damaged file, or weights_only refusing an arbitrary pickle: say which file
-        raise data.DataError(f"evaluate.py: cannot read {ckpt_path} ({data.cause(e)}); a damaged checkpoint.pt "
+        raise cli.DataError(f"evaluate.py: cannot read {ckpt_path} ({cli.cause(e)}); a damaged checkpoint.pt "
                              f"can be replaced by --checkpoint best, or the run retrained") from e
     if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise data.DataError(f"evaluate.py: {ckpt_path} is not a train.py checkpoint (no 'model' key)")
+        raise cli.DataError(f"evaluate.py: {ckpt_path} is not a train.py checkpoint (no 'model' key)")
     config = ckpt.get("config")
     if config is None:
         cfg_path = os.path.join(folder, "config.json")
         if not os.path.isfile(cfg_path):
-            raise data.MissingFileError(f"evaluate.py: {ckpt_path} holds no config and there is no {cfg_path}")
+            raise cli.MissingFileError(f"evaluate.py: {ckpt_path} holds no config and there is no {cfg_path}")
         with open(cfg_path) as f:
             config = json.load(f)
     split_path = os.path.join(folder, "split.json")
     if not os.path.isfile(split_path):
-        raise data.MissingFileError(f"evaluate.py: no {split_path} beside the checkpoint (train.py writes it)")
+        raise cli.MissingFileError(f"evaluate.py: no {split_path} beside the checkpoint (train.py writes it)")
     split = data.load_split(split_path)
     if split.get("dataset", config["dataset"]) != config["dataset"]:
-        raise data.DataError(f"evaluate.py: {split_path} is a split of {split['dataset']!r}, the checkpoint was "
+        raise cli.DataError(f"evaluate.py: {split_path} is a split of {split['dataset']!r}, the checkpoint was "
                              f"trained on {config['dataset']!r}")
 
     device = models.pick_device(device)
     ds = data.load_dataset(config["dataset"], data_root or config.get("data_root"),
                            image_size=config["image_size"], seed=config["seed"], demo_size=config.get("demo_size"))
     _, _, idx_eval = data.split_indices(ds, split)
-    loader = torch.utils.data.DataLoader(data.LabeledSet(ds, idx_eval, train=False), batch_size=batch_size,
+    loader = torch.utils.data.DataLoader(augment.LabeledSet(ds, idx_eval, train=False), batch_size=batch_size,
                                          shuffle=False)
     model = load_model(ckpt, config).to(device)
     summary, per_image = evaluate_model(model, loader, device, amp=amp and device.type == "cuda",
@@ -277,7 +279,7 @@ def evaluate_run(run_dir_or_ckpt, data_root=None, which="final", overlays=None, 
         for n, r in zip(names, per_image):
             w.writerow([n, r["label"], r["pred"], f"{r['score']:.6f}", f"{r['dice']:.6f}", f"{r['iou']:.6f}",
                         f"{r['hd95']:.4f}"])
-    data.atomic_write(csv_path, write_csv, newline="")
+    cli.atomic_write(csv_path, write_csv, newline="")
     if overlays is not None:
         images = ds.images[idx_eval]
         gts = ds.masks[idx_eval].astype(bool)
@@ -290,7 +292,7 @@ def evaluate_run(run_dir_or_ckpt, data_root=None, which="final", overlays=None, 
               "selected_on": SELECTED_ON_BEST if is_best else SELECTED_ON_FINAL,
               "method": method_name(config), "dataset": config["dataset"], "labels": config.get("labels"),
               "seed": config.get("seed"), "per_image_file": os.path.basename(csv_path)}
-    data.write_json_atomic(result, metrics_path)
+    cli.write_json_atomic(result, metrics_path)
     result["metrics_file"] = metrics_path
     return result
 
@@ -490,4 +492,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    data.cli_main(main)
+    cli.cli_main(main)

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
+import cli
 from models import InterTaskAttention
 
 # Colours of the paper's Fig. 4 / 12-14: red ground truth, green prediction, yellow overlap.
@@ -479,5 +480,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    import data
-    data.cli_main(main)
+    cli.cli_main(main)

@@ -26,6 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+import cli
+
 DIVISOR = 32  # the encoder downsamples 5 times; skips only line up for sides divisible by 2^5
 DECODER_CHANNELS = (256, 128, 64, 32, 16)  # up1, up2, up3, up4, full-resolution block (U-Net convention)
 ENCODERS = {  # name -> (builder, weights enum, channels of stem, layer1..layer4)
@@ -66,8 +68,7 @@ def pick_device(name):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if str(name).startswith("cuda") and not torch.cuda.is_available():
-        import data  # the user's input: a one-line error on the command line (data.cli_main)
-        raise data.DataError("--device cuda asked for, but torch sees no CUDA device (use --device cpu)")
+        raise cli.DataError("--device cuda asked for, but torch sees no CUDA device (use --device cpu)")
     return torch.device(name)
 
 

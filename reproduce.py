@@ -33,6 +33,8 @@ import sys
 import threading
 from dataclasses import dataclass
 
+import cli
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 TRAIN = os.path.join(HERE, "train.py")
 DEFAULT_OUT = os.path.join("runs", "reproduce")
@@ -418,9 +420,8 @@ def table_markdown(exp, out_dir, seeds, command):
 
 
 def write_table(exp, out_dir, seeds, command):
-    import data  # the project's one atomic writer (imported here for the reason train is: it imports torch)
     text = table_markdown(exp, out_dir, seeds, command)
-    path = data.atomic_write(os.path.join(out_dir, f"{exp.name}.md"), lambda f: f.write(text))
+    path = cli.atomic_write(os.path.join(out_dir, f"{exp.name}.md"), lambda f: f.write(text))
     return path, text
 
 

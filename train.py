@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import augment
+import cli
 import data
 import evaluate
 import hermes
@@ -119,8 +121,8 @@ def build_parser():
     a("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available")
     a("--amp", action="store_true", help="bf16 autocast on CUDA (ignored on CPU)")
     a("--augment", default="device", choices=["device", "cpu"],
-      help="device: whole batches augmented on the training device (data.DeviceBatches); cpu: torchvision per "
-           "image in --workers processes (data.StepBatches, runs made before the flag existed)")
+      help="device: whole batches augmented on the training device (augment.DeviceBatches); cpu: torchvision per "
+           "image in --workers processes (augment.StepBatches, runs made before the flag existed)")
     a("--workers", type=int, default=None,
       help="--augment cpu: processes preparing batches ahead (default 0 on CPU, 4 on CUDA; results do not "
            "depend on it)")
@@ -128,7 +130,7 @@ def build_parser():
     a("--ckpt-every", type=int, default=None, help="write checkpoint.pt every N steps (default: --eval-every)")
     a("--log-every", type=int, default=10, help="write a log.csv row every N steps")
     a("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # simulate a kill after N steps (tests)
-    a("--debug", action="store_true", help=f"show the Python traceback of an error (or {data.DEBUG_ENV}=1)")
+    a("--debug", action="store_true", help=f"show the Python traceback of an error (or {cli.DEBUG_ENV}=1)")
     return p
 
 
@@ -158,12 +160,12 @@ def resolve(args):
     if args.out is None:
         args.out = os.path.join("runs", f"{args.dataset}-{args.labels}-seed{args.seed}")
     if not demo and args.data_root is None:
-        raise data.DataError(f"--data-root is required for --dataset {args.dataset} (see README, Datasets)")
+        raise cli.DataError(f"--data-root is required for --dataset {args.dataset} (see README, Datasets)")
     if args.image_size % 32:
-        raise data.DataError(f"--image-size {args.image_size} must be divisible by 32 (the encoder downsamples "
+        raise cli.DataError(f"--image-size {args.image_size} must be divisible by 32 (the encoder downsamples "
                              f"32×), e.g. {max(32, 32 * round(args.image_size / 32))}")
     if args.iters < 1 or args.batch_size < 1:
-        raise data.DataError(f"--iters and --batch-size must be positive, got {args.iters} and {args.batch_size}")
+        raise cli.DataError(f"--iters and --batch-size must be positive, got {args.iters} and {args.batch_size}")
     return args
 
 
@@ -203,8 +205,8 @@ def set_rng_state(state):
 
 
 def save_atomic(obj, path):
-    """torch.save through data.atomic_write: a kill leaves the old file intact."""
-    return data.atomic_write(path, lambda f: torch.save(obj, f), binary=True)
+    """torch.save through cli.atomic_write: a kill leaves the old file intact."""
+    return cli.atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
 def checkpoint(model, banks, opts, it, best, cfg, seconds):
@@ -227,11 +229,11 @@ def read_checkpoint(path):
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, not a torch file, unreadable
-        raise data.DataError(f"cannot read {path} ({data.cause(e)}): it cannot be resumed; move the run "
+        raise cli.DataError(f"cannot read {path} ({cli.cause(e)}): it cannot be resumed; move the run "
                              f"folder aside and rerun the command without --resume") from e
     needed = {"model", "opt_seg", "opt_cls", "iter", "rng", "config"}
     if not isinstance(ckpt, dict) or not needed <= set(ckpt):
-        raise data.DataError(f"{path} is not a resumable train.py checkpoint (it lacks "
+        raise cli.DataError(f"{path} is not a resumable train.py checkpoint (it lacks "
                              f"{sorted(needed - set(ckpt) if isinstance(ckpt, dict) else needed)}); rerun the "
                              f"command without --resume into a new --out")
     return ckpt
@@ -242,7 +244,7 @@ def _write_csv(path, rows):
         w = csv.DictWriter(f, LOG_COLUMNS, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
-    data.atomic_write(path, write, newline="")
+    cli.atomic_write(path, write, newline="")
 
 
 def load_checkpoint(ckpt, model, banks, opts):
@@ -323,11 +325,11 @@ def step_batches(cfg, ds, idx_l, idx_u, device, start, total):
     """batches(it) -> (batch_l, batch_u) of step it on `device`: augmented there (--augment device), or per
     image by torchvision in --workers processes (--augment cpu); either way a pure function of (seed, it)."""
     if cfg["augment"] == "device":
-        return data.DeviceBatches(ds, idx_l, idx_u, cfg["batch_size"], cfg["seed"], device)
-    steps = data.StepBatches(data.LabeledSet(ds, idx_l, train=True), data.UnlabeledSet(ds, idx_u),
+        return augment.DeviceBatches(ds, idx_l, idx_u, cfg["batch_size"], cfg["seed"], device)
+    steps = augment.StepBatches(augment.LabeledSet(ds, idx_l, train=True), augment.UnlabeledSet(ds, idx_u),
                              cfg["batch_size"], cfg["seed"])
     workers = cfg["workers"] if cfg["workers"] is not None else (0 if device.type == "cpu" else 4)
-    loader = iter(data.step_loader(steps, start, total, workers))
+    loader = iter(augment.step_loader(steps, start, total, workers))
     return lambda it: tuple(to_device(b, device) for b in next(loader))
 
 
@@ -343,16 +345,16 @@ def build_model(cfg):
                            model, st, "cls", what=f"--init-cls-encoder {cfg['init_cls_encoder']}"))):
         if path:
             if not os.path.isfile(path):
-                raise data.MissingFileError(f"initialisation file not found: {path}")
+                raise cli.MissingFileError(f"initialisation file not found: {path}")
             try:
                 state = torch.load(path, map_location="cpu", weights_only=True)
             except Exception as e:
-                raise data.DataError(f"cannot read {path} as a torch state_dict or train.py checkpoint: "
-                                     f"{data.cause(e)}") from e
+                raise cli.DataError(f"cannot read {path} as a torch state_dict or train.py checkpoint: "
+                                     f"{cli.cause(e)}") from e
             try:
                 n = len(load(state))
             except ValueError as e:
-                raise data.DataError(data.one_line(e)) from e
+                raise cli.DataError(cli.one_line(e)) from e
             print(f"initialised {n} tensors from {path}")
     return model
 
@@ -396,11 +398,11 @@ def open_run(args, given):
     setting is an error naming both (the run's config is what the checkpoint was trained with)."""
     out = args.out
     if os.path.exists(out) and not os.path.isdir(out):
-        raise data.DataError(f"--out {out} is a file, not a folder: name a folder for the run")
+        raise cli.DataError(f"--out {out} is a file, not a folder: name a folder for the run")
     ckpt_path = os.path.join(out, "checkpoint.pt")
     if args.resume:
         if not os.path.isfile(ckpt_path):
-            raise data.DataError(f"--resume: there is no {ckpt_path} to continue from (nothing was changed); "
+            raise cli.DataError(f"--resume: there is no {ckpt_path} to continue from (nothing was changed); "
                                  f"start the run without --resume, into a new or empty --out")
         ckpt = read_checkpoint(ckpt_path)
         cfg = {**RESUME_MISSING, **ckpt["config"]}
@@ -408,13 +410,13 @@ def open_run(args, given):
         changed = [k for k in sorted(given) if k not in RESUME_OVERRIDABLE and k in cfg and new[k] != cfg[k]]
         if changed:
             both = "; ".join(f"{_flag(k)} {cfg[k]} (the run) vs {new[k]} (given)" for k in changed)
-            raise data.DataError(f"--resume: {out} was trained with other settings: {both}. Drop them to "
+            raise cli.DataError(f"--resume: {out} was trained with other settings: {both}. Drop them to "
                                  f"continue the run, or train into a new --out")
         cfg.update(resume=True, device=new["device"], stop_after=new["stop_after"], workers=new["workers"])
         cfg.update({k: new[k] for k in ("data_root", "eval_every", "ckpt_every", "log_every") if k in given})
         return cfg, ckpt
     if os.path.isdir(out) and os.listdir(out):
-        raise data.DataError(f"run folder {out} exists and is not empty: pass --resume to continue it, "
+        raise cli.DataError(f"run folder {out} exists and is not empty: pass --resume to continue it, "
                              f"or another --out")
     cfg = dict(vars(args))
     cfg["git_commit"] = git_commit()
@@ -436,7 +438,7 @@ def run_split(cfg, ds, given):
             said["seed"], want["seed"] = split.get("seed"), cfg["seed"]
         bad = [k for k in said if said[k] != want[k]]
         if bad:
-            raise data.DataError(f"{where} is a split of {', '.join(f'{k} {said[k]}' for k in bad)} but the run "
+            raise cli.DataError(f"{where} is a split of {', '.join(f'{k} {said[k]}' for k in bad)} but the run "
                                  f"was trained with {', '.join(f'{k} {want[k]}' for k in bad)} (checkpoint.pt): "
                                  f"put the run's own split.json back, or train into a new --out")
         return split
@@ -444,7 +446,7 @@ def run_split(cfg, ds, given):
         split = data.load_split(cfg["split"], ds)
         n = len(split["train_labeled"])
         if "labels" in given and n != cfg["labels"]:
-            raise data.DataError(f"--split {cfg['split']} has {n} labeled images but --labels says "
+            raise cli.DataError(f"--split {cfg['split']} has {n} labeled images but --labels says "
                                  f"{cfg['labels']}: drop --labels, or draw the split with --labels alone")
         cfg["labels"] = n
         return split
@@ -479,7 +481,7 @@ def train(argv=None):
 
     # Its own generator: an evaluation must not draw from the global RNG that anchor sampling uses, or
     # --eval-every would change the training.
-    eval_loader = torch.utils.data.DataLoader(data.LabeledSet(ds, idx_eval, train=False),
+    eval_loader = torch.utils.data.DataLoader(augment.LabeledSet(ds, idx_eval, train=False),
                                               batch_size=cfg["batch_size"], shuffle=False,
                                               generator=torch.Generator())
 
@@ -496,13 +498,13 @@ def train(argv=None):
     # Everything is loaded and checked: only now is the run folder created or changed.
     os.makedirs(out, exist_ok=True)
     if ckpt is not None:
-        stale = data.remove_stale_temporaries(out)
+        stale = cli.remove_stale_temporaries(out)
         if stale:
             print(f"removed {len(stale)} temporary files of an interrupted write: "
                   f"{', '.join(os.path.basename(p) for p in stale)}", file=sys.stderr)
         print(f"resumed {out} at step {start}/{total}")
     else:
-        data.write_json_atomic(cfg, os.path.join(out, "config.json"))
+        cli.write_json_atomic(cfg, os.path.join(out, "config.json"))
         data.save_split(split, os.path.join(out, "split.json"))
     log = CsvLog(os.path.join(out, "log.csv"), resume_iter=start if ckpt is not None else None)
     ckpt_path, best_path = os.path.join(out, "checkpoint.pt"), os.path.join(out, "best.pt")
@@ -561,7 +563,7 @@ def train(argv=None):
                        "selected_on": evaluate.SELECTED_ON_BEST},
               "dataset": cfg["dataset"], "labels": cfg["labels"], "seed": cfg["seed"],
               "train_seconds": round(elapsed(), 1)}
-    data.write_json_atomic(result, os.path.join(out, "metrics.json"))
+    cli.write_json_atomic(result, os.path.join(out, "metrics.json"))
     print(f"\nrun folder: {out}  (config.json, split.json, log.csv, checkpoint.pt, best.pt, metrics.json)")
     print(f"final checkpoint on the evaluation split ({metrics['n_images']} images): "
           f"Dice {metrics['dice_mean']:.4f} ± {metrics['dice_std']:.4f}  IoU {metrics['iou_mean']:.4f}  "
@@ -571,4 +573,4 @@ def train(argv=None):
 
 
 if __name__ == "__main__":
-    data.cli_main(train)
+    cli.cli_main(train)

@@ -1,4 +1,4 @@
-"""Batched on-device augmentation (data.DeviceBatches and its parts) against torchvision's per-image transforms."""
+"""Batched on-device augmentation (augment.DeviceBatches and its parts) against torchvision's per-image transforms."""
 import numpy as np
 import pytest
 import torch
@@ -6,6 +6,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as TF
 
+import augment
 import data
 
 MEAN = torch.tensor(data.IMAGENET_MEAN).view(1, 3, 1, 1)
@@ -43,16 +44,16 @@ def grey_set(S=32, n=6, seed=0):
 def test_crop_flip_matches_torchvision_resized_crop_per_image():
     S = 40
     x = torch.rand(16, 3, S, S, generator=torch.Generator().manual_seed(0)) * 255
-    p = data.draw_weak(16, S, torch.Generator().manual_seed(1))
+    p = augment.draw_weak(16, S, torch.Generator().manual_seed(1))
     boxes = torch.cat([p["boxes"][:, :14], torch.tensor([[0, 0, S, S], [3, 5, 20, 31]]).T], 1)   # + whole, odd box
-    out, _ = data.resized_crop_flip(x, torch.zeros(16, S, S), boxes, p["flip"], S)
+    out, _ = augment.resized_crop_flip(x, torch.zeros(16, S, S), boxes, p["flip"], S)
     assert p["flip"].any() and not p["flip"].all()
     for k in range(16):
         top, left, h, w = boxes[:, k].tolist()
         ref = TF.resized_crop(x[k], top, left, h, w, [S, S], antialias=True)                    # naive twin
         ref = ref.flip(-1) if p["flip"][k] else ref
         torch.testing.assert_close(out[k], ref, atol=5e-3, rtol=0)
-    assert torch.equal(data.resized_crop_flip(x[14:15], torch.zeros(1, S, S), boxes[:, 14:15],
+    assert torch.equal(augment.resized_crop_flip(x[14:15], torch.zeros(1, S, S), boxes[:, 14:15],
                                               torch.tensor([False]), S)[0][0].round(), x[14].round())
 
 
@@ -61,8 +62,8 @@ def test_mask_follows_the_image_to_half_a_pixel():
     ramp = torch.arange(S, dtype=torch.float32)
     x = torch.stack([ramp[:, None].expand(S, S), ramp[None, :].expand(S, S)])[None].repeat(64, 1, 1, 1)  # rows, cols
     m = (ramp[:, None] * 100 + ramp[None, :]).long()[None].repeat(64, 1, 1)                          # id = 100·r + c
-    p = data.draw_weak(64, S, torch.Generator().manual_seed(2))
-    out, mo = data.resized_crop_flip(x, m, p["boxes"], p["flip"], S)
+    p = augment.draw_weak(64, S, torch.Generator().manual_seed(2))
+    out, mo = augment.resized_crop_flip(x, m, p["boxes"], p["flip"], S)
     row, col = torch.div(mo, 100, rounding_mode="floor"), mo % 100
     # the image at each output pixel holds its exact source coordinate (bilinear of a ramp); the mask's source
     # pixel is the nearest one
@@ -80,7 +81,7 @@ def test_colour_jitter_matches_torchvision_in_both_orders():
     b = torch.tensor([0.6, 1.4, 1.0, 0.5, 1.5, 0.9])
     c = torch.tensor([1.3, 0.7, 1.0, 1.5, 0.5, 1.1])
     first = torch.tensor([True, False, True, False, True, False])
-    out = data.colour_jitter(x * 255, b, c, first)
+    out = augment.colour_jitter(x * 255, b, c, first)
     for k in range(6):
         ops = [lambda r: TF.adjust_contrast(r, c[k].item()), lambda r: TF.adjust_brightness(r, b[k].item())]
         r = x[k]
@@ -88,8 +89,8 @@ def test_colour_jitter_matches_torchvision_in_both_orders():
             r = op(r)
         torch.testing.assert_close(out[k], r * 255, atol=1e-3, rtol=0)
     grey = x[:, :1]                                                                              # one channel
-    torch.testing.assert_close(data.colour_jitter(grey * 255, b, c, first),
-                               data.colour_jitter(grey.expand(-1, 3, -1, -1) * 255, b, c, first)[:, :1],
+    torch.testing.assert_close(augment.colour_jitter(grey * 255, b, c, first),
+                               augment.colour_jitter(grey.expand(-1, 3, -1, -1) * 255, b, c, first)[:, :1],
                                atol=0.1, rtol=0)                                                  # 0.2989+0.587+0.114
 
 
@@ -97,7 +98,7 @@ def test_gaussian_blur_matches_torchvision_per_sigma():
     x = torch.rand(5, 2, 21, 21, generator=torch.Generator().manual_seed(4)) * 255
     sigma = torch.tensor([0.1, 0.4, 1.0, 1.7, 2.0])
     for k_size in (3, 9):
-        out = data.gaussian_blur_batch(x, sigma, k_size)
+        out = augment.gaussian_blur_batch(x, sigma, k_size)
         for k in range(5):
             ref = TF.gaussian_blur(x[k], [k_size, k_size], [sigma[k].item()] * 2)
             torch.testing.assert_close(out[k], ref, atol=1e-3, rtol=0)
@@ -105,23 +106,23 @@ def test_gaussian_blur_matches_torchvision_per_sigma():
     dot[0, 0, 2, 2] = 9                                           # a dot away from the edges; σ = 1, k = 3 by hand:
     e = float(np.exp(-0.5))
     w = torch.tensor([0, e, 1, e, 0]) / (1 + 2 * e)              # exp(-d²/2σ²) / Σ, d = -1, 0, 1
-    torch.testing.assert_close(data.gaussian_blur_batch(dot, torch.tensor([1.0]), 3)[0, 0], 9 * w[:, None] * w)
+    torch.testing.assert_close(augment.gaussian_blur_batch(dot, torch.tensor([1.0]), 3)[0, 0], 9 * w[:, None] * w)
 
 
 def test_normalisation_identical_to_normalise():
     u8 = torch.randint(0, 256, (4, 3, 12, 12), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
-    out = data.normalise_batch(u8.float())
+    out = augment.normalise_batch(u8.float())
     for k in range(4):
-        assert torch.equal(out[k], data.normalise(tv_tensors.Image(u8[k])))
+        assert torch.equal(out[k], augment.normalise(tv_tensors.Image(u8[k])))
     grey = u8[:, :1]
-    assert torch.equal(data.normalise_batch(grey.float()), data.normalise_batch(grey.expand(-1, 3, -1, -1).float()))
+    assert torch.equal(augment.normalise_batch(grey.float()), augment.normalise_batch(grey.expand(-1, 3, -1, -1).float()))
 
 
 # ------------------------------------------------------------------------- parameter ranges, rates, distributions
 def test_parameter_ranges_and_rates():
     n, S = 20000, 224
     g = torch.Generator().manual_seed(6)
-    p, s = data.draw_weak(n, S, g), data.draw_strong(n, g)
+    p, s = augment.draw_weak(n, S, g), augment.draw_strong(n, g)
     top, left, h, w = p["boxes"]
     assert (top >= 0).all() and (left >= 0).all() and (top + h <= S).all() and (left + w <= S).all()
     area, aspect = (h * w).float() / S ** 2, w.float() / h
@@ -145,7 +146,7 @@ def test_parameter_ranges_and_rates():
 
 def test_crop_and_jitter_draws_have_torchvision_distributions():
     n, S = 4000, 224
-    ours = data.draw_crops(n, S, torch.Generator().manual_seed(7))
+    ours = augment.draw_crops(n, S, torch.Generator().manual_seed(7))
     rrc = v2.RandomResizedCrop(S, scale=(0.5, 1.0))
     img = [tv_tensors.Image(torch.zeros(1, S, S, dtype=torch.uint8))]
     torch.manual_seed(7)
@@ -165,7 +166,7 @@ def test_crop_and_jitter_draws_have_torchvision_distributions():
     ref = [cj.make_params([]) for _ in range(n)]
     ref_b = torch.tensor([d["brightness_factor"] for d in ref])
     ref_first = torch.tensor([(d["fn_idx"] == 1).nonzero().item() < (d["fn_idx"] == 0).nonzero().item() for d in ref])
-    s = data.draw_strong(n, torch.Generator().manual_seed(8), p_jitter=1.0)
+    s = augment.draw_strong(n, torch.Generator().manual_seed(8), p_jitter=1.0)
     q = torch.tensor([0.1, 0.25, 0.5, 0.75, 0.9])
     torch.testing.assert_close(torch.quantile(s["bright"], q), torch.quantile(ref_b, q), atol=0.03, rtol=0)
     assert abs(s["contrast_first"].float().mean() - ref_first.float().mean()) < 0.05
@@ -176,13 +177,13 @@ def test_views_have_the_statistics_of_the_per_image_transforms():
     brightness and contrast of the strong image."""
     ds = grey_set(S=32, n=2)
     n = 600
-    us = data.UnlabeledSet(ds, [0])
+    us = augment.UnlabeledSet(ds, [0])
     torch.manual_seed(9)
     ref = [us[0] for _ in range(n)]
     ref_w = unnormalise(torch.stack([r[0] for r in ref]))[:, 0]
     ref_s = unnormalise(torch.stack([r[1] for r in ref]))[:, 0]
     ref_y = torch.stack([r[2] for r in ref]).float()
-    (_, _, _), (x_w, x_s, y, _) = data.DeviceBatches(ds, [1], [0], n, seed=9)(0)
+    (_, _, _), (x_w, x_s, y, _) = augment.DeviceBatches(ds, [1], [0], n, seed=9)(0)
     x_w, x_s, y = unnormalise(x_w)[:, 0], unnormalise(x_s)[:, 0], y.float()
 
     def per_image(w, s, y):                                                     # (n,6) per-view quantities
@@ -199,8 +200,8 @@ def test_views_have_the_statistics_of_the_per_image_transforms():
 def test_device_batches_format_alignment_and_images_of_step_batches():
     ds = ramp_set(S=16, n=9)
     idx_l, idx_u = [0, 1, 2], [3, 4, 5, 6, 7, 8]
-    db = data.DeviceBatches(ds, idx_l, idx_u, batch_size=4, seed=3)
-    sb = data.StepBatches(data.LabeledSet(ds, idx_l), data.UnlabeledSet(ds, idx_u), 4, seed=3)
+    db = augment.DeviceBatches(ds, idx_l, idx_u, batch_size=4, seed=3)
+    sb = augment.StepBatches(augment.LabeledSet(ds, idx_l), augment.UnlabeledSet(ds, idx_u), 4, seed=3)
     for t in range(3):
         (x, y, z), (x_w, x_s, y_gt, z_gt) = db(t)
         (rx, ry, rz), (rw, rs, ryg, rzg) = sb[t]
@@ -211,15 +212,15 @@ def test_device_batches_format_alignment_and_images_of_step_batches():
             rc = unnormalise(img)[:, :2] / 16                                  # source row, column of each pixel
             assert (torch.div(mask, 16, rounding_mode="floor") - rc[:, 0]).abs().max() <= 0.5 + 1e-3
             assert ((mask % 16) - rc[:, 1]).abs().max() <= 0.5 + 1e-3
-        strong = data.strong_views(unnormalise(x_w), db.params(t), db.k)
-        torch.testing.assert_close(x_s, data.normalise_batch(strong),
+        strong = augment.strong_views(unnormalise(x_w), db.params(t), db.k)
+        torch.testing.assert_close(x_s, augment.normalise_batch(strong),
                                    atol=1e-4, rtol=0)                          # strong = photometric ops on weak
     assert ds.images[0, 3, 0, 0] == 48 and ds.masks[0, 3, 2] == 50              # cache untouched
 
 
 def test_device_batches_pure_function_of_seed_and_step():
     ds = grey_set(S=32, n=12)
-    make = lambda seed: data.DeviceBatches(ds, range(4), range(4, 12), batch_size=3, seed=seed)
+    make = lambda seed: augment.DeviceBatches(ds, range(4), range(4, 12), batch_size=3, seed=seed)
     a, b = make(5), make(5)
     torch.manual_seed(0)
     before = torch.get_rng_state()
@@ -238,8 +239,8 @@ def test_grey_shortcut_equals_the_rgb_path():
     assert ds.grey
     rgb = data.CachedSet(images=ds.images, masks=ds.masks, labels=ds.labels, names=ds.names, groups=ds.groups)
     rgb.grey = False                                                            # force the three-channel path
-    a = data.DeviceBatches(ds, range(4), range(4, 8), 4, seed=1)(2)
-    b = data.DeviceBatches(rgb, range(4), range(4, 8), 4, seed=1)(2)
+    a = augment.DeviceBatches(ds, range(4), range(4, 8), 4, seed=1)(2)
+    b = augment.DeviceBatches(rgb, range(4), range(4, 8), 4, seed=1)(2)
     assert a[0][0].shape == b[0][0].shape == (4, 3, 32, 32)
     for u, v in zip(a[0] + a[1], b[0] + b[1]):
         torch.testing.assert_close(u, v, atol=2e-3, rtol=0)                     # grey weights sum to 0.9999
@@ -248,11 +249,11 @@ def test_grey_shortcut_equals_the_rgb_path():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_batches_equal_cpu_batches():
     p = {"i": torch.tensor([3, 2**40]), "f": torch.tensor([0.25, 1.5]), "b": torch.tensor([True, False])}
-    for k, v in data._to_device(p, torch.device("cuda")).items():                # one packed copy
+    for k, v in augment._to_device(p, torch.device("cuda")).items():                # one packed copy
         assert v.is_cuda and v.dtype == p[k].dtype and torch.equal(v.cpu(), p[k])
     ds = grey_set(S=32, n=8)
-    a = data.DeviceBatches(ds, range(4), range(4, 8), 4, seed=1, device="cpu")(5)
-    b = data.DeviceBatches(ds, range(4), range(4, 8), 4, seed=1, device="cuda")(5)
+    a = augment.DeviceBatches(ds, range(4), range(4, 8), 4, seed=1, device="cpu")(5)
+    b = augment.DeviceBatches(ds, range(4), range(4, 8), 4, seed=1, device="cuda")(5)
     for u, v in zip(a[0] + a[1], b[0] + b[1]):
         assert v.is_cuda
         torch.testing.assert_close(u, v.cpu(), atol=1e-3, rtol=0)

@@ -104,8 +104,8 @@ def test_debug_flag_shows_the_traceback(tmp_path):
 
 
 def test_cli_main_in_process(capsys, monkeypatch):
-    """data.cli_main: DataError -> one line, status 1; other errors -> two lines; HERMES_DEBUG re-raises."""
-    import data
+    """cli.cli_main: DataError -> one line, status 1; other errors -> two lines; HERMES_DEBUG re-raises."""
+    import cli as shared  # the module; cli() above runs a program
 
     def fails(exc):
         def main(argv):
@@ -115,10 +115,10 @@ def test_cli_main_in_process(capsys, monkeypatch):
     monkeypatch.delenv("HERMES_DEBUG", raising=False)
     monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)   # cli_main replaces it
     errs = []
-    for exc, status in ((data.DataError("bad value 7 in x.csv (use 0/1)"), 1),
+    for exc, status in ((shared.DataError("bad value 7 in x.csv (use 0/1)"), 1),
                         (RuntimeError("deep trouble\nsecond line"), 1), (KeyboardInterrupt(), 130)):
         with pytest.raises(SystemExit) as e:
-            data.cli_main(fails(exc), [])
+            shared.cli_main(fails(exc), [])
         assert e.value.code == status
         errs.append(capsys.readouterr().err.strip().splitlines())
     assert errs[0] == [f"{os.path.basename(sys.argv[0])}: error: bad value 7 in x.csv (use 0/1)"]
@@ -126,12 +126,12 @@ def test_cli_main_in_process(capsys, monkeypatch):
     assert "--debug" in errs[1][1] and "HERMES_DEBUG=1" in errs[1][1]
     assert len(errs[2]) == 1 and errs[2][0].endswith("interrupted")
     monkeypatch.setenv("HERMES_DEBUG", "1")
-    with pytest.raises(data.DataError):
-        data.cli_main(fails(data.DataError("x")), [])
+    with pytest.raises(shared.DataError):
+        shared.cli_main(fails(shared.DataError("x")), [])
     monkeypatch.setenv("HERMES_DEBUG", "0")
     with pytest.raises(SystemExit):
-        data.cli_main(fails(data.DataError("x")), [])
-    assert data.cli_main(lambda argv: argv, ["--debug"]) == ["--debug"]
+        shared.cli_main(fails(shared.DataError("x")), [])
+    assert shared.cli_main(lambda argv: argv, ["--debug"]) == ["--debug"]
 
 
 def test_gif_masks_unlisted_images_and_the_maximum_budget(tmp_path):

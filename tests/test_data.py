@@ -8,7 +8,10 @@ import openpyxl
 import pytest
 import torch
 from PIL import Image
+from torchvision import tv_tensors
 
+import augment
+import cli
 import data
 
 MEAN = torch.tensor(data.IMAGENET_MEAN).view(3, 1, 1)
@@ -396,7 +399,7 @@ def test_save_load_split_and_indices(tmp_path):
 # -------------------------------------------------------------------------------------------- augmentation
 def test_eval_items_are_the_cached_arrays():
     ds = fake_set(3, 3, S=16)
-    x, y, z = data.LabeledSet(ds, [4], train=False)[0]
+    x, y, z = augment.LabeledSet(ds, [4], train=False)[0]
     assert x.dtype == torch.float32 and x.shape == (3, 16, 16)
     assert y.dtype == torch.int64 and z.dtype == torch.int64 and z.shape == () and z.item() == 1
     expected = (torch.from_numpy(ds.images[4]).permute(2, 0, 1) / 255 - MEAN) / STD
@@ -406,7 +409,7 @@ def test_eval_items_are_the_cached_arrays():
 
 def test_labeled_weak_view_moves_image_and_mask_together():
     ds = pattern_set()
-    ls = data.LabeledSet(ds, range(len(ds)), train=True)
+    ls = augment.LabeledSet(ds, range(len(ds)), train=True)
     torch.manual_seed(0)
     changed = flipped = 0
     for _ in range(4):
@@ -421,7 +424,7 @@ def test_labeled_weak_view_moves_image_and_mask_together():
 
 def test_unlabeled_weak_strong_gt_pixel_aligned():
     ds = pattern_set()
-    us = data.UnlabeledSet(ds, range(len(ds)))
+    us = augment.UnlabeledSet(ds, range(len(ds)))
     torch.manual_seed(1)
     for _ in range(3):
         for j in range(len(ds)):
@@ -438,28 +441,28 @@ def test_strong_is_photometric_on_top_of_weak():
     ds = pattern_set()
     ds.images[2] = (ds.images[2] * np.linspace(0.3, 1, 32)[None, :, None]).astype(np.uint8)  # grey levels
     assert ds.grey and not fake_set(1, 1).grey
-    us = data.UnlabeledSet(ds, range(len(ds)))
+    us = augment.UnlabeledSet(ds, range(len(ds)))
     for seed in range(4):
         torch.manual_seed(seed)
         w, s, y, _ = us[2]
         torch.manual_seed(seed)
-        wi, wm = us.weak(*data._item(ds, 2))
+        wi, wm = us.weak(*augment._item(ds, 2))
         state = torch.get_rng_state()
-        si = us.photometric(data.tv_tensors.Image(wi[:1])).expand(3, -1, -1)   # ds.grey: one channel
+        si = us.photometric(tv_tensors.Image(wi[:1])).expand(3, -1, -1)   # ds.grey: one channel
         torch.set_rng_state(state)
         si3 = us.photometric(wi)                                                # the same draws on RGB
-        torch.testing.assert_close(w, data.normalise(wi))
-        torch.testing.assert_close(s, data.normalise(si))
+        torch.testing.assert_close(w, augment.normalise(wi))
+        torch.testing.assert_close(s, augment.normalise(si))
         assert (si.int() - si3.int()).abs().max() <= 2  # grey shortcut = RGB path up to rounding
         assert torch.equal(y, wm.long())
-    assert data.blur_kernel(224) == 23 and data.blur_kernel(96) == 9 and data.blur_kernel(16) == 3
+    assert augment.blur_kernel(224) == 23 and augment.blur_kernel(96) == 9 and augment.blur_kernel(16) == 3
 
 
 # --------------------------------------------------------------------------------------------- loaders
 def test_make_loaders_batches_small_sets_and_eval_order():
     ds = fake_set(20, 14, S=16)
     sp = data.make_split(ds, 2, seed=0)  # 1 + 1 labeled: smaller than the batch
-    loader_l, loader_u, loader_e = data.make_loaders(ds, sp, batch_size=4, seed=0)
+    loader_l, loader_u, loader_e = augment.make_loaders(ds, sp, batch_size=4, seed=0)
     x, y, z = next(iter(loader_l))
     assert x.shape == (4, 3, 16, 16) and y.shape == (4, 16, 16) and z.shape == (4,)
     assert type(x) is torch.Tensor and type(y) is torch.Tensor and y.dtype == torch.int64
@@ -479,7 +482,7 @@ def test_make_loaders_seeded():
     firsts = []
     for _ in range(2):
         torch.manual_seed(0)
-        _, loader_u, _ = data.make_loaders(ds, sp, batch_size=4, seed=7)
+        _, loader_u, _ = augment.make_loaders(ds, sp, batch_size=4, seed=7)
         firsts.append(next(iter(loader_u)))
     for a, b in zip(*firsts):
         assert torch.equal(a, b)
@@ -487,7 +490,7 @@ def test_make_loaders_seeded():
     sp = data.make_split(ds, 12, seed=0)
     all_labeled = dict(sp, train_labeled=sp["train_labeled"] + sp["train_unlabeled"], train_unlabeled=[])
     with pytest.raises(ValueError, match="empty"):
-        data.make_loaders(ds, all_labeled, batch_size=4)  # 7 + 7 train, all labeled: no unlabeled set
+        augment.make_loaders(ds, all_labeled, batch_size=4)  # 7 + 7 train, all labeled: no unlabeled set
 
 
 # ----------------------------------------------------------------------------------------------- preview
@@ -504,13 +507,13 @@ def test_preview_cli(tmp_path, capsys):
 
 
 def test_step_sampler_covers_each_pass_and_repeats_small_sets():
-    draw = data.StepSampler(10, 4, seed=3, stream=1)
+    draw = augment.StepSampler(10, 4, seed=3, stream=1)
     assert draw.per_pass == 2
     first_pass = draw(0) + draw(1)
     assert len(set(first_pass)) == 8 and set(first_pass) <= set(range(10))      # drop-last, no repeat
     assert draw(2) != draw(0) or draw(3) != draw(1)                               # a new permutation per pass
-    assert draw(5) == data.StepSampler(10, 4, seed=3, stream=1)(5)               # stateless in the step
-    small = data.StepSampler(3, 8, seed=0, stream=2)(0)
+    assert draw(5) == augment.StepSampler(10, 4, seed=3, stream=1)(5)               # stateless in the step
+    small = augment.StepSampler(3, 8, seed=0, stream=2)(0)
     assert len(small) == 8 and set(small) == {0, 1, 2}
 
 
@@ -518,7 +521,7 @@ def test_step_batches_are_a_pure_function_of_the_step():
     ds = data.load_dataset("demo", image_size=64, demo_size=24, seed=0)
     split = data.make_split(ds, 4, seed=0)
     idx_l, idx_u, _ = data.split_indices(ds, split)
-    make = lambda: data.StepBatches(data.LabeledSet(ds, idx_l), data.UnlabeledSet(ds, idx_u), 2, seed=5)
+    make = lambda: augment.StepBatches(augment.LabeledSet(ds, idx_l), augment.UnlabeledSet(ds, idx_u), 2, seed=5)
     a, b = make(), make()
     torch.manual_seed(0)
     (xa, ya, za), (wa, sa, _, _) = a[7]
@@ -534,14 +537,14 @@ def test_step_batches_are_a_pure_function_of_the_step():
 # ------------------------------------------------------------------------- issue 11: budgets, formats, groups
 def test_maximum_budget_named_by_the_error_trains():
     ds = fake_set(12, 12)                                   # train parts 8 and 8 (folder set of 12/12)
-    with pytest.raises(data.DataError, match=r"maximum labels: (\d+)") as e:
+    with pytest.raises(cli.DataError, match=r"maximum labels: (\d+)") as e:
         data.make_split(ds, 16, 0)
     maximum = int(re.search(r"maximum labels: (\d+)", str(e.value)).group(1))
     assert maximum == 14                                    # 7 + 7 labeled leaves 1 + 1 unlabeled
     sp = data.make_split(ds, maximum, 0)
     idx_l, idx_u, _ = data.split_indices(ds, sp)
     assert len(idx_l) == 14 and len(idx_u) == 2
-    batches = data.StepBatches(data.LabeledSet(ds, idx_l), data.UnlabeledSet(ds, idx_u), 8, seed=0)
+    batches = augment.StepBatches(augment.LabeledSet(ds, idx_l), augment.UnlabeledSet(ds, idx_u), 8, seed=0)
     (x, _, _), (w, _, _, _) = batches[0]
     assert x.shape[0] == 8 and w.shape[0] == 8
     assert "no unlabeled" in str(e.value)
@@ -552,7 +555,7 @@ def test_maximum_budget_named_by_the_error_trains():
 def _error(fn):
     try:
         fn()
-    except data.DataError as e:
+    except cli.DataError as e:
         return str(e)
     raise AssertionError("no DataError")
 
@@ -562,7 +565,7 @@ def test_split_with_no_unlabeled_image_is_refused(tmp_path):
     sp = data.make_split(ds, 4, seed=0)
     bad = dict(sp, train_labeled=sp["train_labeled"] + sp["train_unlabeled"], train_unlabeled=[])
     (tmp_path / "s.json").write_text(json.dumps(bad))
-    with pytest.raises(data.DataError, match=r"s\.json.*no train_unlabeled"):
+    with pytest.raises(cli.DataError, match=r"s\.json.*no train_unlabeled"):
         data.load_split(tmp_path / "s.json", ds)
 
 
@@ -597,7 +600,7 @@ def test_folder_reads_gif_masks(tmp_path):
 def test_folder_two_masks_of_one_stem_is_an_error(tmp_path):
     make_ddti_like(tmp_path, n_cases=2, crops=1)
     png(tmp_path / "masks" / "100_1(1).png", rect_mask(24, 28, 4, 12, 4, 20))
-    with pytest.raises(data.DataError, match=r"100_1\(1\)\.gif.*100_1\(1\)\.png"):
+    with pytest.raises(cli.DataError, match=r"100_1\(1\)\.gif.*100_1\(1\)\.png"):
         data.load_dataset("folder", tmp_path, image_size=16)
 
 
@@ -661,7 +664,7 @@ def test_data_errors_are_one_line_data_errors(tmp_path, case):
     else:
         make_folder(f, rows=["a.png,0", "b.png,0", "a.png,1", "c.jpg,1"])
         call = lambda: data.load_dataset("folder", f)
-    with pytest.raises(data.DataError) as e:
+    with pytest.raises(cli.DataError) as e:
         call()
     assert "\n" not in str(e.value) and len(str(e.value)) < 400
 
@@ -689,6 +692,6 @@ def test_save_split_fsyncs_and_a_kill_keeps_the_old_file(tmp_path, monkeypatch):
 def test_remove_stale_temporaries(tmp_path):
     for f in ["best.pt.tmp123", "split.json.tmp", "checkpoint.pt", "log.csv", "notes.tmp.txt"]:
         (tmp_path / f).write_text("x")
-    removed = data.remove_stale_temporaries(tmp_path)
+    removed = cli.remove_stale_temporaries(tmp_path)
     assert sorted(os.path.basename(r) for r in removed) == ["best.pt.tmp123", "split.json.tmp"]
     assert sorted(os.listdir(tmp_path)) == ["checkpoint.pt", "log.csv", "notes.tmp.txt"]

@@ -9,6 +9,7 @@ import os
 import pytest
 import torch
 
+import cli
 import data
 import evaluate
 import train
@@ -21,7 +22,7 @@ TINY = ["--dataset", "demo", "--demo-size", "40", "--image-size", "64", "--label
 
 def refused(argv, *expected):
     """train.train(argv) must raise a DataError whose one-line message holds every expected text."""
-    with pytest.raises(data.DataError) as e:
+    with pytest.raises(cli.DataError) as e:
         train.train(argv)
     msg = str(e.value)
     assert "\n" not in msg, msg

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-import data
+import cli
 import train
 
 TINY = ["--dataset", "demo", "--demo-size", "40", "--image-size", "64", "--labels", "4", "--batch-size", "2",
@@ -94,7 +94,7 @@ def test_existing_out_is_refused(tmp_path):
     out = tmp_path / "busy"
     out.mkdir()
     (out / "something.txt").write_text("x")
-    with pytest.raises(data.DataError, match="not empty"):
+    with pytest.raises(cli.DataError, match="not empty"):
         train.train(TINY + ["--out", str(out), "--iters", "1"])
 
 
@@ -167,5 +167,5 @@ def test_init_from_an_earlier_run(tmp_path):
         assert torch.equal(state[k], ckpt[k]), k
     assert not torch.equal(state["image_head.0.weight"], ckpt["image_head.0.weight"])  # heads: only --init-heads
     cfg["init"] = str(tmp_path / "missing.pt")
-    with pytest.raises(data.DataError, match="not found"):
+    with pytest.raises(cli.DataError, match="not found"):
         train.build_model(cfg)

@@ -403,6 +403,15 @@ def loss_weights(cfg, it):
                 beta=cfg.beta * warm, gamma=cfg.gamma * ramp), cfg.unsup_weight
 
 
+def weighted_terms(L, cfg, it):
+    """The seven summands of eq. (15) at step `it`, {part: coefficient · L[part]}; their sum is total_loss."""
+    w, mu = loss_weights(cfg, it)
+    coef = dict(seg_l=w["lambda_seg"], seg_u=w["lambda_seg"] * mu, seg_c=w["lambda_seg"] * w["alpha"],
+                cls_l=w["lambda_cls"], cls_u=w["lambda_cls"] * mu, cls_c=w["lambda_cls"] * w["beta"],
+                itc=w["gamma"])
+    return {k: coef[k] * L[k] for k in PARTS}
+
+
 def _pseudo_label_stats(t, gt, tau, kind):
     """Fraction kept and accuracy of the teacher's pseudo-labels of `kind` ("pix" or "img"), over all of them,
     over those the run's rule keeps, and over those confidence alone (max p >= τ) would keep (Fig. 1's
@@ -414,7 +423,7 @@ def _pseudo_label_stats(t, gt, tau, kind):
             f"kept_{kind}_conf": w_conf.mean(), f"pl_acc_{kind}_conf": (right * w_conf).sum() / w_conf.sum().clamp_min(1)}
 
 
-def hermes_step(model, banks, batch_l, batch_u, it, total, cfg):
+def hermes_step(model, banks, batch_l, batch_u, it, total, cfg, keep_terms=False):
     """All losses of one Hermes step; returns (loss (eq. 15), stats). Does not call backward.
 
     batch_l = (x (B_l,3,S,S), y (B_l,S,S) int, z (B_l,) int)
@@ -427,7 +436,8 @@ def hermes_step(model, banks, batch_l, batch_u, it, total, cfg):
     use one branch (no ITA, no saliency, itc = 0). A switched-off term is an exact 0 without gradient.
 
     stats: 0-d detached tensors (no host sync): STAT_KEYS, n_kept_pix, n_kept_img, n_anchors, bank_pix,
-    bank_img. Pseudo-label statistics are 0 when the teacher pass is skipped.
+    bank_img. Pseudo-label statistics are 0 when the teacher pass is skipped. keep_terms: also stats["terms"],
+    the weighted summands of eq. (15) with their graphs (`weighted_terms`; diagnose.py).
     """
     x, y, z = batch_l
     x_w, x_s, y_gt, z_gt = batch_u
@@ -468,4 +478,6 @@ def hermes_step(model, banks, batch_l, batch_u, it, total, cfg):
     stats.update(loss=loss.detach().float(), kappa=torch.tensor(kappa), tau=torch.tensor(tau),
                  n_anchors=zero + n_anchors, bank_pix=banks.pixel.filled.sum().float(),
                  bank_img=banks.image.filled.sum().float())
+    if keep_terms:
+        stats["terms"] = weighted_terms(L, cfg, it)
     return loss, stats

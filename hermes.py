@@ -406,10 +406,14 @@ def loss_weights(cfg, it):
 def weighted_terms(L, cfg, it):
     """The seven summands of eq. (15) at step `it`, {part: coefficient · L[part]}; their sum is total_loss."""
     w, mu = loss_weights(cfg, it)
-    coef = dict(seg_l=w["lambda_seg"], seg_u=w["lambda_seg"] * mu, seg_c=w["lambda_seg"] * w["alpha"],
-                cls_l=w["lambda_cls"], cls_u=w["lambda_cls"] * mu, cls_c=w["lambda_cls"] * w["beta"],
-                itc=w["gamma"])
-    return {k: coef[k] * L[k] for k in PARTS}
+    scaled = _unlabeled_scaled(L, mu)
+    # each part's coefficient read off eq. 15 itself (total_loss of that part alone at 1), not written again
+    return {k: float(total_loss({k: 1.0}, **w)) * scaled[k] for k in PARTS}
+
+
+def _unlabeled_scaled(L, mu):
+    """L with the unlabeled terms times mu (the --unsup-weight factor; 1 in the paper)."""
+    return {**L, "seg_u": mu * L["seg_u"], "cls_u": mu * L["cls_u"]}
 
 
 def _pseudo_label_stats(t, gt, tau, kind):
@@ -468,7 +472,7 @@ def hermes_step(model, banks, batch_l, batch_u, it, total, cfg, keep_terms=False
         L["itc"] = inter_task_consistency_loss(out["itc_cls"][B_l:], out["itc_seg"][B_l:])  # eq. (14)
 
     weights, mu = loss_weights(cfg, it)
-    loss = total_loss({**L, "seg_u": mu * L["seg_u"], "cls_u": mu * L["cls_u"]}, **weights)  # eq. (15)
+    loss = total_loss(_unlabeled_scaled(L, mu), **weights)                       # eq. (15)
 
     stats = {k: v.detach().float() for k, v in L.items()}
     stats.update({k: zero for k in PL_STAT_KEYS + ("n_kept_pix", "n_kept_img")})

@@ -355,6 +355,14 @@ class DeviceBatches:
         return (normalise_batch(x), y, z), (normalise_batch(x_w), normalise_batch(x_s), y_gt, z_gt)
 
 
+def memory_format(batches, channels_last):
+    """(batch_l, batch_u) with every image batch (4-D float) in channels-last format when asked, else unchanged."""
+    if not channels_last:
+        return batches
+    cl = lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 and t.is_floating_point() else t
+    return tuple(tuple(cl(t) for t in b) for b in batches)
+
+
 def _to_device(tensors, device):
     """Dict of small CPU tensors -> the same on `device` in one copy, from pinned memory and asynchronous on
     CUDA, so preparing a batch never waits for the device."""

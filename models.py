@@ -72,6 +72,16 @@ def pick_device(name):
     return torch.device(name)
 
 
+def native_bf16(device):
+    """Whether bf16 autocast is the default on `device`: only a CPU with AMX tiles, where bf16 convolutions
+    run on the matrix units. On this project's AVX512-BF16 CPU without AMX, bf16 measured slower than fp32
+    (README "Speed"), so such CPUs, older ones and CUDA (where --amp opts in) default to fp32."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        return False
+    return bool(getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", lambda: False)())
+
+
 def check_input(x):
     """Raise a ValueError unless x is (B,3,H,W) with H and W divisible by 32."""
     if x.dim() != 4 or x.shape[1] != 3:

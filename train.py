@@ -37,7 +37,7 @@ D = hermes.HermesConfig()  # the defaults of every method flag below
 RESUME_OVERRIDABLE = {"resume", "device", "data_root", "stop_after", "out", "workers", "debug", "eval_every",
                       "ckpt_every", "log_every"}
 # A run made before an argument existed resumes with the behaviour it was made with.
-RESUME_MISSING = {"augment": "cpu"}
+RESUME_MISSING = {"augment": "cpu", "channels_last": False}
 
 
 def build_parser():
@@ -119,7 +119,12 @@ def build_parser():
                                   "unless --resume")
     a("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
     a("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available")
-    a("--amp", action="store_true", help="bf16 autocast on CUDA (ignored on CPU)")
+    a("--amp", action=argparse.BooleanOptionalAction, default=None,
+      help="bf16 autocast (losses, thresholds, banks and BatchNorm statistics stay fp32). Default: on for a CPU "
+           "with AMX (bf16 matrix units), off elsewhere and on CUDA; --no-amp forces fp32 (README: Speed)")
+    a("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+      help="model and image batches in channels-last memory format. Default: on with CUDA or bf16, off for "
+           "fp32 on a CPU (no gain measured there; README: Speed)")
     a("--augment", default="device", choices=["device", "cpu"],
       help="device: whole batches augmented on the training device (augment.DeviceBatches); cpu: torchvision per "
            "image in --workers processes (augment.StepBatches, runs made before the flag existed)")
@@ -460,7 +465,12 @@ def train(argv=None):
     cfg, ckpt = open_run(args, given)
     out = cfg["out"] = args.out
     device = models.pick_device(cfg["device"])
-    amp = bool(cfg["amp"]) and device.type == "cuda"
+    if cfg["amp"] is None:   # resolved once and saved: a resumed run keeps the precision it was trained in
+        cfg["amp"] = models.native_bf16(device)
+    amp = bool(cfg["amp"])
+    if cfg["channels_last"] is None:
+        cfg["channels_last"] = amp or device.type == "cuda"
+    eval_amp = amp and device.type == "cuda"   # CPU evaluation stays fp32: it is a small share of the time
     if device.type == "cpu":
         keep_freed_memory()
 
@@ -487,6 +497,8 @@ def train(argv=None):
 
     hcfg = hermes.config_from(cfg)
     model = build_model(cfg).to(device)
+    if cfg["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
     banks = hermes.make_banks(model, hcfg)
     opts = make_optimizers(model, cfg)
     total = cfg["iters"]
@@ -520,7 +532,7 @@ def train(argv=None):
         t_it = time.perf_counter()
         lr_it = poly_lr(cfg["lr"], it, total, cfg["poly_power"])
         set_lr(opts, lr_it)
-        batch_l, batch_u = batches(it)
+        batch_l, batch_u = augment.memory_format(batches(it), cfg["channels_last"])
         loss, stats = train_step(model, banks, opts, batch_l, batch_u, it, total, hcfg, amp)
         watch.update(loss, it)
         done, n_since_log = it + 1, n_since_log + 1
@@ -541,7 +553,7 @@ def train(argv=None):
             bar.set_postfix(loss=f"{row['loss']:.3f}", kept_pix=f"{row.get('kept_pix', 0):.2f}",
                             kept_img=f"{row.get('kept_img', 0):.2f}", pl_acc=f"{row.get('pl_acc_pix_kept', 0):.3f}")
         if done % cfg["eval_every"] == 0 or done == total:
-            metrics, _ = evaluate.evaluate_model(model, eval_loader, device, amp=amp)
+            metrics, _ = evaluate.evaluate_model(model, eval_loader, device, amp=eval_amp)
             log.write({"kind": "eval", "iter": done, **{k: metrics[k] for k in EVAL_KEYS}})
             tqdm.write(f"step {done}: eval Dice {metrics['dice_mean']:.4f}  Acc {metrics['accuracy']:.4f}")
             final_metrics = metrics if done == total else None
@@ -557,7 +569,7 @@ def train(argv=None):
     bar.close()
 
     metrics = final_metrics if final_metrics is not None else evaluate.evaluate_model(model, eval_loader, device,
-                                                                                      amp=amp)[0]
+                                                                                      amp=eval_amp)[0]
     result = {"checkpoint": "checkpoint.pt (final)", "iter": total, **metrics,
               "best": {"checkpoint": "best.pt", "iter": best["iter"], "dice_mean": best["dice"],
                        "selected_on": evaluate.SELECTED_ON_BEST},

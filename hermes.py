@@ -57,14 +57,21 @@ class HermesConfig:
     unsup_weight: float = 1.0      # factor on L^u_seg and L^u_cls (the authors' code: 0.1)
     contrast_warmup: int = 0       # steps before L^seg_c, L^cls_c count (the authors' code: 10 epochs)
     gamma_ramp: int = 0            # γ·exp(-5(1 - it/R)²) until step R (the authors' code: R = 4000); 0 = off
+    burn_in: int = 0               # steps trained as SupOnly (no teacher pass, no unlabeled term) before the
+                                   # full objective (Unbiased Teacher's burn-in stage); 0 = off
+    # --- the control method (cps.py), not Hermes ---
+    method: str = "hermes"         # "hermes" | "cps" (cross pseudo supervision, Chen et al. 2021)
+    cps_weight: float = 1.5        # λ of CPS (its paper: 1.5 on PASCAL VOC, 6 on Cityscapes)
 
     def __post_init__(self):
         for name, allowed in (("task", ("joint", "seg", "cls")), ("threshold", ("dual", "confidence", "none")),
                               ("unlabeled_bn", ("shared", "separate")),
-                              ("unsup_seg_loss", ("dice", "ce", "dice+ce"))):
+                              ("unsup_seg_loss", ("dice", "ce", "dice+ce")), ("method", ("hermes", "cps"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"HermesConfig.{name} must be one of {', '.join(allowed)}, "
                                  f"got {getattr(self, name)!r}")
+        if self.burn_in < 0:
+            raise ValueError(f"HermesConfig.burn_in must be >= 0 steps, got {self.burn_in}")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -454,8 +461,11 @@ def hermes_step(model, banks, batch_l, batch_u, it, total, cfg, keep_terms=False
     kappa = uncertainty_threshold(it, total, cfg.eta_max, cfg.eta_min)            # eq. (16)
     tau = confidence_threshold(it, total)                                          # eq. (17)
 
-    t = _teacher(model, x_w, kappa, tau, cfg) if cfg.dtcl else None
-    out = _student(model, x, x_s if (cfg.dtcl or itc_on) else None, cfg)
+    if it < cfg.burn_in:   # burn-in: a SupOnly step (not in the paper)
+        itc_on = False
+    dtcl_on = cfg.dtcl and it >= cfg.burn_in
+    t = _teacher(model, x_w, kappa, tau, cfg) if dtcl_on else None
+    out = _student(model, x, x_s if (dtcl_on or itc_on) else None, cfg)
     zero = out["seg_logits" if seg_on else "cls_logits"].new_zeros(()).float()
     L, n_anchors = dict.fromkeys(PARTS, zero), 0
     if seg_on:

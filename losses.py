@@ -216,6 +216,20 @@ def inter_task_consistency_loss(f_cls, f_seg):
     return (1.0 - F.cosine_similarity(_hi(f_cls), _hi(f_seg), dim=1, eps=1e-8)).mean()  # eq. (14)
 
 
+def cross_pseudo_supervision_loss(logits_a, logits_b):
+    """CPS (Chen et al., CVPR 2021, eq. 2-3), the control method, not Hermes: each network learns the other's
+    hard pseudo-labels with pixel cross-entropy, no threshold, no gradient through the pseudo-labels:
+        L_cps = 1/|D| Σ_x 1/(W·H) Σ_i [ CE(p_1i, argmax p_2i) + CE(p_2i, argmax p_1i) ].
+
+    logits_a, logits_b (B,C,H,W) of the two networks on the same images -> 0-d tensor (mean over images).
+    """
+    if logits_a.shape[0] == 0:
+        return _zero_like(logits_a, logits_b)
+    logits_a, logits_b = _hi(logits_a), _hi(logits_b)
+    y_a, y_b = logits_a.detach().argmax(1), logits_b.detach().argmax(1)            # (B,H,W) one-hot labels
+    return F.cross_entropy(logits_a, y_b) + F.cross_entropy(logits_b, y_a)          # CPS eq. (2)-(3)
+
+
 def total_loss(parts, lambda_seg, lambda_cls, alpha, beta, gamma):
     """Eq. (15): λ_seg (L^l_seg + L^u_seg + α L^seg_c) + λ_cls (L^l_cls + L^u_cls + β L^cls_c) + γ L^u_itc.
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 import augment
 import cli
+import cps
 import data
 import evaluate
 import hermes
@@ -37,7 +38,7 @@ D = hermes.HermesConfig()  # the defaults of every method flag below
 RESUME_OVERRIDABLE = {"resume", "device", "data_root", "stop_after", "out", "workers", "debug", "eval_every",
                       "ckpt_every", "log_every"}
 # A run made before an argument existed resumes with the behaviour it was made with.
-RESUME_MISSING = {"augment": "cpu", "channels_last": False}
+RESUME_MISSING = {"augment": "cpu", "channels_last": False, "burn_in": 0, "method": "hermes", "cps_weight": 1.5}
 
 
 def build_parser():
@@ -58,6 +59,13 @@ def build_parser():
     a("--batch-size", type=int, default=8, help="labeled images per step, and as many unlabeled (§4.1: 8 + 8)")
     a("--iters", type=int, default=None, help="training iterations (paper: 3000; demo: 120, CPU-sized)")
     a("--lr", type=float, default=1e-4, help="initial lr of both branches (§4.1 and Table 4: 1e-4)")
+    a("--lr-seg", type=float, default=None,
+      help="not in the paper: initial lr of the segmentation branch (Adam), default --lr (README: from scratch)")
+    a("--lr-cls", type=float, default=None,
+      help="not in the paper: initial lr of the classification branch (SGD), default --lr (README: from scratch)")
+    a("--burn-in", type=int, default=D.burn_in,
+      help="not in the paper: first N steps trained as SupOnly (no teacher pass, no unlabeled term), then the "
+           "full objective; same total steps (Unbiased Teacher's burn-in)")
     a("--poly-power", type=float, default=0.9, help="poly decay lr·(1 - it/total)^power (§4.1: 0.9)")
     a("--momentum", type=float, default=0.9, help="SGD momentum of the cls branch (§4.1: 0.9)")
     a("--weight-decay", type=float, default=1e-4, help="SGD weight decay of the cls branch (§4.1: 1e-4)")
@@ -69,7 +77,11 @@ def build_parser():
     a("--contrast-level", type=int, default=3, choices=[1, 2, 3, 4],
       help="seg-encoder level of the pixel contrast (Table 5: Conv3 = layer3, best)")
     a("--cross-grad", action="store_true", help="let features crossing branches carry gradient (default: detached)")
-    # method: ablation switches of Table 3 and the thresholds of Fig. 1 / Fig. 6
+    # method: Hermes, or the control CPS; ablation switches of Table 3 and the thresholds of Fig. 1 / Fig. 6
+    a("--method", default=D.method, choices=["hermes", "cps"],
+      help="hermes (the paper), or cps: cross pseudo supervision (Chen et al. 2021; Table 1's comparator) with the "
+           "same networks and data, its classification branch as SupOnly's (implies --no-dtcl --no-ias --no-itcl)")
+    a("--cps-weight", type=float, default=D.cps_weight, help="--method cps: λ of CPS (its paper: 1.5 on VOC)")
     a("--dtcl", action=argparse.BooleanOptionalAction, default=D.dtcl,
       help="dual-threshold contrastive learning and the unlabeled losses (Table 3; all three off = SupOnly)")
     a("--ias", action=argparse.BooleanOptionalAction, default=D.ias, help="inter-task attention and saliency (Table 3)")
@@ -158,6 +170,12 @@ def resolve(args):
         args.iters = 120 if demo else 3000
     if args.pretrained is None:
         args.pretrained = not demo
+    if args.lr_seg is None:
+        args.lr_seg = args.lr
+    if args.lr_cls is None:
+        args.lr_cls = args.lr
+    if args.method == "cps":
+        args.dtcl = args.ias = args.itcl = False
     if args.eval_every is None:
         args.eval_every = max(1, args.iters // 10)
     if args.ckpt_every is None:
@@ -214,10 +232,11 @@ def save_atomic(obj, path):
     return cli.atomic_write(path, lambda f: torch.save(obj, f), binary=True)
 
 
-def checkpoint(model, banks, opts, it, best, cfg, seconds):
-    """Everything an exact resume needs, the memory banks under their own key; seconds = training wall time so
-    far, over all resumed parts."""
+def checkpoint(model, banks, opts, it, best, cfg, seconds, peer=None):
+    """Everything an exact resume needs, the memory banks under their own key (and CPS's second network under
+    "peer"); seconds = training wall time so far, over all resumed parts."""
     return {"model": model.state_dict(), "banks": banks.state_dict(),
+            **({"peer": peer.state_dict()} if peer is not None else {}),
             **{f"opt_{k}": o.state_dict() for k, o in opts.items()},
             "iter": it, "rng": rng_state(), "best_dice": best["dice"], "best_iter": best["iter"], "config": cfg,
             "train_seconds": seconds}
@@ -252,28 +271,33 @@ def _write_csv(path, rows):
     cli.atomic_write(path, write, newline="")
 
 
-def load_checkpoint(ckpt, model, banks, opts):
+def load_checkpoint(ckpt, model, banks, opts, peer=None):
     """Inverse of `checkpoint` (a checkpoint from before the banks had their own key keeps them in "model")."""
     state = dict(ckpt["model"])
     bank_state = ckpt.get("banks") or {k.replace("_bank.", ".", 1): state.pop(k) for k in list(state)
                                        if k.startswith(("pixel_bank.", "image_bank."))}
     model.load_state_dict(state)
     banks.load_state_dict(bank_state)
+    if peer is not None:
+        peer.load_state_dict(ckpt["peer"])
     for k, o in opts.items():
         o.load_state_dict(ckpt[f"opt_{k}"])
 
 
-def make_optimizers(model, cfg):
-    """§4.1: Adam for the segmentation branch, SGD (momentum, weight decay) for the classification branch."""
-    return {"seg": torch.optim.Adam(model.seg_parameters(), lr=cfg["lr"]),
-            "cls": torch.optim.SGD(model.cls_parameters(), lr=cfg["lr"], momentum=cfg["momentum"],
-                                   weight_decay=cfg["weight_decay"])}
+def make_optimizers(model, cfg, peer=None):
+    """§4.1: Adam for the segmentation branch (and CPS's second network), SGD (momentum, weight decay) for the
+    classification branch; initial lrs --lr-seg / --lr-cls (both --lr by default)."""
+    seg = model.seg_parameters() + (list(peer.parameters()) if peer is not None else [])
+    return {"seg": torch.optim.Adam(seg, lr=cfg.get("lr_seg") or cfg["lr"]),
+            "cls": torch.optim.SGD(model.cls_parameters(), lr=cfg.get("lr_cls") or cfg["lr"],
+                                   momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])}
 
 
-def set_lr(opts, lr):
-    for o in opts.values():
+def set_lr(opts, lrs):
+    """lrs: {"seg": lr, "cls": lr} (or one number for both)."""
+    for k, o in opts.items():
         for g in o.param_groups:
-            g["lr"] = lr
+            g["lr"] = lrs[k] if isinstance(lrs, dict) else lrs
 
 
 class NonFiniteLoss(RuntimeError):
@@ -297,11 +321,15 @@ class FiniteWatch:
             raise NonFiniteLoss(f"non-finite loss at step {first} (terms at the check: {terms})")
 
 
-def train_step(model, banks, opts, batch_l, batch_u, it, total, hcfg, amp=False):
-    """One iteration as train.py and bench.py run it: hermes_step (eq. 15), one backward, both optimizers."""
+def train_step(model, banks, opts, batch_l, batch_u, it, total, hcfg, amp=False, peer=None):
+    """One iteration as train.py and bench.py run it: hermes_step (eq. 15; or cps_step with a peer network),
+    one backward, both optimizers."""
     device_type = batch_l[0].device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
-        loss, stats = hermes.hermes_step(model, banks, batch_l, batch_u, it, total, hcfg)
+        if peer is not None:
+            loss, stats = cps.cps_step(model, peer, batch_l, batch_u, it, total, hcfg)
+        else:
+            loss, stats = hermes.hermes_step(model, banks, batch_l, batch_u, it, total, hcfg)
     for o in opts.values():
         o.zero_grad(set_to_none=True)
     loss.backward()            # one backward of eq. (15) ...
@@ -411,6 +439,8 @@ def open_run(args, given):
                                  f"start the run without --resume, into a new or empty --out")
         ckpt = read_checkpoint(ckpt_path)
         cfg = {**RESUME_MISSING, **ckpt["config"]}
+        cfg.setdefault("lr_seg", cfg["lr"])   # runs made before --lr-seg / --lr-cls existed
+        cfg.setdefault("lr_cls", cfg["lr"])
         new = vars(args)
         changed = [k for k in sorted(given) if k not in RESUME_OVERRIDABLE and k in cfg and new[k] != cfg[k]]
         if changed:
@@ -500,11 +530,14 @@ def train(argv=None):
     if cfg["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
     banks = hermes.make_banks(model, hcfg)
-    opts = make_optimizers(model, cfg)
+    peer = cps.PeerSegNet(cfg["seg_encoder"], cfg["pretrained"]).to(device) if cfg["method"] == "cps" else None
+    if peer is not None and cfg["channels_last"]:
+        peer = peer.to(memory_format=torch.channels_last)
+    opts = make_optimizers(model, cfg, peer)
     total = cfg["iters"]
     start, best = 0, {"dice": -1.0, "iter": -1}
     if ckpt is not None:
-        load_checkpoint(ckpt, model, banks, opts)
+        load_checkpoint(ckpt, model, banks, opts, peer)
         start, best = ckpt["iter"], {"dice": ckpt["best_dice"], "iter": ckpt["best_iter"]}
         set_rng_state(ckpt["rng"])
     # Everything is loaded and checked: only now is the run folder created or changed.
@@ -530,10 +563,10 @@ def train(argv=None):
     watch = FiniteWatch(device)
     for it in bar:
         t_it = time.perf_counter()
-        lr_it = poly_lr(cfg["lr"], it, total, cfg["poly_power"])
+        lr_it = {k: poly_lr(cfg[f"lr_{k}"], it, total, cfg["poly_power"]) for k in ("seg", "cls")}
         set_lr(opts, lr_it)
         batch_l, batch_u = augment.memory_format(batches(it), cfg["channels_last"])
-        loss, stats = train_step(model, banks, opts, batch_l, batch_u, it, total, hcfg, amp)
+        loss, stats = train_step(model, banks, opts, batch_l, batch_u, it, total, hcfg, amp, peer)
         watch.update(loss, it)
         done, n_since_log = it + 1, n_since_log + 1
         step_seconds += time.perf_counter() - t_it
@@ -547,7 +580,7 @@ def train(argv=None):
                                  f"data.")
         if done % cfg["log_every"] == 0 or done == total:
             row = {k: float(stats[k]) for k in hermes.STAT_KEYS}
-            row.update(kind="train", iter=done, lr_seg=lr_it, lr_cls=lr_it, sec_per_step=step_seconds / n_since_log)
+            row.update(kind="train", iter=done, lr_seg=lr_it["seg"], lr_cls=lr_it["cls"], sec_per_step=step_seconds / n_since_log)
             step_seconds, n_since_log = 0.0, 0
             log.write(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", kept_pix=f"{row.get('kept_pix', 0):.2f}",
@@ -561,9 +594,9 @@ def train(argv=None):
                 best = {"dice": metrics["dice_mean"], "iter": done}
                 save_atomic(best_checkpoint(model, banks, done, best, cfg), best_path)
         if done % cfg["ckpt_every"] == 0 or done == total:
-            save_atomic(checkpoint(model, banks, opts, done, best, cfg, elapsed()), ckpt_path)
+            save_atomic(checkpoint(model, banks, opts, done, best, cfg, elapsed(), peer), ckpt_path)
         if cfg.get("stop_after") is not None and done >= cfg["stop_after"]:
-            save_atomic(checkpoint(model, banks, opts, done, best, cfg, elapsed()), ckpt_path)
+            save_atomic(checkpoint(model, banks, opts, done, best, cfg, elapsed(), peer), ckpt_path)
             print(f"stopped after step {done} (--stop-after); continue with --resume --out {out}")
             return None
     bar.close()

@@ -1,0 +1,71 @@
+"""Cross pseudo supervision (CPS; Chen, Yuan, Zeng, Wang, CVPR 2021): the control method beside Hermes.
+
+Not part of Hermes. The paper compares Hermes with CPS in Table 1; this module trains CPS with the same
+networks, data path and optimisers, so that "does any semi-supervised method beat SupOnly here?" has an answer.
+
+Two segmentation networks of different initialisation (the model's U-Net and a `PeerSegNet` of the same
+architecture) see the same images (labeled and weak unlabeled views); each is supervised by eq. (1) on the
+labeled images and by the other's hard pseudo-labels on all images (`losses.cross_pseudo_supervision_loss`,
+weight λ_cps, no threshold). The classification branch is trained as SupOnly's (eq. 2, no ITA, no saliency).
+Evaluation uses the model's own U-Net, as the CPS paper infers with one network.
+
+    >>> peer = PeerSegNet("resnet18"); cfg = HermesConfig(method="cps", dtcl=False, ias=False, itcl=False)
+    >>> loss, stats = cps_step(model, peer, (x, y, z), (x_w, x_s, y_gt, z_gt), it=0, total=3000, cfg=cfg)
+"""
+import torch
+import torch.nn as nn
+
+from losses import cls_supervised_loss, cross_pseudo_supervision_loss, seg_supervised_loss, total_loss
+from models import SegDecoder, SegEncoder, check_input
+
+
+class PeerSegNet(nn.Module):
+    """The second network of CPS: the model's U-Net (encoder + decoder, all-zero saliency input), initialised
+    apart. x (B,3,H,W) -> seg_logits (B,2,H,W)."""
+
+    def __init__(self, seg_encoder="resnet34", pretrained=False):
+        super().__init__()
+        self.encoder = SegEncoder(seg_encoder, pretrained)
+        self.decoder = SegDecoder(self.encoder.channels)
+
+    def forward(self, x):
+        check_input(x)
+        B, _, H, W = x.shape
+        logits, _ = self.decoder(self.encoder(x), x.new_zeros(B, 1, H // 4, W // 4))
+        return logits
+
+
+def cps_step(model, peer, batch_l, batch_u, it, total, cfg):
+    """One CPS step; returns (loss, stats) like hermes.hermes_step (log.csv's columns). Does not call backward.
+
+    loss = λ_seg (L_s(f_1) + L_s(f_2) + λ_cps L_cps) + λ_cls L^l_cls, with L_s = eq. (1) on the labeled
+    images and L_cps over labeled + unlabeled images (CPS eq. 4); burn-in (cfg.burn_in) drops L_cps and the
+    unlabeled images. Logged as seg_l (both L_s), seg_u (L_cps), cls_l; pl_acc_pix_all = accuracy of the
+    peer's pseudo-labels on the unlabeled images (ground truth held aside), kept_pix = 1 (no threshold).
+    """
+    import hermes   # PARTS / STAT_KEYS / schedules, one definition for both methods
+    x, y, z = batch_l
+    x_w, _, y_gt, _ = batch_u
+    y, z, B_l = y.long(), z.long(), x.shape[0]
+    unlabeled_on = it >= cfg.burn_in
+    xx = torch.cat([x, x_w]) if unlabeled_on else x                                # (B_l+B_u,3,S,S): labeled first
+    f1, f2 = model.forward_seg(xx)["seg_logits"], peer(xx)                          # (B,2,S,S) each
+    L = dict.fromkeys(hermes.PARTS, f1.new_zeros(()).float())
+    L["seg_l"] = seg_supervised_loss(f1[:B_l], y) + seg_supervised_loss(f2[:B_l], y)   # eq. (1), both networks
+    if unlabeled_on:
+        L["seg_u"] = cfg.cps_weight * cross_pseudo_supervision_loss(f1, f2)         # CPS eq. (2)-(4)
+    L["cls_l"] = cls_supervised_loss(model.forward_cls(x)["cls_logits"], z)         # eq. (2), SupOnly's branch
+    loss = total_loss(L, lambda_seg=cfg.lambda_seg, lambda_cls=cfg.lambda_cls, alpha=0.0, beta=0.0, gamma=0.0)
+
+    zero = L["cls_u"]
+    stats = {k: v.detach().float() for k, v in L.items()}
+    stats.update({k: zero for k in hermes.PL_STAT_KEYS + ("n_kept_pix", "n_kept_img")})
+    if unlabeled_on:
+        pl = f2[B_l:].detach().argmax(1)                                             # (B_u,S,S) peer's labels
+        stats.update(kept_pix=zero + 1.0, pl_acc_pix_all=(pl == y_gt.long()).float().mean())
+        stats.update(pl_acc_pix_kept=stats["pl_acc_pix_all"])
+    stats.update(loss=loss.detach().float(),
+                 kappa=torch.tensor(hermes.uncertainty_threshold(it, total, cfg.eta_max, cfg.eta_min)),
+                 tau=torch.tensor(hermes.confidence_threshold(it, total)), n_anchors=zero, bank_pix=zero,
+                 bank_img=zero)
+    return loss, stats

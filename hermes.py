@@ -441,7 +441,7 @@ def hermes_step(model, banks, batch_l, batch_u, it, total, cfg, keep_terms=False
 
     stats: 0-d detached tensors (no host sync): STAT_KEYS, n_kept_pix, n_kept_img, n_anchors, bank_pix,
     bank_img. Pseudo-label statistics are 0 when the teacher pass is skipped. keep_terms: also stats["terms"],
-    the weighted summands of eq. (15) with their graphs (`weighted_terms`; diagnose.py).
+    the weighted summands of eq. (15) with their graphs (`weighted_terms`; tools/diagnose.py).
     """
     x, y, z = batch_l
     x_w, x_s, y_gt, z_gt = batch_u

@@ -293,7 +293,7 @@ class FiniteWatch:
 
 
 def train_step(model, banks, opts, batch_l, batch_u, it, total, hcfg, amp=False):
-    """One iteration as train.py and bench.py run it: hermes_step (eq. 15), one backward, both optimizers."""
+    """One iteration as train.py and tools/bench.py run it: hermes_step (eq. 15), one backward, both optimizers."""
     device_type = batch_l[0].device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
         loss, stats = hermes.hermes_step(model, banks, batch_l, batch_u, it, total, hcfg)

@@ -162,7 +162,7 @@ def test_snapshot_sees_every_change(tmp_path):
     assert snapshot(tmp_path) != before
 
 
-# ------------------------------------------------------------------------------- train.py, evaluate.py, bench.py
+# ------------------------------------------------------------------------------- train.py, evaluate.py, tools/bench.py
 def fake_run(folder):
     """A run folder as a killed run leaves it, with its checkpoint cut in half by a bad copy."""
     folder.mkdir()
@@ -198,6 +198,6 @@ def test_evaluate_and_bench_errors(tmp_path):
     before = snapshot(tmp_path)
     assert_clean_error(cli("evaluate.py", run, cwd=tmp_path), str(run / "checkpoint.pt"))
     assert_clean_error(cli("evaluate.py", tmp_path / "nowhere", cwd=tmp_path), "nowhere")
-    assert_clean_error(cli("bench.py", "--dataset", "busi", "--data-root", tmp_path / "nowhere", cwd=tmp_path),
+    assert_clean_error(cli("tools/bench.py", "--dataset", "busi", "--data-root", tmp_path / "nowhere", cwd=tmp_path),
                        "nowhere")
     assert snapshot(tmp_path) == before

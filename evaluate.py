@@ -7,7 +7,7 @@
     python evaluate.py --summary runs/busi-72-seed* runs/busi-144-seed* --out table.md   # paper Tables 1-2
     python evaluate.py --plot-pseudo-labels runs/busi-72-seed* --out fig1.png  # = python -m tools.figures pseudo-labels
 
-Metrics (paper Sec. 4.1 names Dice ± std and accuracy; SPEC §5 adds the rest). Per image, binary masks (H,W):
+Metrics (paper Sec. 4.1 names Dice ± std and accuracy; the others are added here). Per image, binary masks (H,W):
     Dice = 2|P∩G| / (|P|+|G|),  IoU = |P∩G| / |P∪G|,
     HD95 = 95th percentile of the symmetric boundary-to-boundary distances (pixels of the S×S evaluation grid).
     Both masks empty: Dice 1, IoU 1, HD95 0.  Exactly one empty: Dice 0, IoU 0, HD95 = image diagonal

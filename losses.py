@@ -1,4 +1,4 @@
-"""Hermes losses: eq. (1), (2), (9), (10), (11), (12)-(13), (14), (15) as plain functions (SPEC §4).
+"""Hermes losses: eq. (1), (2), (9), (10), (11), (12)-(13), (14), (15) as plain functions.
 
 All functions take float32 or float64 tensors (half / bfloat16 inputs, e.g. under autocast, are promoted to
 float32), are vectorised, return differentiable 0-d tensors, and stay finite on the edge cases (no kept pixel,
@@ -12,7 +12,7 @@ Example:
 import torch
 import torch.nn.functional as F
 
-DICE_SMOOTH = 1e-5  # SPEC §4 (eq. 1 and 9)
+DICE_SMOOTH = 1e-5  # the Dice smoothing of eq. (1) and (9) (README "Paper ↔ code", eq. 1)
 
 
 def _hi(x):

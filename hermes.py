@@ -32,7 +32,7 @@ class HermesConfig:
     """Switches and weights of one Hermes step: the one source of these defaults (train.py's flags read them).
 
     Paper defaults: §4.1, §3.4 and supplementary §6. The last block holds switches that are NOT in
-    the paper (README "When does Hermes help?"); their defaults leave the paper's objective unchanged.
+    the paper (docs/when-does-hermes-help.md); their defaults leave the paper's objective unchanged.
     """
     dtcl: bool = True            # dual-threshold contrastive learning + unlabeled losses (Table 3)
     ias: bool = True             # inter-task attention + saliency (Table 3)

@@ -92,7 +92,7 @@ def seg_unsupervised_loss(logits_s, logits_w, w):
 
 
 def seg_unsupervised_ce_loss(logits_s, logits_w, w):
-    """Not in the paper (`--unsup-seg-loss ce`, README "When does Hermes help?"): the pixel form of FixMatch's
+    """Not in the paper (`--unsup-seg-loss ce`, docs/when-does-hermes-help.md): the pixel form of FixMatch's
     loss, Σ_pixels w · CE(strong, argmax weak) / (number of pixels), so few kept pixels give a small loss
     (eq. 9's Dice over the kept pixels weighs an image by its kept set, however small or lesion-free).
 

@@ -175,7 +175,7 @@ class InterTaskAttention(nn.Module):
 
     def __init__(self, c_cls, c_seg_in, reduction=4, residual=False):
         super().__init__()
-        self.residual = residual  # not in the paper: x_out = x_cls + M_s (x) x_m (README "When does Hermes help?")
+        self.residual = residual  # not in the paper: x_out = x_cls + M_s (x) x_m (docs/when-does-hermes-help.md)
         self.adapter = nn.Conv2d(c_seg_in, c_cls, 1)
         self.W_c = nn.Conv2d(2 * c_cls, c_cls, 3, padding=1, bias=True)
         self.W_0 = nn.Linear(c_cls, max(1, c_cls // reduction), bias=False)

@@ -90,7 +90,7 @@ def build_parser():
     a("--n-anchors", type=int, default=D.n_anchors, help="anchors per class and step, half hard, half easy (§3.4)")
     a("--pixel-bank-size", type=int, default=D.pixel_bank_size, help="pixel memory bank entries per class (§3.4; size not given)")
     a("--image-bank-size", type=int, default=D.image_bank_size, help="image memory bank entries per class (§3.4; size not given)")
-    # not in the paper: switches of the diagnosis in README "When does Hermes help?" (defaults = the paper)
+    # not in the paper: switches of the diagnosis in docs/when-does-hermes-help.md (defaults = the paper)
     a("--unlabeled-bn", default=D.unlabeled_bn, choices=["shared", "separate"],
       help="not in the paper. shared: labeled + strong unlabeled images in one BatchNorm batch and the teacher "
            "pass updating the running statistics; separate: unlabeled passes use their own batch statistics and "

@@ -136,7 +136,7 @@ def main(argv=None):
     p.add_argument("--amp", action="store_true", help="--concurrent on CUDA: bf16 autocast")
     p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                    help="torch.compile the model in place first (MODE: default, reduce-overhead, ...); on the "
-                        "2-core CPU it did not pay (README, Speed)")
+                        "2-core CPU it did not pay (docs/speed.md)")
     p.add_argument("--keep-mmap", action="store_true",
                    help="CPU: leave glibc's malloc as it is (blocks > 32 MiB mmapped and page-faulted anew every "
                         "step) instead of train.py's train.keep_freed_memory()")

@@ -1,7 +1,7 @@
 """What the command-line programs share: the error a user can fix (`DataError`), one-line error reporting
 (`cli_main`), and the atomic writer of every file a run keeps (`atomic_write`, `write_json_atomic`).
 
-Free of torch, so reproduce.py imports it without paying for a torch import.
+Free of torch, so tools/reproduce.py imports it without paying for a torch import.
 """
 import json
 import os

@@ -1,4 +1,4 @@
-"""Datasets and splits for Hermes (paper Section 4.1, SPEC §2).
+"""Datasets and splits for Hermes (paper Section 4.1; README "Datasets").
 
 Every dataset is decoded and resized once into a `CachedSet` of uint8 arrays held in memory (the sets have
 < 1,000 images); augmentation and ImageNet normalisation happen on the way out (augment.py).
@@ -416,7 +416,7 @@ def _n_train(n):
 
 
 def make_split(ds, labels, seed):
-    """Seeded split of `ds` (Section 4.1 and SPEC §2) -> dict of names.
+    """Seeded split of `ds` (paper Section 4.1; README "Paper ↔ code", split) -> dict of names.
 
     Per class c: the class's groups (patients; images when the dataset has none) are permuted with a generator
     seeded by (seed, c); the first _n_train(groups) go to train, the rest to evaluation. A patient whose images

@@ -1,13 +1,13 @@
 """Evaluation of Hermes runs: per-image metrics, a checkpoint on its evaluation split, multi-run tables
-(figures: figures.py).
+(figures: tools/figures.py).
 
     python evaluate.py runs/demo-40-seed0                      # checkpoint.pt -> metrics_checkpoint.json
     python evaluate.py runs/demo-40-seed0 --checkpoint best    # best.pt -> metrics_best.json
     python evaluate.py runs/x/checkpoint.pt --overlays ov/     # PNG overlays + attention panels
     python evaluate.py --summary runs/busi-72-seed* runs/busi-144-seed* --out table.md   # paper Tables 1-2
-    python evaluate.py --plot-pseudo-labels runs/busi-72-seed* --out fig1.png   # = figures.py pseudo-labels
+    python evaluate.py --plot-pseudo-labels runs/busi-72-seed* --out fig1.png  # = python -m tools.figures pseudo-labels
 
-Metrics (paper Sec. 4.1 names Dice ± std and accuracy; SPEC §5 adds the rest). Per image, binary masks (H,W):
+Metrics (paper Sec. 4.1 names Dice ± std and accuracy; the others are added here). Per image, binary masks (H,W):
     Dice = 2|P∩G| / (|P|+|G|),  IoU = |P∩G| / |P∪G|,
     HD95 = 95th percentile of the symmetric boundary-to-boundary distances (pixels of the S×S evaluation grid).
     Both masks empty: Dice 1, IoU 1, HD95 0.  Exactly one empty: Dice 0, IoU 0, HD95 = image diagonal
@@ -38,7 +38,6 @@ from scipy.stats import rankdata
 import augment
 import cli
 import data
-import figures
 import models
 
 SUMMARY_KEYS = ["dice_mean", "dice_std", "iou_mean", "iou_std", "hd95_mean", "hd95_std",
@@ -285,6 +284,7 @@ def evaluate_run(run_dir_or_ckpt, data_root=None, which="final", overlays=None, 
         gts = ds.masks[idx_eval].astype(bool)
         preds = np.stack([r["pred_mask"] for r in per_image])
         xs = torch.stack([loader.dataset[i][0] for i in range(min(n_panels, len(idx_eval)))])
+        from tools import figures  # the drawing tools, imported only when overlays are asked for
         figures.write_overlays(overlays, images, gts, preds, names, model=model, x_panels=xs, device=device)
 
     is_best = os.path.basename(ckpt_path) == "best.pt"
@@ -476,6 +476,7 @@ def main(argv=None):
         return md
     if args.plot_pseudo_labels:
         out = args.out or os.path.join(args.paths[0], "pseudo_labels.png")
+        from tools import figures
         res = figures.plot_pseudo_labels(args.paths, out, smooth=args.smooth)
         print(res["text"])
         print(f"written: {out}")

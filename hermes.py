@@ -1,4 +1,4 @@
-"""The Hermes method (paper Sec. 3.3-3.6, supplementary Sec. 6; SPEC §4): pseudo-label selection (eq. 7-8),
+"""The Hermes method (paper Sec. 3.3-3.6, supplementary Sec. 6): pseudo-label selection (eq. 7-8),
 threshold schedules (eq. 16-17), anchor sampling, memory banks and `hermes_step`, one training step that
 returns the total loss of eq. (15) and its statistics.
 
@@ -31,8 +31,8 @@ STAT_KEYS = ("loss",) + PARTS + ("kappa", "tau") + PL_STAT_KEYS
 class HermesConfig:
     """Switches and weights of one Hermes step: the one source of these defaults (train.py's flags read them).
 
-    Paper defaults: §4.1, §3.4, supplementary §6 and SPEC §4. The last block holds switches that are NOT in
-    the paper (README "When does Hermes help?"); their defaults leave the paper's objective unchanged.
+    Paper defaults: §4.1, §3.4 and supplementary §6. The last block holds switches that are NOT in
+    the paper (docs/when-does-hermes-help.md); their defaults leave the paper's objective unchanged.
     """
     dtcl: bool = True            # dual-threshold contrastive learning + unlabeled losses (Table 3)
     ias: bool = True             # inter-task attention + saliency (Table 3)
@@ -132,7 +132,7 @@ def sample_anchor_slots(labels, w, pred_strong, n, generator=None, num_classes=2
     -> (idx (C*n,) long, anchor_labels (C*n,) long, valid (C*n,) bool), slots c*n .. c*n+n-1 for class c.
     """
     if not (labels.shape == w.shape == pred_strong.shape):
-        raise ValueError(f"sample_anchors: labels {tuple(labels.shape)}, w {tuple(w.shape)} and pred_strong "
+        raise ValueError(f"sample_anchor_slots: labels {tuple(labels.shape)}, w {tuple(w.shape)} and pred_strong "
                          f"{tuple(pred_strong.shape)} must have the same shape")
     dev = labels.device
     lab = labels.reshape(-1).long()                                                # (P,)
@@ -327,7 +327,7 @@ class Teacher(dict):
 
 
 def _teacher(model, x_w, kappa, tau, cfg):
-    """Weak view through the same model under torch.no_grad(), in train mode (SPEC §4: no EMA teacher)."""
+    """Weak view through the same model under torch.no_grad(), in train mode (no EMA teacher: the paper has none)."""
     with torch.no_grad(), _frozen_bn_stats(model, cfg.unlabeled_bn == "separate"):
         t = Teacher(_forward(model, x_w, cfg))
     for kind, key in (("pix", "seg_logits"), ("img", "cls_logits")):
@@ -448,7 +448,7 @@ def hermes_step(model, banks, batch_l, batch_u, it, total, cfg, keep_terms=False
 
     stats: 0-d detached tensors (no host sync): STAT_KEYS, n_kept_pix, n_kept_img, n_anchors, bank_pix,
     bank_img. Pseudo-label statistics are 0 when the teacher pass is skipped. keep_terms: also stats["terms"],
-    the weighted summands of eq. (15) with their graphs (`weighted_terms`; diagnose.py).
+    the weighted summands of eq. (15) with their graphs (`weighted_terms`; tools/diagnose.py).
     """
     x, y, z = batch_l
     x_w, x_s, y_gt, z_gt = batch_u

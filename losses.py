@@ -1,4 +1,4 @@
-"""Hermes losses: eq. (1), (2), (9), (10), (11), (12)-(13), (14), (15) as plain functions (SPEC §4).
+"""Hermes losses: eq. (1), (2), (9), (10), (11), (12)-(13), (14), (15) as plain functions.
 
 All functions take float32 or float64 tensors (half / bfloat16 inputs, e.g. under autocast, are promoted to
 float32), are vectorised, return differentiable 0-d tensors, and stay finite on the edge cases (no kept pixel,
@@ -12,7 +12,7 @@ Example:
 import torch
 import torch.nn.functional as F
 
-DICE_SMOOTH = 1e-5  # SPEC §4 (eq. 1 and 9)
+DICE_SMOOTH = 1e-5  # the Dice smoothing of eq. (1) and (9) (README "Paper ↔ code", eq. 1)
 
 
 def _hi(x):
@@ -92,7 +92,7 @@ def seg_unsupervised_loss(logits_s, logits_w, w):
 
 
 def seg_unsupervised_ce_loss(logits_s, logits_w, w):
-    """Not in the paper (`--unsup-seg-loss ce`, README "When does Hermes help?"): the pixel form of FixMatch's
+    """Not in the paper (`--unsup-seg-loss ce`, docs/when-does-hermes-help.md): the pixel form of FixMatch's
     loss, Σ_pixels w · CE(strong, argmax weak) / (number of pixels), so few kept pixels give a small loss
     (eq. 9's Dice over the kept pixels weighs an image by its kept set, however small or lesion-free).
 

@@ -1,5 +1,5 @@
 """Hermes networks: segmentation U-Net, classification ResNet-18, inter-task attention (eq. 3-5),
-saliency (eq. 6) and the projection heads (paper Sec. 3.1-3.2, supplementary Tables 5-6; SPEC section 3).
+saliency (eq. 6) and the projection heads (paper Sec. 3.1-3.2, supplementary Tables 5-6).
 
     seg branch   x -> ResNet encoder (stem /2, layer1 /4, layer2 /8, layer3 /16, layer4 /32)
                    -> decoder up1 /16, up2 /8, up3 /4 (+ saliency, eq. 6), up4 /2 -> full-resolution 2-class head
@@ -185,7 +185,7 @@ class InterTaskAttention(nn.Module):
 
     def __init__(self, c_cls, c_seg_in, reduction=4, residual=False):
         super().__init__()
-        self.residual = residual  # not in the paper: x_out = x_cls + M_s (x) x_m (README "When does Hermes help?")
+        self.residual = residual  # not in the paper: x_out = x_cls + M_s (x) x_m (docs/when-does-hermes-help.md)
         self.adapter = nn.Conv2d(c_seg_in, c_cls, 1)
         self.W_c = nn.Conv2d(2 * c_cls, c_cls, 3, padding=1, bias=True)
         self.W_0 = nn.Linear(c_cls, max(1, c_cls // reduction), bias=False)
@@ -427,7 +427,7 @@ def main():
     ap = argparse.ArgumentParser(description="Parameter counts (and CPU timings) of the Hermes networks.")
     ap.add_argument("--seg-encoder", default="resnet34", choices=sorted(ENCODERS))
     ap.add_argument("--time", action="store_true", help="forward+backward time per batch on CPU")
-    ap.add_argument("--batch", type=int, default=8, help="batch size for --time (SPEC section 4: 8)")
+    ap.add_argument("--batch", type=int, default=8, help="batch size for --time (paper §4.1: 8)")
     ap.add_argument("--size", type=int, default=224, help="image side for --time (paper: 224)")
     ap.add_argument("--reps", type=int, default=3, help="timed repetitions after one warm-up (median reported)")
     args = ap.parse_args()

@@ -44,7 +44,7 @@ RESUME_MISSING = {"augment": "cpu", "channels_last": False, "burn_in": 0, "metho
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
-    # data (Section 4.1, SPEC §2)
+    # data (Section 4.1)
     a("--dataset", default="demo", choices=["demo", "busi", "udiat", "sztus", "folder"],
       help="dataset; demo is generated and needs no --data-root (default: demo)")
     a("--data-root", default=None, help="folder of the dataset as its publisher ships it (README: Datasets)")
@@ -69,9 +69,9 @@ def build_parser():
     a("--poly-power", type=float, default=0.9, help="poly decay lr·(1 - it/total)^power (§4.1: 0.9)")
     a("--momentum", type=float, default=0.9, help="SGD momentum of the cls branch (§4.1: 0.9)")
     a("--weight-decay", type=float, default=1e-4, help="SGD weight decay of the cls branch (§4.1: 1e-4)")
-    # model (Section 3.1-3.2, SPEC §3)
+    # model (Section 3.1-3.2)
     a("--seg-encoder", default="resnet34", choices=["resnet34", "resnet18"],
-      help="ResNet encoder of the U-Net (SPEC §3; the paper's 'pre-trained U-Net')")
+      help="ResNet encoder of the U-Net (the paper's 'pre-trained U-Net', §4.1)")
     a("--pretrained", action=argparse.BooleanOptionalAction, default=None,
       help="ImageNet weights for both encoders (§4.1: pretrained; default on for real data, off for demo)")
     a("--contrast-level", type=int, default=3, choices=[1, 2, 3, 4],
@@ -102,7 +102,7 @@ def build_parser():
     a("--n-anchors", type=int, default=D.n_anchors, help="anchors per class and step, half hard, half easy (§3.4)")
     a("--pixel-bank-size", type=int, default=D.pixel_bank_size, help="pixel memory bank entries per class (§3.4; size not given)")
     a("--image-bank-size", type=int, default=D.image_bank_size, help="image memory bank entries per class (§3.4; size not given)")
-    # not in the paper: switches of the diagnosis in README "When does Hermes help?" (defaults = the paper)
+    # not in the paper: switches of the diagnosis in docs/when-does-hermes-help.md (defaults = the paper)
     a("--unlabeled-bn", default=D.unlabeled_bn, choices=["shared", "separate"],
       help="not in the paper. shared: labeled + strong unlabeled images in one BatchNorm batch and the teacher "
            "pass updating the running statistics; separate: unlabeled passes use their own batch statistics and "
@@ -160,7 +160,7 @@ def given_on_command_line(argv):
 
 
 def resolve(args):
-    """Fill the dataset-dependent defaults (SPEC §2-3) and check the arguments."""
+    """Fill the dataset-dependent defaults (the demo's CPU sizes, else the paper's §4.1) and check the arguments."""
     demo = args.dataset == "demo"
     if args.labels is None:
         args.labels = DEFAULT_LABELS[args.dataset]
@@ -322,8 +322,8 @@ class FiniteWatch:
 
 
 def train_step(model, banks, opts, batch_l, batch_u, it, total, hcfg, amp=False, peer=None):
-    """One iteration as train.py and bench.py run it: hermes_step (eq. 15; or cps_step with a peer network),
-    one backward, both optimizers."""
+    """One iteration as train.py and tools/bench.py run it: hermes_step (eq. 15; or cps_step with a peer
+    network), one backward, both optimizers."""
     device_type = batch_l[0].device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
         if peer is not None:

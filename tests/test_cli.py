@@ -144,16 +144,7 @@ def test_gif_masks_unlisted_images_and_the_maximum_budget(tmp_path):
     assert len(warning) == 1 and "warning: 1 images" in warning[0] and "'extra.png'" in warning[0], r.stderr
 
 
-# ------------------------------------------------------------------------------------------- pytest
-def test_pytest_prints_its_pass_count(tmp_path):
-    """`python -m pytest -q` (the habit) must still end with the 'N passed' line (pytest.ini adds no -q)."""
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        "tests/test_cli.py::test_snapshot_sees_every_change"],
-                       cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert r.stdout.strip().splitlines()[-1].startswith("1 passed"), r.stdout
-
-
+# ------------------------------------------------------------------------------------ the snapshot helper
 def test_snapshot_sees_every_change(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "f.txt").write_text("x")
@@ -162,7 +153,7 @@ def test_snapshot_sees_every_change(tmp_path):
     assert snapshot(tmp_path) != before
 
 
-# ------------------------------------------------------------------------------- train.py, evaluate.py, bench.py
+# ------------------------------------------------------------------------- train.py, evaluate.py, tools/bench.py
 def fake_run(folder):
     """A run folder as a killed run leaves it, with its checkpoint cut in half by a bad copy."""
     folder.mkdir()
@@ -198,6 +189,6 @@ def test_evaluate_and_bench_errors(tmp_path):
     before = snapshot(tmp_path)
     assert_clean_error(cli("evaluate.py", run, cwd=tmp_path), str(run / "checkpoint.pt"))
     assert_clean_error(cli("evaluate.py", tmp_path / "nowhere", cwd=tmp_path), "nowhere")
-    assert_clean_error(cli("bench.py", "--dataset", "busi", "--data-root", tmp_path / "nowhere", cwd=tmp_path),
+    assert_clean_error(cli("tools/bench.py", "--dataset", "busi", "--data-root", tmp_path / "nowhere", cwd=tmp_path),
                        "nowhere")
     assert snapshot(tmp_path) == before

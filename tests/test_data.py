@@ -281,7 +281,7 @@ def test_empty_class_and_empty_dataset(tmp_path):
 
 # -------------------------------------------------------------------------------------------- demo set
 def test_demo_default_size_and_signs():
-    ds = data.load_dataset("demo", image_size=96, seed=0)  # speed is measured by bench.py, not asserted here
+    ds = data.load_dataset("demo", image_size=96, seed=0)  # speed is measured by tools/bench.py, not asserted here
     assert ds.images.shape == (240, 96, 96, 3) and ds.masks.shape == (240, 96, 96)
     assert (ds.labels == 0).sum() == 144 and (ds.labels == 1).sum() == 96
     assert 0.1 < ds.borderline.mean() < 0.25

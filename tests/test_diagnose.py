@@ -1,14 +1,14 @@
-"""diagnose.py: per-term gradient norms against a naive loop (one fresh step and backward per term)."""
+"""tools/diagnose.py: per-term gradient norms against a naive loop (one fresh step and backward per term)."""
 import copy
 
 import pytest
 import torch
 
 import cli
-import diagnose
 import hermes
 import losses
 from models import HermesNet
+from tools import diagnose
 
 
 def batches(S=32):

@@ -1,4 +1,4 @@
-"""figures.py: overlay colours, attention panels, Fig. 1's pseudo-label curves (second-half means by hand) and
+"""tools/figures.py: overlay colours, attention panels, Fig. 1's pseudo-label curves (second-half means by hand) and
 learning curves (mean ± std over runs by hand)."""
 import csv
 import json
@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import evaluate as E
-import figures as Fg
+from tools import figures as Fg
 from test_evaluate import FakeNet, _fake_batches, mask
 
 # ----------------------------------------------------------------------------------------------- overlays

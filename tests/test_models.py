@@ -23,23 +23,24 @@ def net():
     return HermesNet(seg_encoder="resnet18").eval()
 
 
-@pytest.mark.parametrize("side,B", [(64, 1), (64, 3), (96, 1), (96, 3), (224, 1)])
-def test_output_shapes(net, side, B):
-    x = torch.randn(B, 3, side, side)
+@pytest.mark.parametrize("H,W,B", [(64, 64, 1), (64, 64, 3), (96, 96, 1), (96, 96, 3), (224, 224, 1),
+                                   (64, 96, 2), (96, 64, 1), (160, 32, 3), (32, 32, 2)])
+def test_output_shapes(net, H, W, B):
+    """Any H and W divisible by 32, square or not: every map keeps the input's aspect (H/k × W/k)."""
+    x = torch.randn(B, 3, H, W)
     with torch.no_grad():
         out = net(x)
         off = net(x, ias=False)
     assert set(out) == KEYS and set(off) == KEYS
-    s = side
-    assert out["seg_logits"].shape == (B, 2, s, s)
+    assert out["seg_logits"].shape == (B, 2, H, W)
     assert out["cls_logits"].shape == (B, 2)
-    assert out["pixel_emb"].shape == (B, 256, s // 16, s // 16)  # contrast level 3 = layer3
+    assert out["pixel_emb"].shape == (B, 256, H // 16, W // 16)  # contrast level 3 = layer3
     assert out["image_emb"].shape == (B, 128)
     assert out["itc_seg"].shape == (B, 128) and out["itc_cls"].shape == (B, 128)
-    assert out["saliency"].shape == (B, 1, s, s)
+    assert out["saliency"].shape == (B, 1, H, W)
     assert [m.shape for m in out["M_c"]] == [(B, 64, 1, 1), (B, 128, 1, 1), (B, 256, 1, 1)]
-    assert [m.shape for m in out["M_s"]] == [(B, 1, s // 4, s // 4), (B, 1, s // 8, s // 8), (B, 1, s // 16, s // 16)]
-    torch.testing.assert_close(out["pixel_emb"].norm(dim=1), torch.ones(B, s // 16, s // 16))
+    assert [m.shape for m in out["M_s"]] == [(B, 1, H // k, W // k) for k in (4, 8, 16)]
+    torch.testing.assert_close(out["pixel_emb"].norm(dim=1), torch.ones(B, H // 16, W // 16))
     torch.testing.assert_close(out["image_emb"].norm(dim=1), torch.ones(B))
     assert 0 <= out["saliency"].min() and out["saliency"].max() <= 1
     assert off["saliency"] is None and off["M_c"] == [] and off["M_s"] == []
@@ -67,12 +68,30 @@ def test_contrast_level(level):
     assert out["pixel_emb"].shape == (1, 256, side, side)
 
 
+def test_non_square_training_step():
+    """A 64×96 batch in train mode (BatchNorm on batch statistics): finite losses reach every branch."""
+    torch.manual_seed(0)
+    m = HermesNet(seg_encoder="resnet18").train()
+    x, masks = torch.randn(2, 3, 64, 96), torch.randint(0, 2, (2, 64, 96))
+    out = m(x)
+    loss = F.cross_entropy(out["seg_logits"], masks) + F.cross_entropy(out["cls_logits"], torch.tensor([0, 1]))
+    loss.backward()
+    assert torch.isfinite(loss)
+    for part in m.SEG_PARTS[:2] + m.CLS_PARTS[:1]:
+        grads = [p.grad for p in getattr(m, part).parameters()]
+        assert all(g is not None and torch.isfinite(g).all() for g in grads), part
+
+
 def test_bad_sizes_and_args(net):
-    for shape in [(1, 3, 100, 100), (1, 3, 96, 100)]:
-        with pytest.raises(ValueError, match=r"100.*divisible by 32"):
+    """A side not divisible by 32 (odd or even, either side) stops with both sizes in the message."""
+    for shape in [(1, 3, 100, 100), (1, 3, 96, 100), (1, 3, 97, 64), (1, 3, 64, 97), (1, 3, 16, 16)]:
+        size = f"{shape[2]}x{shape[3]}"
+        with pytest.raises(ValueError, match=rf"input size {size} is not divisible by 32"):
             net(torch.randn(*shape))
-    with pytest.raises(ValueError, match="divisible by 32"):
+    with pytest.raises(ValueError, match="100x64 is not divisible by 32"):
         net.forward_seg(torch.randn(1, 3, 100, 64))
+    with pytest.raises(ValueError, match="64x33 is not divisible by 32"):
+        net.forward_cls(torch.randn(1, 3, 64, 33))
     with pytest.raises(ValueError, match="contrast_level"):
         HermesNet(seg_encoder="resnet18", contrast_level=5)
     with pytest.raises(ValueError, match="resnet50"):

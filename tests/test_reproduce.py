@@ -1,4 +1,4 @@
-"""reproduce.py: plans, commands, Slurm script, tables, and sweeps (a fake train.py for the bookkeeping, the real
+"""tools/reproduce.py: plans, commands, Slurm script, tables, sweeps (a fake train.py for the bookkeeping, the real
 one for a tiny 2-job demo sweep that is stopped and continued)."""
 import json
 import os
@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-import reproduce
 import train
+from tools import reproduce
 
 ROOTS = ["--data-root", "busi=/data/BUSI dir", "--data-root", "udiat=/data/udiat", "--data-root", "sztus=/data/sz"]
 

@@ -1,20 +1,24 @@
 """Which term of eq. (15) steers the update: the gradient each weighted term sends to each part of the model.
 
-    python diagnose.py runs/RUN                  # from the run's checkpoint, at its step, on its batches
-    python diagnose.py runs/RUN --random-init    # the same config and batches, from random initialisation
+    python -m tools.diagnose runs/RUN                # from the run's checkpoint, at its step, on its batches
+    python -m tools.diagnose runs/RUN --random-init  # the same config and batches, from random initialisation
 
 For each summand of eq. (15) at the step (λ_seg L^l_seg, λ_seg μ L^u_seg, λ_seg α L^seg_c, λ_cls L^l_cls,
 λ_cls μ L^u_cls, λ_cls β L^cls_c, γ L^u_itc; `hermes.weighted_terms`) the L2 norm of its gradient on each part
 of HermesNet, averaged over --batches training batches drawn as train.py draws them (augment.DeviceBatches).
 The optimizers see the sum: a term whose gradient is several times the supervised one steers the update
-(Adam, the segmentation optimizer, normalises the sum, not each term). Used in README "When does Hermes help?".
+(Adam, the segmentation optimizer, normalises the sum, not each term). Used in docs/when-does-hermes-help.md.
 """
 import argparse
 import copy
 import json
 import os
+import sys
 
 import torch
+
+if __package__ in (None, ""):  # run by path (python tools/NAME.py): the project's modules are one folder up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import augment
 import cli

@@ -1,9 +1,9 @@
 """Figures of Hermes runs: overlays and Fig.-7 attention panels (PIL composites of the images themselves),
 Fig. 1's pseudo-label accuracy curves and learning curves (matplotlib, imported only when a plot is drawn).
 
-    python figures.py pseudo-labels runs/busi-72-seed* --out fig1.png          # paper Fig. 1 from log.csv
-    python figures.py curves SupOnly=runs/sup-s0,runs/sup-s1 Hermes=runs/h-s0,runs/h-s1 --out dice.png
-    python evaluate.py RUN --overlays DIR                                        # overlays + attention panels
+    python -m tools.figures pseudo-labels runs/busi-72-seed* --out fig1.png  # paper Fig. 1 from log.csv
+    python -m tools.figures curves SupOnly=runs/sup-s0,runs/sup-s1 Hermes=runs/h-s0,runs/h-s1 --out dice.png
+    python evaluate.py RUN --overlays DIR                                    # overlays + attention panels
 
 matplotlib draws the plots (axes, ticks, legends and Greek letters done well, by a well-kept library); it is
 optional for training and evaluation, and the plotting commands say how to install it when it is missing.
@@ -18,6 +18,9 @@ import sys
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+
+if __package__ in (None, ""):  # run by path (python tools/NAME.py): the project's modules are one folder up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cli
 from models import InterTaskAttention

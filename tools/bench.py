@@ -1,9 +1,9 @@
 """Speed and memory of one training step: SupOnly, full Hermes, and Hermes with each component off.
 
-    python bench.py                                  # CPU, 224 px, 8 labeled + 8 unlabeled (the paper's batch)
-    python bench.py --device cuda --amp-compare      # CUDA, fp32 and bf16 autocast side by side
-    python bench.py --dataset busi --data-root ../shared/data/BUSI/Dataset_BUSI_with_GT --no-pretrained
-    python bench.py --device cuda --concurrent 2 4 8 # N training processes side by side on one GPU
+    python -m tools.bench                              # CPU, 224 px, 8 labeled + 8 unlabeled (the paper's batch)
+    python -m tools.bench --device cuda --amp-compare  # CUDA, fp32 and bf16 autocast side by side
+    python -m tools.bench --dataset busi --data-root ../shared/data/BUSI/Dataset_BUSI_with_GT --no-pretrained
+    python -m tools.bench --device cuda --concurrent 2 4 8 # N training processes side by side on one GPU
 
 All variants run in one process on the same networks, the same batches and the same initial weights (restored
 before each variant). A step is what train.py does per iteration (`train.train_step`: `hermes_step`, eq. 15, one
@@ -21,10 +21,14 @@ import argparse
 import copy
 import os
 import statistics
+import sys
 import threading
 import time
 
 import torch
+
+if __package__ in (None, ""):  # run by path (python tools/NAME.py): the project's modules are one folder up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import augment
 import cli
@@ -132,7 +136,7 @@ def main(argv=None):
     p.add_argument("--amp", action="store_true", help="--concurrent on CUDA: bf16 autocast")
     p.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
                    help="torch.compile the model in place first (MODE: default, reduce-overhead, ...); on the "
-                        "2-core CPU it did not pay (README, Speed)")
+                        "2-core CPU it did not pay (docs/speed.md)")
     p.add_argument("--keep-mmap", action="store_true",
                    help="CPU: leave glibc's malloc as it is (blocks > 32 MiB mmapped and page-faulted anew every "
                         "step) instead of train.py's train.keep_freed_memory()")

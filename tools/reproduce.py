@@ -1,11 +1,12 @@
 """Reproduce the paper's tables with one command: plan the train.py runs, run the missing ones, write the table.
 
-    python reproduce.py list                                     # the experiments and their runs
-    python reproduce.py demo                                     # CPU minutes: demo data, SupOnly vs Hermes, 2 seeds
-    python reproduce.py table3 --dry-run --data-root busi=PATH   # the train.py commands, one per line
-    python reproduce.py table1 --jobs 2 --data-root busi=P1 --data-root udiat=P2 --data-root sztus=P3 --device cuda
-    python reproduce.py table1 --slurm --partition gpu > table1.sbatch    # a Slurm job array, one task per run
-    python reproduce.py table1 --collect                         # the table from the finished run folders
+    python -m tools.reproduce list                                    # the experiments and their runs
+    python -m tools.reproduce demo                                    # CPU minutes: demo data, SupOnly vs Hermes
+    python -m tools.reproduce table3 --dry-run --data-root busi=PATH  # the train.py commands, one per line
+    python -m tools.reproduce table1 --jobs 2 --data-root busi=P1 --data-root udiat=P2 --data-root sztus=P3 \
+        --device cuda
+    python -m tools.reproduce table1 --slurm --partition gpu > t1.sbatch  # a Slurm job array, one task per run
+    python -m tools.reproduce table1 --collect                        # the table from the finished run folders
 
 A run is one `python train.py ...` subprocess writing DIR/<dataset>-<labels>-<method>-seed<seed>/ (default DIR
 runs/reproduce); its output goes to DIR/logs/<run>.log. Identical runs share one folder across experiments (Table 3's
@@ -33,10 +34,13 @@ import sys
 import threading
 from dataclasses import dataclass
 
+if __package__ in (None, ""):  # run by path (python tools/NAME.py): the project's modules are one folder up
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import cli
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-TRAIN = os.path.join(HERE, "train.py")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: train.py is there
+TRAIN = os.path.join(ROOT, "train.py")
 DEFAULT_OUT = os.path.join("runs", "reproduce")
 PAPER_SEEDS = (0, 1, 2)  # README, Training: "--seed 0/1/2 for the seeds of a table"
 DATASET_TITLES = {"demo": "demo", "busi": "BUSI", "udiat": "UDIAT", "sztus": "SZ-TUS"}
@@ -269,7 +273,7 @@ def _fig1(_):
         "Fig. 1 of the paper plots pseudo-label accuracy on CIFAR-10 and gives no numbers; here the three rules "
         "(eq. 7 and Fig. 1 / Fig. 6) on BUSI, 72 labels. PL acc = accuracy of the kept pseudo-labels against the "
         "unlabeled ground truth held aside (log.csv), mean over the train rows of the second half of training.",
-        "The curves: `python figures.py pseudo-labels {out}/busi-72-hermes-seed* --out fig1.png`."))
+        "The curves: `python -m tools.figures pseudo-labels {out}/busi-72-hermes-seed* --out fig1.png`."))
 
 
 DEMO_LABELS = 40  # train.py's demo default (40 of the 168 train images)
@@ -476,7 +480,7 @@ def python_and_train():
     on_path = shutil.which("python")
     if on_path and os.path.realpath(on_path) == os.path.realpath(py):
         py = "python"
-    train = "train.py" if os.path.realpath(os.getcwd()) == os.path.realpath(HERE) else TRAIN
+    train = "train.py" if os.path.realpath(os.getcwd()) == os.path.realpath(ROOT) else TRAIN
     return [py, train]
 
 
@@ -508,7 +512,7 @@ def check_passed_options(passed, exp):
         msg = str(e)
         if msg.startswith("unrecognized arguments"):
             raise UsageError(f"{msg}: not an option of reproduce.py or train.py "
-                             f"(see python reproduce.py -h and python train.py --help)") from None
+                             f"(see python -m tools.reproduce -h and python train.py --help)") from None
         raise UsageError(f"train.py option: {msg}") from None
     clash = sorted(set(given) & (PER_RUN | exp.varies))
     if clash:
@@ -554,7 +558,7 @@ def slurm_script(exp, runs, out_dir, roots, passed, opts, command):
         "# A task whose run folder holds metrics.json exits at once; one with checkpoint.pt resumes, so",
         "# resubmitting this file continues a sweep. Activate the Python environment before sbatch (it is",
         "# exported to the tasks) or set PYTHON=/path/to/python. The table, once the tasks have finished:",
-        f"#   python reproduce.py {exp.name} --collect --out {shlex.quote(out_dir)}",
+        f"#   python -m tools.reproduce {exp.name} --collect --out {shlex.quote(out_dir)}",
         f"#SBATCH --job-name=hermes-{exp.name}",
         f"#SBATCH --array=0-{n - 1}" + (f"%{opts.jobs}" if opts.jobs else ""),
         "#SBATCH --ntasks=1",
@@ -779,7 +783,7 @@ def run_local(exp, runs, out_dir, roots, passed, jobs, command):
 def build_parser():
     p = argparse.ArgumentParser(
         prog="reproduce.py", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
-        usage="python reproduce.py {list|EXPERIMENT} [options] [train.py options]",
+        usage="python -m tools.reproduce {list|EXPERIMENT} [options] [train.py options]",
         description=__doc__,
         epilog="Several runs on one GPU: --jobs N starts N train.py processes that share the device (memory "
                "and compute); on a CPU each gets cores/N threads (OMP_NUM_THREADS) unless you set it.")
@@ -829,7 +833,8 @@ def main(argv=None):
         return 0
     try:
         if name not in EXPERIMENTS:
-            raise UsageError(f"unknown experiment {name!r}: one of {', '.join(EXPERIMENTS)} (python reproduce.py list)")
+            raise UsageError(f"unknown experiment {name!r}: one of {', '.join(EXPERIMENTS)} "
+                             "(python -m tools.reproduce list)")
         exp = EXPERIMENTS[name]
         if exp.unsupported:
             raise UsageError(exp.unsupported)
@@ -839,7 +844,7 @@ def main(argv=None):
         seeds = tuple(opts.seeds) if opts.seeds else exp.seeds
         runs = exp.runs(seeds)
         out_dir = opts.out
-        command = shlex.join(["python", "reproduce.py", *argv])
+        command = shlex.join(["python", "-m", "tools.reproduce", *argv])
         roots = parse_roots(opts.data_root, exp)
         if opts.collect:
             if passed:

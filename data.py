@@ -424,7 +424,8 @@ def _read_folder(root):
     unlisted = [f for stem, fs in images.items() if stem not in line_of for f in fs]
     if unlisted:
         warnings.warn(f"{len(unlisted)} images in {img_dir} are not listed in {csv_path} and are not used, "
-                      f"e.g. {', '.join(repr(f) for f in unlisted[:3])} (add a row image,label to use one, with an empty label to use it unlabeled)")
+                      f"e.g. {', '.join(repr(f) for f in unlisted[:3])} (add a row image,label to use one; "
+                      f"with an empty label it is used unlabeled)")
     return sorted(records, key=lambda rec: _natural_key(rec[0]))
 
 

@@ -37,7 +37,7 @@ D = hermes.HermesConfig()  # the defaults of every method flag below
 RESUME_OVERRIDABLE = {"resume", "device", "data_root", "stop_after", "out", "workers", "debug", "eval_every",
                       "ckpt_every", "log_every"}
 # A run made before an argument existed resumes with the behaviour it was made with.
-RESUME_MISSING = {"augment": "cpu"}
+RESUME_MISSING = {"augment": "cpu", "unlabeled_dir": None}
 
 
 def build_parser():

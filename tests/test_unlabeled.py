@@ -348,3 +348,14 @@ def test_ddti_recipe_runs_as_written(tmp_path, monkeypatch, capsys):
     assert len(sp["real_unlabeled"]) + len(sp.get("left_out", [])) == 12
     for key in ("train_labeled", "eval"):
         assert not {ds.groups[ds.index[n]] for n in sp[key]} & {"10", "11", "12"}
+
+
+def test_reproduce_passes_unlabeled_dir_on_to_every_run(tmp_path, capsys):
+    import reproduce
+    raw = make_raw(tmp_path / "raw")
+    assert reproduce.main(["demo", "--dry-run", "--out", str(tmp_path / "r"), "--unlabeled-dir", str(raw)]) == 0
+    cmds = [c for c in capsys.readouterr().out.splitlines() if c.startswith("python")]
+    assert cmds and all(f"--unlabeled-dir {raw}" in c for c in cmds)
+    for c in cmds:   # each parses with train.py's own parser, the folder kept
+        args = train.build_parser().parse_args(c.split()[2:])
+        assert args.unlabeled_dir == [str(raw)]

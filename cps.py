@@ -62,8 +62,9 @@ def cps_step(model, peer, batch_l, batch_u, it, total, cfg):
     stats.update({k: zero for k in hermes.PL_STAT_KEYS + ("n_kept_pix", "n_kept_img")})
     if unlabeled_on:
         pl = f2[B_l:].detach().argmax(1)                                             # (B_u,S,S) peer's labels
-        stats.update(kept_pix=zero + 1.0, pl_acc_pix_all=(pl == y_gt.long()).float().mean())
-        stats.update(pl_acc_pix_kept=stats["pl_acc_pix_all"])
+        has = (y_gt == 0) | (y_gt == 1)                  # real unlabeled images have no mask (data.NO_MASK)
+        acc = ((pl == y_gt.long()) & has).sum() / has.sum()                          # NaN without ground truth
+        stats.update(kept_pix=zero + 1.0, pl_acc_pix_all=acc, pl_acc_pix_kept=acc)
     stats.update(loss=loss.detach().float(),
                  kappa=torch.tensor(hermes.uncertainty_threshold(it, total, cfg.eta_max, cfg.eta_min)),
                  tau=torch.tensor(hermes.confidence_threshold(it, total)), n_anchors=zero, bank_pix=zero,

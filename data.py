@@ -18,12 +18,15 @@ Layouts read (`--data-root`), labels 0 = benign, 1 = malignant:
     udiat   ROOT/original/ID.png, ROOT/GT/ID.png, ROOT/DatasetB.xlsx (first sheet, columns Image, Type).
     sztus   ROOT/labeled.txt lines "IMAGE MASK CLASS", ROOT/image/IMAGE, ROOT/mask/MASK;
             IMAGE = L<k>-<patient>-<n>.png gives the patient id used to keep patients on one side of the split.
-    folder  ROOT/images/*, ROOT/masks/* (same stem), ROOT/labels.csv with columns image,label.
+    folder  ROOT/images/*, ROOT/masks/* (same stem, any format), ROOT/labels.csv with columns image,label[,group];
+            a row with an empty label, or an image without a mask, is an unlabeled image (docs/your-own-data.md).
+    --unlabeled-dir DIR (any dataset): every image under DIR joins the unlabeled pool (`unlabeled_dirs=`).
     demo    synthetic B-mode breast ultrasound generated from the seed (demo.py).
 """
 import argparse
 import csv
 import functools
+import hashlib
 import json
 import os
 import re
@@ -43,6 +46,10 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DATASETS = ("demo", "busi", "udiat", "sztus", "folder")
 CLASSES = ("benign", "malignant")
+# An unlabeled image stores these where it has no class / no mask; they never enter a loss (split_indices keeps
+# unannotated images out of the labeled and evaluation sets) and hermes._pseudo_label_stats skips them.
+NO_LABEL = -1    # labels[i] of an image without a class
+NO_MASK = 255    # every pixel of masks[i] of an image without a mask (the usual segmentation "ignore" value)
 # Raster formats PIL reads (GIF: the masks of the DDTI thyroid set); other files in image folders are ignored.
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".dib", ".tif", ".tiff", ".gif", ".webp",
               ".pbm", ".pgm", ".ppm", ".pnm", ".tga")
@@ -57,6 +64,8 @@ class CachedSet:
     names: N unique ids (what split files store); groups: N patient ids (= names without patient ids);
     merged: how many images had more than one mask file (union taken); name: dataset name; root: folder read;
     borderline (N,) bool: demo cases with signs of the other class (demo only, else None).
+    Unlabeled images (no class and/or no mask) carry NO_LABEL / NO_MASK there; `annotated` marks the others.
+    from_dirs: how many images came from --unlabeled-dir; duplicates: [(dropped file, name it duplicates)].
     """
     images: np.ndarray
     masks: np.ndarray
@@ -67,6 +76,8 @@ class CachedSet:
     name: str = ""
     root: str = None
     borderline: np.ndarray = None
+    from_dirs: int = 0
+    duplicates: list = field(default_factory=list)
     index: dict = field(init=False, repr=False)
 
     def __post_init__(self):
@@ -87,6 +98,26 @@ class CachedSet:
     @property
     def image_size(self):
         return self.images.shape[1]
+
+    @functools.cached_property
+    def annotated(self):
+        """(N,) bool: the image has a class and a mask (it may be labeled or evaluated); False = unlabeled."""
+        return (self.labels != NO_LABEL) & (self.masks[:, 0, 0] != NO_MASK)
+
+    def counts(self):
+        """One-line summary of the annotated and unlabeled images (data.py and train.py print it)."""
+        a = self.annotated
+        out = ", ".join(f"{c} {int(((self.labels == i) & a).sum())}" for i, c in enumerate(CLASSES))
+        if not a.all():
+            n_u, src = int((~a).sum()), []
+            if n_u > self.from_dirs:
+                src.append(f"{n_u - self.from_dirs} listed without a class or mask")
+            if self.from_dirs:
+                src.append(f"{self.from_dirs} from --unlabeled-dir")
+            if self.duplicates:
+                src.append(f"{len(self.duplicates)} duplicate files skipped")
+            out += f"; unlabeled {n_u} ({', '.join(src)})"
+        return out
 
     @functools.cached_property
     def grey(self):
@@ -133,8 +164,11 @@ def _decode(image_path, mask_paths, S):
     """One record -> (image (S,S,3) uint8, mask (S,S) uint8 in {0,1}).
 
     Image: RGB, bilinear resize. Mask: union of the files' ("L" > 127) at the original size, then nearest resize
-    of the binary mask (threshold first, so nearest never sees grey values)."""
+    of the binary mask (threshold first, so nearest never sees grey values); no mask file: NO_MASK everywhere."""
     im = _open(image_path, "RGB")
+    if not mask_paths:
+        return (np.asarray(im.resize((S, S), Image.Resampling.BILINEAR), dtype=np.uint8),
+                np.full((S, S), NO_MASK, np.uint8))
     m = None
     for mp in mask_paths:
         mk = _open(mp, "L")
@@ -149,14 +183,8 @@ def _decode(image_path, mask_paths, S):
     return image, mask.astype(np.uint8)
 
 
-def _build(records, S, name, root):
-    """records: list of (name, image_path, [mask_paths], label, group) -> CachedSet, decoded in parallel threads."""
-    if not records:
-        raise DataError(f"empty dataset: no images found for {name} in {root} (README: Datasets shows the layout)")
-    labels = np.array([r[3] for r in records], dtype=np.int64)
-    for c, cname in enumerate(CLASSES):
-        if not (labels == c).any():
-            raise DataError(f"empty class: {name} in {root} has no {cname} images (both classes are needed)")
+def _decode_all(records, S):
+    """_decode of every record, in parallel threads -> images (N,S,S,3) uint8, masks (N,S,S) uint8."""
     images = np.empty((len(records), S, S, 3), np.uint8)
     masks = np.empty((len(records), S, S), np.uint8)
 
@@ -165,12 +193,27 @@ def _build(records, S, name, root):
 
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:   # PIL decodes without the GIL
         list(pool.map(one, range(len(records))))
-    empty = [r[0] for r, m in zip(records, masks) if not m.any()]
+    return images, masks
+
+
+def _build(records, S, name, root, from_dirs=0, duplicates=()):
+    """records: list of (name, image_path, [mask_paths], label, group) -> CachedSet, decoded in parallel threads.
+
+    label NO_LABEL and/or no mask path: an unlabeled image; both classes need an annotated image."""
+    if not records:
+        raise DataError(f"empty dataset: no images found for {name} in {root} (README: Datasets shows the layout)")
+    labels = np.array([r[3] for r in records], dtype=np.int64)
+    for c, cname in enumerate(CLASSES):
+        if not any(r[3] == c and r[2] for r in records):
+            raise DataError(f"empty class: {name} in {root} has no {cname} images with a mask (both classes are "
+                            f"needed)")
+    images, masks = _decode_all(records, S)
+    empty = [r[0] for r, m in zip(records, masks) if r[2] and not m.any()]
     if empty:
         warnings.warn(f"{name}: {len(empty)} images have an empty lesion mask at {S} px, e.g. {empty[:3]}")
     return CachedSet(images=images, masks=masks, labels=labels, names=[r[0] for r in records],
                      groups=[r[4] for r in records], merged=sum(len(r[2]) > 1 for r in records), name=name,
-                     root=root)
+                     root=root, from_dirs=from_dirs, duplicates=list(duplicates))
 
 
 def _require_dir(path, what):
@@ -329,8 +372,10 @@ def _by_stem(folder):
 def _read_folder(root):
     """Generic layout: ROOT/images/*, ROOT/masks/* with the same stem (any IMAGE_EXTS format, e.g. GIF masks),
     ROOT/labels.csv with columns image,label and an optional group (patient, case): images of one group stay on
-    one side of the split; a blank group is the image's own. Images not in labels.csv are skipped with a
-    warning naming them."""
+    one side of the split; a blank group is the image's own. A row with an empty label, or whose image has no
+    mask, is an unlabeled image (what it has, class or mask, only measures pseudo-label accuracy); a class
+    without a mask is warned about, since it may be a forgotten mask. Images not in labels.csv are skipped with
+    a warning naming them."""
     _require_dir(root, "dataset root")
     img_dir = _require_dir(os.path.join(root, "images"), "image folder")
     mask_dir = _require_dir(os.path.join(root, "masks"), "mask folder")
@@ -345,14 +390,15 @@ def _read_folder(root):
             raise DataError(f"{csv_path}: needs a header with columns 'image' and 'label' (and optionally "
                             f"'group'), found {reader.fieldnames}")
         rows = list(reader)
-    records, line_of = [], {}
+    records, line_of, class_only = [], {}, []
     for n, row in enumerate(rows, start=2):
         entry = (row[fields["image"]] or "").strip()
         if not entry:
             continue
         listed_ext = entry.lower().endswith(IMAGE_EXTS)
         stem = os.path.splitext(entry)[0] if listed_ext else entry
-        label = _parse_label(row[fields["label"]] or "", f"{csv_path} line {n}")
+        raw = (row[fields["label"]] or "").strip()
+        label = _parse_label(raw, f"{csv_path} line {n}") if raw else NO_LABEL   # empty: unlabeled
         if stem in line_of:
             raise DataError(f"{csv_path} lines {line_of[stem]} and {n} both list image {stem!r} (keep one)")
         line_of[stem] = n
@@ -364,38 +410,101 @@ def _read_folder(root):
         if len(files) > 1:
             raise DataError(f"{csv_path} line {n}: image {stem!r} matches {files} in {img_dir} "
                             f"(name the file with its extension in labels.csv)")
-        if stem not in masks:
-            raise MissingFileError(f"missing mask: {os.path.join(mask_dir, stem)}.* (for image "
-                                   f"{os.path.join(img_dir, files[0])}; masks have the image's stem)")
-        if len(masks[stem]) > 1:
+        if len(masks.get(stem, [])) > 1:
             raise DataError(f"two masks for image {stem!r} in {mask_dir}: {', '.join(masks[stem])} (keep one)")
+        if stem not in masks and label != NO_LABEL:
+            class_only.append(stem)
         group = (row.get(fields["group"]) or "").strip() if "group" in fields else ""
-        records.append((stem, os.path.join(img_dir, files[0]), [os.path.join(mask_dir, masks[stem][0])], label,
-                        group or stem))
+        records.append((stem, os.path.join(img_dir, files[0]),
+                        [os.path.join(mask_dir, m) for m in masks.get(stem, [])], label, group or stem))
+    if class_only:
+        warnings.warn(f"{len(class_only)} images of {csv_path} have a class but no mask in {mask_dir} and are used "
+                      f"as unlabeled images, e.g. {', '.join(repr(n) for n in class_only[:3])} (add the mask, same "
+                      f"stem, to train on one as a labeled image; empty its label to silence this)")
     unlisted = [f for stem, fs in images.items() if stem not in line_of for f in fs]
     if unlisted:
         warnings.warn(f"{len(unlisted)} images in {img_dir} are not listed in {csv_path} and are not used, "
-                      f"e.g. {', '.join(repr(f) for f in unlisted[:3])} (add a row image,label to use one)")
+                      f"e.g. {', '.join(repr(f) for f in unlisted[:3])} (add a row image,label to use one; "
+                      f"with an empty label it is used unlabeled)")
     return sorted(records, key=lambda rec: _natural_key(rec[0]))
 
 
 _READERS = {"busi": _read_busi, "udiat": _read_udiat, "sztus": _read_sztus, "folder": _read_folder}
 
 
-def load_dataset(name, root=None, image_size=224, seed=0, demo_size=None):
+def _walk_images(folder):
+    """Paths of the image files under `folder`, recursively (hidden files and folders skipped), natural order."""
+    out = []
+    for d, subdirs, files in os.walk(folder):
+        subdirs[:] = [x for x in subdirs if not x.startswith(".")]
+        out += [os.path.join(d, f) for f in files if not f.startswith(".") and f.lower().endswith(IMAGE_EXTS)]
+    return sorted(out, key=lambda p: _natural_key(os.path.relpath(p, folder)))
+
+
+def _file_digest(path):
+    with open(path, "rb") as f:
+        return hashlib.sha1(f.read()).hexdigest()
+
+
+def _unlabeled_records(dirs, records, taken=()):
+    """Records of the images under each of `dirs` (no class, no mask, each its own group), after `records`.
+
+    Name: the path under DIR without extension ('2024/scan_17'); with the extension when that name is taken by
+    another file; a file whose bytes equal an image already read (a labeled one, or one under an earlier DIR)
+    is skipped and reported. -> (new records, [(skipped file, name of the image it duplicates)])."""
+    seen = {_file_digest(r[1]): r[0] for r in records}
+    taken = {r[0] for r in records} | set(taken)
+    out, dups = [], []
+    for d in dirs:
+        d = _require_dir(os.path.abspath(os.path.expanduser(str(d))), "--unlabeled-dir folder")
+        paths = _walk_images(d)
+        if not paths:
+            raise DataError(f"--unlabeled-dir {d}: no image files under it (formats read: {', '.join(IMAGE_EXTS)})")
+        for p in paths:
+            h = _file_digest(p)
+            if h in seen:
+                dups.append((p, seen[h]))
+                continue
+            rel = os.path.relpath(p, d).replace(os.sep, "/")
+            name = next((c for c in (os.path.splitext(rel)[0], rel) if c not in taken), None)
+            if name is None:
+                raise DataError(f"--unlabeled-dir {d}: image {rel!r} has the name of another, different image "
+                                f"already read; rename one of them")
+            seen[h] = name
+            taken.add(name)
+            out.append((name, p, [], NO_LABEL, name))
+    if dups:
+        warnings.warn(f"{len(dups)} files under --unlabeled-dir are copies of images already read and are used "
+                      f"once, e.g. {dups[0][0]} = {dups[0][1]!r}")
+    return out, dups
+
+
+def load_dataset(name, root=None, image_size=224, seed=0, demo_size=None, unlabeled_dirs=None):
     """Read dataset `name` from `root` (ignored for demo) into a CachedSet of image_size×image_size arrays.
 
-    seed and demo_size (number of images, default 240) only concern the generated demo set."""
+    seed and demo_size (number of images, default 240) only concern the generated demo set. unlabeled_dirs:
+    folders whose images (recursively, no labels, no masks) are added as unlabeled images (_unlabeled_records)."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose from {DATASETS}")
     if int(image_size) != image_size or image_size < 8:
         raise DataError(f"image size must be an integer >= 8, got {image_size}")
     if name == "demo":
-        return make_demo(DEMO_SIZE if demo_size is None else demo_size, image_size, seed)
+        ds = make_demo(DEMO_SIZE if demo_size is None else demo_size, image_size, seed)
+        if not unlabeled_dirs:
+            return ds
+        extra, dups = _unlabeled_records(unlabeled_dirs, [], taken=ds.names)
+        images, masks = _decode_all(extra, image_size)
+        return CachedSet(images=np.concatenate([ds.images, images]), masks=np.concatenate([ds.masks, masks]),
+                         labels=np.concatenate([ds.labels, np.full(len(extra), NO_LABEL, np.int64)]),
+                         names=ds.names + [r[0] for r in extra], groups=ds.groups + [r[4] for r in extra],
+                         name=ds.name, borderline=np.concatenate([ds.borderline, np.zeros(len(extra), bool)]),
+                         from_dirs=len(extra), duplicates=dups)
     if root is None:
         raise DataError(f"dataset {name!r} needs a root folder (--data-root)")
     root = os.path.abspath(os.path.expanduser(str(root)))
-    return _build(_READERS[name](root), image_size, name, root)
+    records = _READERS[name](root)
+    extra, dups = _unlabeled_records(unlabeled_dirs, records) if unlabeled_dirs else ([], [])
+    return _build(records + extra, image_size, name, root, from_dirs=len(extra), duplicates=dups)
 
 
 def make_demo(n=DEMO_SIZE, image_size=96, seed=0):
@@ -415,6 +524,20 @@ def _n_train(n):
     return min(max((7 * n + 5) // 10, 1), n - 1)
 
 
+def parse_labels(value):
+    """--labels: a positive even budget (labels/2 per class), or "all" (every annotated training image)."""
+    if str(value).strip().lower() == LABELS_ALL:
+        return LABELS_ALL
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an even number of labeled images or {LABELS_ALL!r}, "
+                                         f"got {value!r}") from None
+
+
+LABELS_ALL = "all"
+
+
 def make_split(ds, labels, seed):
     """Seeded split of `ds` (paper Section 4.1; README "Paper ↔ code", split) -> dict of names.
 
@@ -425,13 +548,24 @@ def make_split(ds, labels, seed):
     seed the budgets are nested (the 40-label set contains the 20-label set) and the evaluation set is the same
     for every budget. A budget must leave at least one unlabeled train image (Hermes draws unlabeled batches);
     an odd or too large budget is an error naming the largest one allowed.
-    Returns {"dataset", "seed", "labels", "train_labeled", "train_unlabeled", "eval"}."""
-    labels, seed = int(labels), int(seed)
-    k = labels // 2
+
+    Unlabeled images (ds.annotated False: no class or no mask) take no part in these draws, so the annotated
+    images split exactly as without them; they all join train_unlabeled, except those in a group that went to
+    evaluation (left out, listed under "left_out", so a patient stays on one side). labels="all": every
+    annotated train image is labeled and the unlabeled images are the unlabeled set. With unlabeled images the
+    split also lists them under "real_unlabeled" (the images whose pseudo-labels have no ground truth).
+    Returns {"dataset", "seed", "labels", "train_labeled", "train_unlabeled", "eval"[, "real_unlabeled",
+    "left_out"]}."""
+    every = labels == LABELS_ALL
+    labels, seed = (labels if every else int(labels)), int(seed)
+    k = 0 if every else labels // 2
     order = sorted(range(len(ds)), key=lambda i: _natural_key(ds.names[i]))   # independent of reading order
+    annotated = ds.annotated
+    real = [i for i in order if not annotated[i]]
     patient_class = {}
     for i in order:
-        patient_class[ds.groups[i]] = max(patient_class.get(ds.groups[i], 0), int(ds.labels[i]))
+        if annotated[i]:
+            patient_class[ds.groups[i]] = max(patient_class.get(ds.groups[i], 0), int(ds.labels[i]))
     train_groups, train_c = set(), {}
     for c, cname in enumerate(CLASSES):
         groups = sorted({g for g, pc in patient_class.items() if pc == c}, key=_natural_key)
@@ -441,35 +575,63 @@ def make_split(ds, labels, seed):
         perm = np.random.default_rng([seed, c]).permutation(len(groups))
         train_groups.update(groups[j] for j in perm[:_n_train(len(groups))])
     for c in (0, 1):
-        train_c[c] = [i for i in order if ds.labels[i] == c and ds.groups[i] in train_groups]
+        train_c[c] = [i for i in order if annotated[i] and ds.labels[i] == c and ds.groups[i] in train_groups]
+    real_train = [i for i in real if ds.groups[i] in train_groups or ds.groups[i] not in patient_class]
     n0, n1 = len(train_c[0]), len(train_c[1])
-    k_max = min(n0, n1) - (n0 == n1)                    # labels/2 per class, leaving >= 1 unlabeled image
+    k_max = min(n0, n1) - (n0 == n1 and not real_train)  # labels/2 per class, leaving >= 1 unlabeled image
     where = f"the train part of {ds.name} (seed {seed}: {n0} benign, {n1} malignant)"
-    if k_max < 1:
-        raise DataError(f"{where} is too small for a labeled and an unlabeled set; add images or use other data")
-    if labels <= 0 or labels % 2:
-        raise DataError(f"labels must be a positive even number (labels/2 per class), got {labels}; "
-                        f"maximum labels: {2 * k_max}")
-    for c, cname in enumerate(CLASSES):
-        if k > len(train_c[c]):
-            raise DataError(f"labels={labels} needs {k} labeled {cname} images but {where} has only "
-                            f"{len(train_c[c])}; maximum labels: {2 * k_max}")
-    if k > k_max:
-        raise DataError(f"labels={labels} labels every image of {where} and leaves no unlabeled image; "
-                        f"maximum labels: {2 * k_max}")
+    if every:
+        if not real_train:
+            raise DataError(f"--labels {LABELS_ALL} labels every annotated training image and needs unlabeled "
+                            f"images, but {ds.name} has none in its train part (add rows with an empty label, "
+                            f"or --unlabeled-dir DIR), or give a budget (maximum labels: {2 * k_max})")
+    else:
+        if k_max < 1:
+            raise DataError(f"{where} is too small for a labeled and an unlabeled set; add images or use other "
+                            f"data")
+        if labels <= 0 or labels % 2:
+            raise DataError(f"labels must be a positive even number (labels/2 per class), got {labels}; "
+                            f"maximum labels: {2 * k_max}")
+        for c, cname in enumerate(CLASSES):
+            if k > len(train_c[c]):
+                raise DataError(f"labels={labels} needs {k} labeled {cname} images but {where} has only "
+                                f"{len(train_c[c])}; maximum labels: {2 * k_max}")
+        if k > k_max:
+            raise DataError(f"labels={labels} labels every image of {where} and leaves no unlabeled image; "
+                            f"maximum labels: {2 * k_max}")
     labeled = []
     for c in (0, 1):
+        if every:
+            labeled += train_c[c]
+            continue
         perm = np.random.default_rng([seed, c, 1]).permutation(len(train_c[c]))
         labeled += [train_c[c][j] for j in perm[:k]]
     labeled = set(labeled)
     name = lambda idx: [ds.names[i] for i in order if i in idx]
-    train = {i for c in (0, 1) for i in train_c[c]}
-    return {"dataset": ds.name, "seed": seed, "labels": labels,
-            "train_labeled": name(labeled), "train_unlabeled": name(train - labeled),
-            "eval": name(set(order) - train)}
+    train = {i for c in (0, 1) for i in train_c[c]} | set(real_train)
+    split = {"dataset": ds.name, "seed": seed, "labels": labels,
+             "train_labeled": name(labeled), "train_unlabeled": name(train - labeled),
+             "eval": name(set(order) - train - set(real))}
+    if real:
+        split["real_unlabeled"] = name(set(real_train))
+    if len(real_train) < len(real):
+        split["left_out"] = name(set(real) - set(real_train))
+    return split
 
 
 _SPLIT_KEYS = ("train_labeled", "train_unlabeled", "eval")
+
+
+def describe_unlabeled(ds, split, idx_u):
+    """One line on the unlabeled images of a split (train.py prints it when the set has real unlabeled images):
+    the set's counts, how many unlabeled training images carry a hidden class / mask (what pl_acc_img_* /
+    pl_acc_pix_* are measured on) and how many were left out with their group."""
+    n_img = int((ds.labels[idx_u] != NO_LABEL).sum())
+    n_pix = int((ds.masks[idx_u, 0, 0] != NO_MASK).sum())
+    left = f"; {len(split['left_out'])} left out (their group is in evaluation)" if split.get("left_out") else ""
+    return (f"{ds.name}: {ds.counts()}; of the {len(idx_u)} unlabeled training images, {n_img} have a hidden "
+            f"class (pl_acc_img_*) and {n_pix} a hidden mask (pl_acc_pix_*); an accuracy with none in a batch is "
+            f"blank in log.csv{left}")
 
 
 # ------------------------------------------------------------------------------------------ split files
@@ -496,6 +658,10 @@ def load_split(path, ds=None):
                         f"draw a split with --labels instead)")
     if ds is not None:
         split_indices(ds, split, where=path)
+        real = [n for n in split["train_unlabeled"] if not ds.annotated[ds.index[n]]]
+        split = {k: v for k, v in split.items() if k != "real_unlabeled"}
+        if real:  # what this dataset has, whatever the file said (a split drawn by simulation has no such key)
+            split["real_unlabeled"] = real
     return split
 
 
@@ -516,6 +682,12 @@ def split_indices(ds, split, where="split"):
             if n in seen:
                 raise DataError(f"{where}: image {n!r} is in both {seen[n]} and {key}")
             seen[n] = key
+        if key != "train_unlabeled":
+            bare = [n for n in names if not ds.annotated[ds.index[n]]]
+            if bare:
+                raise DataError(f"{where}: {len(bare)} of the {key} images have no class or no mask in "
+                                f"{ds.name!r}, e.g. {bare[:3]}; an unlabeled image can only be in "
+                                f"train_unlabeled (draw a split with --labels instead)")
         out.append(np.array([ds.index[n] for n in names], dtype=np.int64))
     return tuple(out)
 
@@ -530,29 +702,39 @@ def _outline(mask):
 
 
 def preview(ds, path, rows=4, cols=6, seed=0, scale=None):
-    """Write a contact sheet PNG: top half benign (green border and outline), bottom half malignant (red)."""
+    """Write a contact sheet PNG: top half benign (green border and outline), bottom half malignant (red); when
+    the set has unlabeled images, one more row of them apart (grey border, 'U', outline only where a mask is
+    known)."""
     rng = np.random.default_rng(seed)
     n_b = (rows // 2) * cols
     picks = []
     for c, k in ((0, n_b), (1, rows * cols - n_b)):
-        idx = np.nonzero(ds.labels == c)[0]
+        idx = np.nonzero((ds.labels == c) & ds.annotated)[0]
         picks += sorted(rng.choice(idx, size=min(k, len(idx)), replace=False).tolist())
+    unl = np.nonzero(~ds.annotated)[0]
+    if len(unl):
+        picks += [None] * (rows * cols - len(picks))    # the unlabeled row starts on a row of its own
+        picks += sorted(rng.choice(unl, size=min(cols, len(unl)), replace=False).tolist())
+        rows += 1
     S = ds.image_size
     scale = scale or max(1, 192 // S)
     T, strip, pad = S * scale, 14, 3
-    colour = {0: (40, 220, 90), 1: (240, 50, 40)}
+    colour = {0: (40, 220, 90), 1: (240, 50, 40), NO_LABEL: (150, 150, 150)}
     sheet = Image.new("RGB", (cols * (T + 2 * pad), rows * (T + strip + 2 * pad)), (0, 0, 0))
     draw = ImageDraw.Draw(sheet)
     for j, i in enumerate(picks):
+        if i is None:
+            continue
         r, c = divmod(j, cols)
         x0, y0 = c * (T + 2 * pad), r * (T + strip + 2 * pad)
         tile = ds.images[i].copy()
-        tile[_outline(ds.masks[i])] = (255, 230, 0)
+        tile[_outline(ds.masks[i] == 1)] = (255, 230, 0)
         tile = np.kron(tile, np.ones((scale, scale, 1), np.uint8))
-        lab = int(ds.labels[i])
+        lab = int(ds.labels[i]) if ds.annotated[i] else NO_LABEL
+        tag = CLASSES[lab][0].upper() if lab != NO_LABEL else "U"
         draw.rectangle([x0, y0, x0 + T + 2 * pad - 1, y0 + T + strip + 2 * pad - 1], fill=colour[lab])
         sheet.paste(Image.fromarray(tile), (x0 + pad, y0 + pad + strip))
-        draw.text((x0 + pad + 2, y0 + 2), f"{CLASSES[lab][0].upper()}  {ds.names[i]}"[:T // 6], fill=(0, 0, 0))
+        draw.text((x0 + pad + 2, y0 + 2), f"{tag}  {ds.names[i]}"[:T // 6], fill=(0, 0, 0))
     sheet.save(path)
     return path
 
@@ -566,22 +748,27 @@ def main(argv=None):
     p.add_argument("--image-size", type=int, default=None, help="side S (default: demo 96, others 224)")
     p.add_argument("--demo-size", type=int, default=DEMO_SIZE, help="number of demo images")
     p.add_argument("--seed", type=int, default=0, help="demo generation, tile choice and split seed")
-    p.add_argument("--labels", type=int, default=None, help="also print the split sizes for this budget")
+    p.add_argument("--unlabeled-dir", action="append", default=None, metavar="DIR",
+                   help="add every image under DIR as an unlabeled image (repeatable)")
+    p.add_argument("--labels", type=parse_labels, default=None,
+                   help="also print the split sizes for this budget (or 'all')")
     p.add_argument("--rows", type=int, default=4)
     p.add_argument("--cols", type=int, default=6)
     p.add_argument("--debug", action="store_true", help=f"show the Python traceback of an error (or {DEBUG_ENV}=1)")
     args = p.parse_args(argv)
     S = args.image_size or (96 if args.dataset == "demo" else 224)
     t0 = time.perf_counter()
-    ds = load_dataset(args.dataset, args.data_root, image_size=S, seed=args.seed, demo_size=args.demo_size)
+    ds = load_dataset(args.dataset, args.data_root, image_size=S, seed=args.seed, demo_size=args.demo_size,
+                      unlabeled_dirs=args.unlabeled_dir)
     dt = time.perf_counter() - t0
-    counts = ", ".join(f"{c} {int((ds.labels == i).sum())}" for i, c in enumerate(CLASSES))
     mib = (ds.images.nbytes + ds.masks.nbytes) / 2 ** 20
-    print(f"{ds.name}: {len(ds)} images at {S} px ({counts}); {ds.merged} with merged masks; "
+    print(f"{ds.name}: {len(ds)} images at {S} px ({ds.counts()}); {ds.merged} with merged masks; "
           f"{len(set(ds.groups))} groups; loaded in {dt:.2f} s; cache {mib:.0f} MiB")
     if args.labels:
         sp = make_split(ds, args.labels, args.seed)
-        print(f"split seed {args.seed} labels {args.labels}: " + ", ".join(f"{k} {len(sp[k])}" for k in _SPLIT_KEYS))
+        extra = "".join(f", {k} {len(sp[k])}" for k in ("real_unlabeled", "left_out") if k in sp)
+        print(f"split seed {args.seed} labels {args.labels}: " + ", ".join(f"{k} {len(sp[k])}" for k in _SPLIT_KEYS)
+              + extra)
     print(f"wrote {preview(ds, args.preview, rows=args.rows, cols=args.cols, seed=args.seed)}")
 
 

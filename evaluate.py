@@ -263,7 +263,8 @@ def evaluate_run(run_dir_or_ckpt, data_root=None, which="final", overlays=None, 
 
     device = models.pick_device(device)
     ds = data.load_dataset(config["dataset"], data_root or config.get("data_root"),
-                           image_size=config["image_size"], seed=config["seed"], demo_size=config.get("demo_size"))
+                           image_size=config["image_size"], seed=config["seed"], demo_size=config.get("demo_size"),
+                           unlabeled_dirs=config.get("unlabeled_dir"))
     _, _, idx_eval = data.split_indices(ds, split)
     loader = torch.utils.data.DataLoader(augment.LabeledSet(ds, idx_eval, train=False), batch_size=batch_size,
                                          shuffle=False)

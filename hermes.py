@@ -426,12 +426,19 @@ def _unlabeled_scaled(L, mu):
 def _pseudo_label_stats(t, gt, tau, kind):
     """Fraction kept and accuracy of the teacher's pseudo-labels of `kind` ("pix" or "img"), over all of them,
     over those the run's rule keeps, and over those confidence alone (max p >= τ) would keep (Fig. 1's
-    comparison, logged whatever rule trains the model). Accuracies over an empty set are 0."""
-    w, right = t[f"w_{kind}"], (t[f"pl_{kind}"] == gt.long()).float()
+    comparison, logged whatever rule trains the model). Accuracies over an empty set are 0. Accuracies count only
+    ground truth in {0, 1}: real unlabeled images carry data.NO_LABEL / NO_MASK; with none in the batch they are
+    NaN (blank in log.csv), and n_gt_<kind> says how many were counted."""
+    w, right = t[f"w_{kind}"], (t[f"pl_{kind}"] == gt.long()).float()   # right is 0 where gt is unknown
     w_conf = (t[f"p_{kind}"].amax(1) >= tau).float()
-    return {f"kept_{kind}": w.mean(), f"n_kept_{kind}": w.sum(), f"pl_acc_{kind}_all": right.mean(),
-            f"pl_acc_{kind}_kept": (right * w).sum() / w.sum().clamp_min(1),
-            f"kept_{kind}_conf": w_conf.mean(), f"pl_acc_{kind}_conf": (right * w_conf).sum() / w_conf.sum().clamp_min(1)}
+    has = ((gt == 0) | (gt == 1)).float()
+    n_gt = has.sum()
+    known = lambda acc: torch.where(n_gt > 0, acc, torch.nan)
+    return {f"kept_{kind}": w.mean(), f"n_kept_{kind}": w.sum(), f"n_gt_{kind}": n_gt,
+            f"pl_acc_{kind}_all": right.sum() / n_gt,
+            f"pl_acc_{kind}_kept": known((right * w).sum() / (w * has).sum().clamp_min(1)),
+            f"kept_{kind}_conf": w_conf.mean(),
+            f"pl_acc_{kind}_conf": known((right * w_conf).sum() / (w_conf * has).sum().clamp_min(1))}
 
 
 def hermes_step(model, banks, batch_l, batch_u, it, total, cfg, keep_terms=False):

@@ -38,7 +38,8 @@ D = hermes.HermesConfig()  # the defaults of every method flag below
 RESUME_OVERRIDABLE = {"resume", "device", "data_root", "stop_after", "out", "workers", "debug", "eval_every",
                       "ckpt_every", "log_every"}
 # A run made before an argument existed resumes with the behaviour it was made with.
-RESUME_MISSING = {"augment": "cpu", "channels_last": False, "burn_in": 0, "method": "hermes", "cps_weight": 1.5}
+RESUME_MISSING = {"augment": "cpu", "unlabeled_dir": None, "channels_last": False, "burn_in": 0, "method": "hermes",
+                  "cps_weight": 1.5}
 
 
 def build_parser():
@@ -48,9 +49,12 @@ def build_parser():
     a("--dataset", default="demo", choices=["demo", "busi", "udiat", "sztus", "folder"],
       help="dataset; demo is generated and needs no --data-root (default: demo)")
     a("--data-root", default=None, help="folder of the dataset as its publisher ships it (README: Datasets)")
-    a("--labels", type=int, default=None,
+    a("--labels", type=data.parse_labels, default=None,
       help="labeled images, half per class (paper: BUSI 72/144/216, UDIAT 20/40/60, SZ-TUS 60/120; "
-           "default: the smallest budget of the dataset, demo 40)")
+           "default: the smallest budget of the dataset, demo 40); 'all': every annotated training image, with "
+           "the real unlabeled images as the unlabeled set (docs/your-own-data.md)")
+    a("--unlabeled-dir", action="append", default=None, metavar="DIR",
+      help="add every image under DIR (recursively, no labels or masks) to the unlabeled pool; repeatable")
     a("--image-size", type=int, default=None, help="side S of the S×S input (paper §4.1: 224; demo: 96)")
     a("--demo-size", type=int, default=240, help="number of generated demo images (demo only)")
     a("--split", default=None, help="reuse a split.json instead of drawing one from --seed")
@@ -467,7 +471,8 @@ def run_split(cfg, ds, given):
     if cfg["resume"]:
         where = os.path.join(cfg["out"], "split.json")
         split = data.load_split(where, ds)
-        said = {"dataset": split.get("dataset"), "labels": len(split["train_labeled"])}
+        n_l = len(split["train_labeled"]) if cfg["labels"] != data.LABELS_ALL else split.get("labels")
+        said = {"dataset": split.get("dataset"), "labels": n_l}
         want = {"dataset": cfg["dataset"], "labels": cfg["labels"]}
         if not cfg["split"]:
             said["seed"], want["seed"] = split.get("seed"), cfg["seed"]
@@ -512,12 +517,14 @@ def train(argv=None):
     seconds_before = float(ckpt.get("train_seconds", 0.0)) if ckpt is not None else 0.0
     elapsed = lambda: seconds_before + time.perf_counter() - t0  # training wall time over all resumed parts
     ds = data.load_dataset(cfg["dataset"], cfg["data_root"], image_size=cfg["image_size"], seed=cfg["seed"],
-                           demo_size=cfg["demo_size"])
+                           demo_size=cfg["demo_size"], unlabeled_dirs=cfg.get("unlabeled_dir"))
     load_s = time.perf_counter() - t0
     split = run_split(cfg, ds, given)
     idx_l, idx_u, idx_eval = data.split_indices(ds, split)
     print(f"{cfg['dataset']}: {len(ds.labels)} images loaded in {load_s:.1f}s; "
           f"{len(idx_l)} labeled, {len(idx_u)} unlabeled, {len(idx_eval)} evaluation")
+    if not ds.annotated.all():
+        print(data.describe_unlabeled(ds, split, idx_u))
 
     # Its own generator: an evaluation must not draw from the global RNG that anchor sampling uses, or
     # --eval-every would change the training.
@@ -579,8 +586,9 @@ def train(argv=None):
                 raise SystemExit(f"{e}. The last good checkpoint ({ckpt_path}) is kept; lower --lr or check the "
                                  f"data.")
         if done % cfg["log_every"] == 0 or done == total:
-            row = {k: float(stats[k]) for k in hermes.STAT_KEYS}
-            row.update(kind="train", iter=done, lr_seg=lr_it["seg"], lr_cls=lr_it["cls"], sec_per_step=step_seconds / n_since_log)
+            row = {k: v for k in hermes.STAT_KEYS if (v := float(stats[k])) == v}  # NaN (no ground truth): blank
+            row.update(kind="train", iter=done, lr_seg=lr_it["seg"], lr_cls=lr_it["cls"],
+                       sec_per_step=step_seconds / n_since_log)
             step_seconds, n_since_log = 0.0, 0
             log.write(row)
             bar.set_postfix(loss=f"{row['loss']:.3f}", kept_pix=f"{row.get('kept_pix', 0):.2f}",

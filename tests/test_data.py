@@ -263,8 +263,12 @@ def test_missing_files_of_lists(tmp_path):
     with pytest.raises(FileNotFoundError, match="L1-p02-1_mask.png"):
         data.load_dataset("sztus", tmp_path / "s")
     make_folder(tmp_path / "f")
-    (tmp_path / "f" / "masks" / "d.png").unlink()
-    with pytest.raises(FileNotFoundError, match="missing mask.*d.png"):
+    (tmp_path / "f" / "masks" / "d.png").unlink()       # folder format: an image without a mask is unlabeled
+    with pytest.warns(UserWarning, match="class but no mask.*used as unlabeled images.*'d'"):
+        ds = data.load_dataset("folder", tmp_path / "f")
+    assert ds.annotated.tolist() == [True, True, True, False]
+    (tmp_path / "f" / "labels.csv").write_text("image,label\na.png,0\nb.png,0\nzz.png,1\n")
+    with pytest.raises(FileNotFoundError, match="zz.png"):
         data.load_dataset("folder", tmp_path / "f")
 
 
@@ -643,8 +647,10 @@ def test_data_errors_are_one_line_data_errors(tmp_path, case):
     f = tmp_path / "f"
     if case == "missing_root":
         call = lambda: data.load_dataset("folder", tmp_path / "nowhere")
-    elif case == "missing_mask":
-        (f / "masks" / "d.png").unlink()
+    elif case == "missing_mask":         # a missing mask file makes an unlabeled image; a missing mask folder errs
+        for m in (f / "masks").iterdir():
+            m.unlink()
+        (f / "masks").rmdir()
         call = lambda: data.load_dataset("folder", f)
     elif case == "bad_label":
         make_folder(f, rows=["a.png,0", "b.png,normal"])

@@ -71,7 +71,7 @@ def main(argv=None):
         cfg = {**vars(train.build_parser().parse_args([])), **json.load(f)}   # older runs lack newer keys
     torch.manual_seed(cfg["seed"])
     ds = data.load_dataset(cfg["dataset"], cfg["data_root"], image_size=cfg["image_size"], seed=cfg["seed"],
-                           demo_size=cfg.get("demo_size"))
+                           demo_size=cfg.get("demo_size"), unlabeled_dirs=cfg.get("unlabeled_dir"))
     idx_l, idx_u, _ = data.split_indices(ds, data.load_split(files["split.json"], ds))
     model = train.build_model({**cfg, "init": None, "init_seg_encoder": None, "init_cls_encoder": None,
                                "pretrained": False})

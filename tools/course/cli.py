@@ -99,16 +99,19 @@ def main(argv=None):
         print(f"warning: the Python environment {sys.prefix} is inside the reference checkout; the students' "
               f"processes see its path (COURSE.md, 'Grading')", file=sys.stderr)
     commit = grader.git_commit()
+    jobs = [(d, os.path.abspath(d), n) for d, n in jobs]
+    csv_path = os.path.abspath(args.csv) if args.csv else None
+    os.chdir("/")   # the grader's own working directory is no longer the reference checkout (COURSE.md, "Grading")
     grades = []
-    for d, n in jobs:
-        g = grader.grade(d, n, args.check_timeout, args.import_timeout, commit=commit)
+    for shown, d, n in jobs:
+        g = dict(grader.grade(d, n, args.check_timeout, args.import_timeout, commit=commit), student=shown)
         grades.append(g)
         if not args.json:
             print(report.text(g, ASSIGNMENTS[n].what), flush=True)
             print()
     summ = report.summary(grades)
-    if args.csv:
-        with open(args.csv, "w", encoding="utf-8", newline="") as f:
+    if csv_path:
+        with open(csv_path, "w", encoding="utf-8", newline="") as f:
             f.write(report.to_csv(grades))
     if args.json:
         print(json.dumps({"grades": grades, "summary": summ}, indent=1, ensure_ascii=False))

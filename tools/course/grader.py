@@ -191,6 +191,14 @@ def _one_process(tmp, a, student_dir, start, got, reasons, check_timeout, import
             reasons.setdefault(i, reason)
         return n
 
+    def cut_short(reason):
+        """The check under way ends here: the parts it finished keep their records (partial credit)."""
+        if current is None:
+            reasons[expected] = reason
+            return expected + 1
+        got[current] = {"records": records, "error": reason}
+        return current + 1
+
     def broken(what):
         _kill(p)
         if current is None and not imported:
@@ -206,9 +214,7 @@ def _one_process(tmp, a, student_dir, start, got, reasons, check_timeout, import
                 _kill(p)
                 if not imported:
                     return rest(f"importing your modules took longer than {import_timeout:g} s")
-                i = current if current is not None else expected
-                reasons[i] = f"time limit of {check_timeout:g} s exceeded (an endless loop?)"
-                return i + 1
+                return cut_short(f"time limit of {check_timeout:g} s exceeded (an endless loop?)")
             if line is None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     p.wait(timeout=10)
@@ -218,10 +224,8 @@ def _one_process(tmp, a, student_dir, start, got, reasons, check_timeout, import
                     return rest(f"the process exited while your modules were imported {why}")
                 if expected >= n:
                     return n
-                i = current if current is not None else expected
-                reasons[i] = (f"the process exited during this check {why}" if current is not None
-                              else f"the process exited before this check {why}")
-                return i + 1
+                return cut_short(f"the process exited during this check {why}" if current is not None
+                                 else f"the process exited before this check {why}")
             try:
                 msg = json.loads(line)
                 if not isinstance(msg, dict):

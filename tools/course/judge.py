@@ -24,7 +24,9 @@ def _describe(v):
         if t == "dtype":
             return v["name"]
         return v.get("type", "?")
-    return "None" if v is None else f"{type(v).__name__} {_fmt(v)}"
+    if v is None or isinstance(v, (bool, int, float)):
+        return _fmt(v) if isinstance(v, float) else repr(v)
+    return f"{type(v).__name__} {_fmt(v)}"
 
 
 def _num(v):

@@ -371,13 +371,14 @@ def test_cheats_score_nothing_in_real_student_processes(tmp_path):
     reference code from the grading process: each scores what the same code scores without the cheat."""
     fake = grader.grade(_attention_student(tmp_path, "fake", ATTENTION_FAKE), "attention", in_process=True)
     base = report.total(fake)[0]
-    assert base <= 2                                                  # the shapes are right; nothing else
+    assert base <= 1                                                  # the shapes are right; nothing else
     for extra in (CHEAT_HELPERS, CHEAT_FIND_REFERENCE):
         g = grader.grade(_attention_student(tmp_path, f"cheat{len(extra)}", extra), "attention")
         assert report.total(g)[0] <= base, [r for r in g["results"] if r["points"]]
     d = _attention_student(tmp_path, "lines", CHEAT_FAKE_LINES, reference=True)
     g = grader.grade(d, "attention")
-    assert report.total(g)[0] == 0 and all("exited while your modules were imported" in r["msg"] for r in g["results"])
+    assert report.total(g)[0] == 0 and all("while your modules were imported" in r["msg"] for r in g["results"]), \
+        g["results"][0]["msg"]          # the forged records on the pipe are seen for what they are
 
 
 def test_a_copy_relabelled_as_another_assignment_is_graded_as_the_teacher_says(tmp_path):

@@ -144,9 +144,10 @@ def verdict(check, want, got, reason=None):
     passed = max(0, n - len(failed))
     res["points"] = check.points if passed == n else round(check.points * passed / n, 2)
     if failed:
-        reasons = {m[1] for _, m in failed}
+        reasons, whats = {m[1] for _, m in failed}, {m[0] for _, m in failed}
         if len(reasons) == 1 and len(failed) > 1:       # the same reason everywhere (a stub, a crash): say it once
-            res["msg"] = reasons.pop()[:600]
+            what = whats.pop() if len(whats) == 1 else None
+            res["msg"] = ((f"{what}: " if what else "") + reasons.pop())[:600]
         else:
             shown = "; ".join((f"[{p}] " if p and n > 1 else "") + (f"{m[0]}: " if m[0] else "") + m[1]
                               for p, m in failed[:3])

@@ -157,14 +157,22 @@ def eq4_pool_order(ctx, M):
 
 # ---------------------------------------------------------------------------- eq. 5 (from the student's M_c, M_s)
 
+def _attention_maps(ctx, M_c, M_s):
+    """Eq. 5 is checked with the student's own M_c and M_s; they must at least be attention maps (sigmoids)."""
+    ctx.expect(bool(((M_c > 0) & (M_c < 1)).all() and ((M_s > 0) & (M_s < 1)).all()),
+               "M_c and M_s lie strictly between 0 and 1 (sigmoid outputs)")
+
+
 @check(2)
 def eq5_output(ctx, M):
-    """eq. 5: x_out = M_s ⊗ (M_c ⊗ x_cls), from your own M_c and M_s"""
-    for seed, (B, C, c_seg, h, w) in enumerate(SIZES[:3]):
+    """eq. 5: x_out = M_s ⊗ (M_c ⊗ x_cls), from your own M_c and M_s (M_c fixed)"""
+    for seed, (B, C, c_seg, h, w) in enumerate(((1, 4, 3, 1, 1), (2, 8, 16, 3, 5), (2, 5, 2, 4, 6))):
         with ctx.part(f"C = {C}"):
             m = _module(M, C, c_seg, seed)
+            _fixed_mc(m, C, seed)
             x_cls, x_seg = _inputs(seed, B, C, c_seg, h, w)
             x_out, M_c, M_s = _run(m, x_cls, x_seg)
+            _attention_maps(ctx, M_c, M_s)
             ctx.expect((x_out - M_s * (M_c * x_cls)).abs().max(), f"max |x_out - M_s M_c x_cls|, C = {C}",
                        atol=1e-9)
 
@@ -173,8 +181,10 @@ def eq5_output(ctx, M):
 def eq5_residual_form(ctx, M):
     """the residual form (not in the paper): x_out = x_cls + M_s ⊗ x_m when self.residual"""
     m = _module(M, 4, 3, 17, residual=True)
+    _fixed_mc(m, 4, 17)
     x_cls, x_seg = _inputs(17, 2, 4, 3, 3, 5)
     x_out, M_c, M_s = _run(m, x_cls, x_seg)
+    _attention_maps(ctx, M_c, M_s)
     ctx.expect((x_out - x_cls - M_s * (M_c * x_cls)).abs().max(), "max |x_out - x_cls - M_s M_c x_cls|", atol=1e-9)
 
 

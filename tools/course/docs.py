@@ -13,7 +13,7 @@ BLOCKS = ("assignments", "checks")
 def assignments_table():
     lines = ["| name | the student | paper | expected time | points |", "|---|---|---|---|---|"]
     for a in ASSIGNMENTS.values():
-        lines.append(f"| `{a.name}` | {a.what} | {a.section} | {a.minutes} | {a.points} |")
+        lines.append(f"| `{a.name}` | {a.what.replace('|', chr(92) + '|')} | {a.section} | {a.minutes} | {a.points} |")
     return "\n".join(lines)
 
 
@@ -22,7 +22,7 @@ def checks_table():
     for a in ASSIGNMENTS.values():
         lines += [f"`{a.name}` ({a.points} points, `{os.path.relpath(a.checks_path, ROOT)}`):", "",
                   "| points | check |", "|---|---|"]
-        lines += [f"| {c.points} | {c.title.replace('|', '/')} |" for c in a.checks] + [""]
+        lines += [f"| {c.points} | {c.title.replace('|', chr(92) + '|')} |" for c in a.checks] + [""]
     return "\n".join(lines).rstrip()
 
 
@@ -33,10 +33,10 @@ def blocks():
 def render(text):
     """`text` with every generated block replaced by its current content."""
     for name, body in blocks().items():
-        pat = re.compile(rf"(<!-- BEGIN generated: {name} .*?-->\n).*?(\n<!-- END generated: {name} -->)", re.S)
+        pat = re.compile(rf"(<!-- BEGIN generated: {name} [^\n]*-->\n)(?:.*?\n)?(<!-- END generated: {name} -->)", re.S)
         if not pat.search(text):
             raise ValueError(f"COURSE.md has no block '{name}' (<!-- BEGIN generated: {name} ... -->)")
-        text = pat.sub(lambda m: m.group(1) + body + m.group(2), text)
+        text = pat.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
     return text
 
 

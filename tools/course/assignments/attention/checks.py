@@ -109,6 +109,9 @@ def eq3_relu_after_w0(ctx, M):
 def eq3_uses_x_seg(ctx, M):
     """eq. 3: channel attention from the conv of [x_cls; adapter(x_seg)], pooled over space"""
     m = _module(M, 4, 5, 11)
+    with torch.no_grad():                                # W_0's output positive: the ReLU passes it, M_c moves
+        m.W_0.weight.copy_(m.W_0.weight.abs())
+        m.W_c.bias.fill_(3.0)
     g = gen(11)
     x_cls = torch.randn(1, 4, 5, 5, generator=g, dtype=F64)
     for scale in (0.0, 3.0):

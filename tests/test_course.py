@@ -450,3 +450,96 @@ def test_grade_a_class_in_one_command_with_csv_and_json(tmp_path):
     with pytest.raises(SystemExit, match="--assignment"):
         from tools.course.cli import main
         main(["grade", honest])
+
+
+# ------------------------------------------------------------------------------------------ experiments (files only)
+
+def fake_run(run, config, seed=0, rows=30, **cols):
+    """A finished run folder: config.json, metrics.json and a log.csv whose train rows hold `cols` constantly."""
+    os.makedirs(run)
+    json.dump(dict(config, seed=seed, out=run), open(os.path.join(run, "config.json"), "w"))
+    json.dump({"dice_mean": cols.pop("dice", 0.5), "accuracy": cols.pop("acc", 0.6)},
+              open(os.path.join(run, "metrics.json"), "w"))
+    every = config["iters"] // rows
+    with open(os.path.join(run, "log.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, ["kind", "iter"] + sorted(cols))
+        w.writeheader()
+        for i in range(1, rows + 1):
+            w.writerow({"kind": "train", "iter": i * every, **cols})
+        w.writerow({"kind": "eval", "iter": config["iters"]})
+
+
+def mid(ranges, key):
+    lo, hi = ranges[key]
+    return round((lo + hi) / 2, 4)
+
+
+def write_answers(d, values):
+    with open(os.path.join(d, "answers.txt"), "w") as f:
+        f.write("".join(f"{k} = {v}\n" for k, v in values.items()))
+
+
+def score(d, name):
+    return report.total(grader.grade(str(d), name))
+
+
+def test_experiment_copies_and_their_visible_settings(tmp_path):
+    for name in ("fig1", "ablation"):
+        a = ASSIGNMENTS[name]
+        info = handout.assign([name], str(tmp_path / name))
+        assert not info["cut"] and not info["cut_other_assignments"]   # an experiment trains: nothing is cut
+        for rel in a.files:
+            assert os.path.isfile(tmp_path / name / rel)
+        md = open(tmp_path / name / "ASSIGNMENT.md").read()
+        assert "| answer | expected range |" in md and "## Questions (answers.md)" in md
+        spec = importlib.util.spec_from_file_location(f"visible_{a.slug}", a.visible_path)
+        vis = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(vis)
+        runs = getattr(a.module, "RUNS", None) or {a.module.RUN: (a.module.RUN, a.module.CONFIG)}
+        assert vis.RUNS == {run: cfg for run, cfg in runs.values()} and tuple(vis.KEYS) == a.module.KEYS
+
+
+def test_fig1_grading(tmp_path):
+    d = str(tmp_path / "fig1")
+    handout.assign(["fig1"], d)
+    mod = ASSIGNMENTS["fig1"].module
+    got, top = score(d, "fig1")
+    assert got == 0                                                   # nothing run, template answers
+    R = mod.RANGES
+    fake_run(os.path.join(d, mod.RUN), mod.CONFIG,
+             pl_acc_pix_all=mid(R, "pix_acc_all"), pl_acc_pix_conf=mid(R, "pix_acc_conf"),
+             kept_pix_conf=mid(R, "pix_kept_conf"), pl_acc_pix_kept=mid(R, "pix_acc_dual"),
+             kept_pix=mid(R, "pix_kept_dual"), kept_img_conf=mid(R, "img_kept_conf"))
+    from tools.course.experiments import first_binding_step
+    right = {k: mid(R, k) for k in R}
+    right["kappa_binds_from"] = first_binding_step(60)
+    write_answers(d, right)
+    assert score(d, "fig1") == (top, top)
+    write_answers(d, dict(right, pix_acc_conf=f"{100 * right['pix_acc_conf']}%"))   # percent is fine
+    assert score(d, "fig1") == (top, top)
+    write_answers(d, dict(right, pix_acc_dual=right["pix_acc_dual"] + 0.01, kappa_binds_from=30))
+    assert score(d, "fig1") == (top - 3, top)                         # disagrees with the log (1), wrong step (2)
+
+
+def test_ablation_grading(tmp_path):
+    d = str(tmp_path / "ablation")
+    handout.assign(["ablation"], d)
+    mod = ASSIGNMENTS["ablation"].module
+    got, top = score(d, "ablation")
+    assert got == 0
+    R = mod.RANGES
+    zeros = dict(seg_u=0.0, seg_c=0.0, cls_u=0.0, cls_c=0.0, itc=0.0)
+    (run1, cfg1), (run2, cfg2) = mod.RUNS["row1"], mod.RUNS["row2"]
+    fake_run(os.path.join(d, run1), cfg1, dice=mid(R, "row1_dice"), acc=mid(R, "row1_acc"), sec_per_step=1.0, **zeros)
+    fake_run(os.path.join(d, run2), cfg2, dice=mid(R, "row2_dice"), acc=mid(R, "row2_acc"),
+             sec_per_step=mid(R, "step_time_ratio"), **dict(zeros, seg_u=0.3, seg_c=5.0, cls_c=2.0))
+    right = {k: mid(R, k) for k in ("row1_dice", "row1_acc", "row2_dice", "row2_acc", "step_time_ratio")}
+    right.update(row1_zero_terms="seg_u seg_c cls_u cls_c itc", row2_zero_terms="cls_u, itc")
+    write_answers(d, right)
+    assert score(d, "ablation") == (top, top)
+    write_answers(d, dict(right, row2_zero_terms="itc", row1_acc=right["row1_acc"] + 0.01))
+    assert score(d, "ablation") == (top - 3, top)                     # wrong zero terms (1), disagrees with metrics (2)
+    cfg = json.load(open(os.path.join(d, run2, "config.json")))
+    json.dump(dict(cfg, unsup_weight=0.1), open(os.path.join(d, run2, "config.json"), "w"))  # not the paper's
+    g = grader.grade(d, "ablation")
+    assert report.total(g)[0] < top - 3 and any("unsup_weight is 0.1" in r["msg"] for r in g["results"])

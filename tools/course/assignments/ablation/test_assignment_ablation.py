@@ -6,7 +6,31 @@ import json
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUNS = {'runs/row1-suponly': {'dataset': 'demo', 'iters': 60, 'image_size': 64, 'seg_encoder': 'resnet18', 'labels': 40, 'batch_size': 8, 'demo_size': 240, 'pretrained': False, 'task': 'joint', 'dtcl': False, 'ias': False, 'itcl': False}, 'runs/row2-dtcl': {'dataset': 'demo', 'iters': 60, 'image_size': 64, 'seg_encoder': 'resnet18', 'labels': 40, 'batch_size': 8, 'demo_size': 240, 'pretrained': False, 'task': 'joint', 'dtcl': True, 'ias': False, 'itcl': False, 'threshold': 'dual'}}
+RUNS = {'runs/row1-suponly': {'dataset': 'demo',
+                             'iters': 60,
+                             'image_size': 64,
+                             'seg_encoder': 'resnet18',
+                             'labels': 40,
+                             'batch_size': 8,
+                             'demo_size': 240,
+                             'pretrained': False,
+                             'task': 'joint',
+                             'dtcl': False,
+                             'ias': False,
+                             'itcl': False},
+       'runs/row2-dtcl': {'dataset': 'demo',
+                          'iters': 60,
+                          'image_size': 64,
+                          'seg_encoder': 'resnet18',
+                          'labels': 40,
+                          'batch_size': 8,
+                          'demo_size': 240,
+                          'pretrained': False,
+                          'task': 'joint',
+                          'dtcl': True,
+                          'ias': False,
+                          'itcl': False,
+                          'threshold': 'dual'}}
 KEYS = ('row1_dice', 'row1_acc', 'row2_dice', 'row2_acc', 'row1_zero_terms', 'row2_zero_terms', 'step_time_ratio')
 
 

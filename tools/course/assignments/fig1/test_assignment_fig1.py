@@ -6,8 +6,27 @@ import json
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUNS = {'runs/fig1': {'dataset': 'demo', 'iters': 60, 'image_size': 64, 'seg_encoder': 'resnet18', 'labels': 40, 'batch_size': 8, 'demo_size': 240, 'pretrained': False, 'task': 'joint', 'log_every': 2, 'threshold': 'dual', 'dtcl': True, 'ias': True, 'itcl': True}}
-KEYS = ('pix_acc_all', 'pix_acc_conf', 'pix_kept_conf', 'pix_acc_dual', 'pix_kept_dual', 'img_kept_conf', 'kappa_binds_from')
+RUNS = {'runs/fig1': {'dataset': 'demo',
+                     'iters': 60,
+                     'image_size': 64,
+                     'seg_encoder': 'resnet18',
+                     'labels': 40,
+                     'batch_size': 8,
+                     'demo_size': 240,
+                     'pretrained': False,
+                     'task': 'joint',
+                     'log_every': 2,
+                     'threshold': 'dual',
+                     'dtcl': True,
+                     'ias': True,
+                     'itcl': True}}
+KEYS = ('pix_acc_all',
+       'pix_acc_conf',
+       'pix_kept_conf',
+       'pix_acc_dual',
+       'pix_kept_dual',
+       'img_kept_conf',
+       'kappa_binds_from')
 
 
 def read_answers():

@@ -543,3 +543,19 @@ def test_ablation_grading(tmp_path):
     json.dump(dict(cfg, unsup_weight=0.1), open(os.path.join(d, run2, "config.json"), "w"))  # not the paper's
     g = grader.grade(d, "ablation")
     assert report.total(g)[0] < top - 3 and any("unsup_weight is 0.1" in r["msg"] for r in g["results"])
+
+
+def test_grade_from_a_roster(tmp_path, capsys):
+    from tools.course.cli import main
+    d = str(tmp_path / "ann")
+    handout.assign(["fig1"], d)
+    roster = tmp_path / "roster.csv"
+    roster.write_text(f"student,assignment\n{d},fig1\n{d},ablation\n")
+    cwd = os.getcwd()
+    assert main(["grade", "--roster", str(roster), "--json", "--csv", str(tmp_path / "g.csv")]) == 1
+    assert os.getcwd() == cwd
+    out = json.loads(capsys.readouterr().out)
+    assert [g["assignment"] for g in out["grades"]] == ["fig1", "ablation"]
+    assert any("made for fig1, graded as ablation" in w for w in out["grades"][1]["warnings"])
+    assert set(out["summary"]) == {"fig1", "ablation"}
+    assert len(list(csv.DictReader(open(tmp_path / "g.csv")))) == sum(len(ASSIGNMENTS[n].checks) for n in ("fig1", "ablation"))

@@ -101,14 +101,18 @@ def main(argv=None):
     commit = grader.git_commit()
     jobs = [(d, os.path.abspath(d), n) for d, n in jobs]
     csv_path = os.path.abspath(args.csv) if args.csv else None
+    cwd = os.getcwd()
     os.chdir("/")   # the grader's own working directory is no longer the reference checkout (COURSE.md, "Grading")
     grades = []
-    for shown, d, n in jobs:
-        g = dict(grader.grade(d, n, args.check_timeout, args.import_timeout, commit=commit), student=shown)
-        grades.append(g)
-        if not args.json:
-            print(report.text(g, ASSIGNMENTS[n].what), flush=True)
-            print()
+    try:
+        for shown, d, n in jobs:
+            g = dict(grader.grade(d, n, args.check_timeout, args.import_timeout, commit=commit), student=shown)
+            grades.append(g)
+            if not args.json:
+                print(report.text(g, ASSIGNMENTS[n].what), flush=True)
+                print()
+    finally:
+        os.chdir(cwd)
     summ = report.summary(grades)
     if csv_path:
         with open(csv_path, "w", encoding="utf-8", newline="") as f:

@@ -1,0 +1,351 @@
+"""Grading: the teacher names the assignment; verdicts are reached here, never in the student's process.
+
+For a code assignment, every check runs twice on the same seeded inputs: once in this process with the
+project's own modules (the reference; once per assignment and grading command), once in the student's process
+(child.py) with the student's modules. The student's process reports what their code computed on a pipe; this
+process checks that every expected check answered, in order and under its title, and compares the values
+(judge.py). Each check has its own time limit: a check that runs too long, or during which the process exits or
+crashes, scores 0 with the reason, and a fresh process continues with the next check.
+
+An experiment assignment runs no student code: its checks read the student's run folders and answers here."""
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from types import SimpleNamespace
+
+from . import judge, observe
+from .registry import ASSIGNMENTS, HERE
+
+ROOT = os.path.dirname(os.path.dirname(HERE))       # the project checkout (the reference solution)
+MODULES = ("losses", "hermes", "models")
+ASSIGNMENT_FILE = ".assignment.json"
+CHECK_TIMEOUT_S = 60      # per check
+IMPORT_TIMEOUT_S = 180    # starting Python, torch and the student's modules (a busy 2-core machine is slow)
+MAX_LINE = 64 << 20       # bytes per record line from the student's process
+MAX_RECORDS = 20_000      # records per check
+
+
+# ------------------------------------------------------------------------------------------ the reference run
+
+def _collect(records_by_check):
+    def emit(msg):
+        if "start" in msg:
+            records_by_check[msg["start"]] = {"records": [], "error": None}
+        elif "end" in msg:
+            records_by_check[msg["end"]]["error"] = msg.get("error")
+        else:
+            records_by_check[msg["check"]]["records"].append(msg)
+    return emit
+
+
+def _run_all(a, M):
+    out = {}
+    emit = _collect(out)
+    for i, c in enumerate(a.checks):
+        observe.run_check(c, i, M, emit)
+    return out
+
+
+_REFERENCE = {}
+
+
+def reference_records(a):
+    """{check index: {"records", "error"}} of the project's own modules (computed once per process)."""
+    if a.name not in _REFERENCE:
+        import importlib
+        if ROOT not in sys.path:
+            sys.path.insert(0, ROOT)
+        M = SimpleNamespace(**{n: importlib.import_module(n) for n in MODULES})
+        _REFERENCE[a.name] = _run_all(a, M)
+    return _REFERENCE[a.name]
+
+
+# ------------------------------------------------------------------------------------------ in-process (tests)
+
+@contextlib.contextmanager
+def project_modules(root):
+    """Import the project's modules from `root` (their own imports resolve inside `root` too) and yield them as a
+    namespace; afterwards sys.modules and sys.path are as before. For the kit's own tests, on trusted code."""
+    import importlib
+    flat = {f[:-3] for d in (ROOT, root) for f in os.listdir(d) if f.endswith(".py")}
+    saved = {n: sys.modules.pop(n) for n in flat if n in sys.modules}
+    old_path, old_dwb = list(sys.path), sys.dont_write_bytecode
+    sys.path.insert(0, os.path.abspath(root))
+    sys.dont_write_bytecode = True  # a planted mistake of the same size must not reuse a stale .pyc
+    importlib.invalidate_caches()
+    try:
+        yield SimpleNamespace(**{n: importlib.import_module(n) for n in MODULES})
+    finally:
+        for n in flat:
+            sys.modules.pop(n, None)
+        sys.modules.update(saved)
+        sys.path[:] = old_path
+        sys.dont_write_bytecode = old_dwb
+
+
+def records_in_process(a, student_dir):
+    """The student's records computed in this process: for the kit's tests on planted mistakes (trusted code)."""
+    try:
+        with project_modules(student_dir) as M:
+            return _run_all(a, M), {}
+    except Exception as e:
+        reason = f"could not import your modules: {observe.why(e)}"
+        return {}, {i: reason for i in range(len(a.checks))}
+
+
+# ------------------------------------------------------------------------------------------ the student's process
+
+@contextlib.contextmanager
+def runner_copy(a):
+    """A temporary folder with only the runner and this assignment's checks.py (see child.py)."""
+    tmp = tempfile.mkdtemp(prefix="course-grader-")
+    try:
+        os.makedirs(os.path.join(tmp, "tools", "course"))
+        with open(os.path.join(tmp, "tools", "__init__.py"), "w") as f:
+            f.write('"""Grading runner."""\n')
+        for name in ("__init__.py", "registry.py", "observe.py", "child.py"):
+            shutil.copy(os.path.join(HERE, name), os.path.join(tmp, "tools", "course", name))
+        shutil.copy(a.checks_path, os.path.join(tmp, "checks.py"))
+        shutil.copy(os.path.join(a.folder, "meta.toml"), os.path.join(tmp, "meta.toml"))
+        with open(os.path.join(tmp, "run_child.py"), "w") as f:
+            f.write("import sys\nfrom tools.course.child import main\nsys.exit(main())\n")
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _Lines:
+    """Lines from a pipe with a deadline: readline(timeout) -> bytes, None at end of file, or "timeout"."""
+
+    def __init__(self, fd):
+        self.fd, self.buf, self.eof = fd, b"", False
+
+    def readline(self, timeout):
+        end = time.monotonic() + max(0.0, timeout)
+        while True:
+            i = self.buf.find(b"\n")
+            if i >= 0:
+                line, self.buf = self.buf[:i], self.buf[i + 1:]
+                return line
+            if len(self.buf) > MAX_LINE:
+                return b"\x00too long"
+            if self.eof:
+                return None
+            left = end - time.monotonic()
+            if left <= 0:
+                return "timeout"
+            r, _, _ = select.select([self.fd], [], [], left)
+            if r:
+                chunk = os.read(self.fd, 1 << 20)
+                if not chunk:
+                    self.eof = True
+                self.buf += chunk
+
+
+def _child_env(tmp):
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tmp, "OMP_NUM_THREADS": "1",
+           "MKL_NUM_THREADS": "1", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONHASHSEED": "0"}
+    return env
+
+
+def _kill(p):
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(p.pid, signal.SIGKILL)
+    with contextlib.suppress(Exception):
+        p.wait(timeout=10)
+
+
+def _tail(path):
+    with contextlib.suppress(OSError):
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - 2000))
+            lines = [ln.strip() for ln in f.read().decode("utf-8", "replace").splitlines() if ln.strip()]
+            return f": {lines[-1][:200]}" if lines else ""
+    return ""
+
+
+def _one_process(tmp, a, student_dir, start, got, reasons, check_timeout, import_timeout):
+    """Run the checks from `start` in one student process; fill got/reasons; return the next check to start
+    from (len(checks) when done)."""
+    checks, n = a.checks, len(a.checks)
+    rfd, wfd = os.pipe()
+    err_path = os.path.join(tmp, f"stderr-{start}.txt")
+    with open(err_path, "wb") as err:
+        p = subprocess.Popen([sys.executable, "-E", "-B", os.path.join(tmp, "run_child.py"), str(wfd), str(start)],
+                             cwd=student_dir, pass_fds=(wfd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=err, env=_child_env(tmp), start_new_session=True)
+    os.close(wfd)
+    lines = _Lines(rfd)
+    imported, current, expected, records = False, None, start, []
+    deadline = time.monotonic() + import_timeout
+
+    def rest(reason):
+        for i in range(expected, n):
+            reasons.setdefault(i, reason)
+        return n
+
+    def cut_short(reason):
+        """The check under way ends here: the parts it finished keep their records (partial credit)."""
+        if current is None:
+            reasons[expected] = reason
+            return expected + 1
+        got[current] = {"records": records, "error": reason}
+        return current + 1
+
+    def broken(what):
+        _kill(p)
+        if current is None and not imported:
+            return rest(f"{what} while your modules were imported")
+        i = current if current is not None else expected
+        reasons[i] = what
+        return i + 1
+
+    try:
+        while True:
+            line = lines.readline(deadline - time.monotonic())
+            if line == "timeout":
+                _kill(p)
+                if not imported:
+                    return rest(f"importing your modules took longer than {import_timeout:g} s")
+                return cut_short(f"time limit of {check_timeout:g} s exceeded (an endless loop?)")
+            if line is None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(timeout=10)
+                code = p.returncode
+                why = f"(exit status {code}){_tail(err_path)}"
+                if not imported:
+                    return rest(f"the process exited while your modules were imported {why}")
+                if expected >= n:
+                    return n
+                return cut_short(f"the process exited during this check {why}" if current is not None
+                                 else f"the process exited before this check {why}")
+            try:
+                msg = json.loads(line)
+                if not isinstance(msg, dict):
+                    raise ValueError
+            except (ValueError, UnicodeDecodeError):
+                return broken("malformed record on the grading channel")
+            if not imported:
+                if msg.get("event") == "importing":
+                    continue
+                if msg.get("event") == "imported":
+                    imported, deadline = True, time.monotonic() + check_timeout
+                    continue
+                if "import_error" in msg:
+                    _kill(p)
+                    return rest(f"could not import your modules: {str(msg['import_error'])[:400]}")
+                return broken("unexpected record on the grading channel")
+            if "start" in msg:
+                if current is not None or msg["start"] != expected or expected >= n \
+                        or msg.get("title") != checks[expected].title:
+                    return broken("unexpected record on the grading channel (a check started out of order)")
+                current, records, deadline = expected, [], time.monotonic() + check_timeout
+            elif "end" in msg:
+                if current is None or msg["end"] != current:
+                    return broken("unexpected record on the grading channel (a check ended out of order)")
+                error = msg.get("error")
+                got[current] = {"records": records, "error": str(error)[:600] if error is not None else None}
+                current, expected = None, expected + 1
+                deadline = time.monotonic() + check_timeout
+            elif msg.get("event") == "done":
+                if current is not None or expected != n:
+                    return broken("unexpected record on the grading channel (done too early)")
+                _kill(p)
+                return n
+            else:
+                if current is None or msg.get("check") != current or len(records) >= MAX_RECORDS:
+                    return broken("unexpected record on the grading channel")
+                records.append(msg)
+    finally:
+        os.close(rfd)
+        if p.poll() is None:
+            _kill(p)
+
+
+def student_records(a, student_dir, check_timeout=CHECK_TIMEOUT_S, import_timeout=IMPORT_TIMEOUT_S):
+    """({check index: records}, {check index: reason it has none}) from the student's own process(es)."""
+    got, reasons, start = {}, {}, 0
+    with runner_copy(a) as tmp:
+        while start < len(a.checks):
+            start = _one_process(tmp, a, os.path.abspath(student_dir), start, got, reasons, check_timeout,
+                                 import_timeout)
+    return got, reasons
+
+
+# ------------------------------------------------------------------------------------------ verdicts
+
+def grade_code(a, student_dir, check_timeout=CHECK_TIMEOUT_S, import_timeout=IMPORT_TIMEOUT_S, in_process=False):
+    ref = reference_records(a)
+    if in_process:
+        got, reasons = records_in_process(a, student_dir)
+    else:
+        got, reasons = student_records(a, student_dir, check_timeout, import_timeout)
+    return [judge.verdict(c, ref[i], got.get(i), reasons.get(i)) for i, c in enumerate(a.checks)]
+
+
+def grade_experiment(a, student_dir):
+    """Experiment checks read files only (no student code runs): fn(ctx, None) passes unless it raises."""
+    out = []
+    for c in a.checks:
+        res = {"title": c.title, "name": c.name, "max": c.points, "points": 0, "msg": ""}
+        try:
+            c.fn(observe.Context(lambda rec: None, os.path.abspath(student_dir)), None)
+            res["points"] = c.points
+        except Exception as e:
+            res["msg"] = observe.why(e)
+        out.append(res)
+    return out
+
+
+def git_commit(root=ROOT):
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True,
+                              timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def copy_warnings(student_dir, name, commit=None):
+    """What the teacher should know about a copy: not made by `assign`, made for other assignments, or from
+    another commit of the project (the reference may then differ from what the student was given)."""
+    path = os.path.join(student_dir, ASSIGNMENT_FILE)
+    try:
+        with open(path) as f:
+            info = json.load(f)
+        if not isinstance(info, dict):
+            raise ValueError
+    except (OSError, ValueError):
+        return [f"{ASSIGNMENT_FILE} missing or unreadable: was this folder made by `assign`?"]
+    out = []
+    made_for = info.get("assignments")
+    if isinstance(made_for, list) and name not in made_for:
+        out.append(f"the copy was made for {', '.join(map(str, made_for))}, graded as {name} (as you asked)")
+    commit = commit or git_commit()
+    made_from = info.get("project_commit")
+    if made_from and commit != "unknown" and made_from != commit:
+        out.append(f"the copy was made from commit {str(made_from)[:12]}, the reference is {commit[:12]}: "
+                   f"a check may have changed since (grade from that commit to be sure)")
+    return out
+
+
+def grade(student_dir, name, check_timeout=CHECK_TIMEOUT_S, import_timeout=IMPORT_TIMEOUT_S, in_process=False,
+          commit=None):
+    """One student folder, one assignment named by the teacher -> {"student", "assignment", "results", "warnings"}."""
+    a = ASSIGNMENTS[name]
+    if not os.path.isdir(student_dir):
+        results = [{"title": c.title, "name": c.name, "max": c.points, "points": 0, "msg": "no such folder"}
+                   for c in a.checks]
+        return {"student": student_dir, "assignment": name, "results": results, "warnings": ["no such folder"]}
+    if a.kind == "code":
+        results = grade_code(a, student_dir, check_timeout, import_timeout, in_process)
+    else:
+        results = grade_experiment(a, student_dir)
+    return {"student": student_dir, "assignment": name, "results": results,
+            "warnings": copy_warnings(student_dir, name, commit)}

@@ -351,7 +351,7 @@ def test_ddti_recipe_runs_as_written(tmp_path, monkeypatch, capsys):
 
 
 def test_reproduce_passes_unlabeled_dir_on_to_every_run(tmp_path, capsys):
-    import reproduce
+    from tools import reproduce
     raw = make_raw(tmp_path / "raw")
     assert reproduce.main(["demo", "--dry-run", "--out", str(tmp_path / "r"), "--unlabeled-dir", str(raw)]) == 0
     cmds = [c for c in capsys.readouterr().out.splitlines() if c.startswith("python")]

@@ -1,6 +1,8 @@
 """The Hermes method (paper Sec. 3.3-3.6, supplementary Sec. 6): pseudo-label selection (eq. 7-8),
 threshold schedules (eq. 16-17), anchor sampling, memory banks and `hermes_step`, one training step that
-returns the total loss of eq. (15) and its statistics.
+returns the total loss of eq. (15) and its statistics. Where training runs a fast form (sample_anchor_slots,
+MemoryBank.push: no host sync), the readable one the paper describes stands beside it as the reference
+(sample_anchors, MemoryBank.push_one_by_one), and tests/test_hermes.py checks that both give the same result.
 
 Example:
     >>> model = HermesNet(seg_encoder="resnet18"); cfg = HermesConfig()

@@ -55,7 +55,9 @@ def cps_step(model, peer, batch_l, batch_u, it, total, cfg):
     if unlabeled_on:
         L["seg_u"] = cfg.cps_weight * cross_pseudo_supervision_loss(f1, f2)         # CPS eq. (2)-(4)
     L["cls_l"] = cls_supervised_loss(model.forward_cls(x)["cls_logits"], z)         # eq. (2), SupOnly's branch
-    loss = total_loss(L, lambda_seg=cfg.lambda_seg, lambda_cls=cfg.lambda_cls, alpha=0.0, beta=0.0, gamma=0.0)
+    coefficients = {**dict.fromkeys(hermes.PARTS, 0.0), "seg_l": cfg.lambda_seg, "seg_u": cfg.lambda_seg,
+                    "cls_l": cfg.lambda_cls}                                        # eq. (15) with CPS's terms
+    loss = total_loss(L, coefficients)
 
     zero = L["cls_u"]
     stats = {k: v.detach().float() for k, v in L.items()}

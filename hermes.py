@@ -1,6 +1,8 @@
 """The Hermes method (paper Sec. 3.3-3.6, supplementary Sec. 6): pseudo-label selection (eq. 7-8),
 threshold schedules (eq. 16-17), anchor sampling, memory banks and `hermes_step`, one training step that
-returns the total loss of eq. (15) and its statistics.
+returns the total loss of eq. (15) and its statistics. Where training runs a fast form (sample_anchor_slots,
+MemoryBank.push: no host sync), the readable one the paper describes stands beside it as the reference
+(sample_anchors, MemoryBank.push_one_by_one), and tests/test_hermes.py checks that both give the same result.
 
 Example:
     >>> model = HermesNet(seg_encoder="resnet18"); cfg = HermesConfig()
@@ -16,12 +18,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from losses import (cls_supervised_loss, cls_unsupervised_loss, image_contrastive_loss,
+from losses import (PARTS, cls_supervised_loss, cls_unsupervised_loss, image_contrastive_loss,
                     inter_task_consistency_loss, pixel_contrastive_loss, seg_supervised_loss,
-                    seg_unsupervised_ce_loss, seg_unsupervised_loss, total_loss)
+                    seg_unsupervised_ce_loss, seg_unsupervised_loss, total_loss, weighted_terms)
 
-# The seven terms of eq. (15), and the statistics hermes_step returns, in log.csv's column order.
-PARTS = ("seg_l", "seg_u", "seg_c", "cls_l", "cls_u", "cls_c", "itc")
+# The statistics hermes_step returns, in log.csv's column order (PARTS: the seven terms of eq. 15).
 PL_STAT_KEYS = ("kept_pix", "kept_img", "pl_acc_pix_all", "pl_acc_pix_kept", "pl_acc_img_all", "pl_acc_img_kept",
                 "kept_pix_conf", "pl_acc_pix_conf", "kept_img_conf", "pl_acc_img_conf")
 STAT_KEYS = ("loss",) + PARTS + ("kappa", "tau") + PL_STAT_KEYS
@@ -112,7 +113,9 @@ def confidence_threshold(it, total):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# Anchor sampling (§3.4)
+# Anchor sampling (§3.4). `sample_anchors` states the rule as the paper does and is the reference; training
+# calls `sample_anchor_slots`, the same selection from the same random draws in fixed-size slots (no host
+# sync), tested equal to it (tests/test_hermes.py).
 
 def downsample_nearest(t, size):
     """Nearest-neighbour resize of a label-like map: t (B,H,W) (int, bool or float) -> (B,*size), same dtype."""
@@ -120,20 +123,69 @@ def downsample_nearest(t, size):
     return out.to(t.dtype)
 
 
-def sample_anchor_slots(labels, w, pred_strong, n, generator=None, num_classes=2):
-    """Anchors of §3.4 as fixed-size slots, without a host sync: n slots per class into the flattened (B*h*w) map.
+def flatten_map(feats):
+    """(B,D,h,w) -> (B*h*w, D), row b*h*w + y*w + x: the pixel order of the anchor indices."""
+    B, D = feats.shape[:2]
+    return feats.permute(0, 2, 3, 1).reshape(-1, D)                                # (B*h*w,D)
 
-    Per class c, among the pixels with w = 1 and label c: hard = pred_strong != label, easy = equal; n//2
-    hard and n - n//2 easy are drawn uniformly without replacement (random keys + top-k), a short pool
-    being filled from the other one. Keys come from `generator` (or the global RNG). Class c's slots hold its
-    hard anchors, then its easy ones, then unused slots (valid False) when the pools hold fewer than n pixels.
+
+def _check_maps(who, labels, w, pred_strong):
+    if not (labels.shape == w.shape == pred_strong.shape):
+        raise ValueError(f"{who}: labels {tuple(labels.shape)}, w {tuple(w.shape)} and pred_strong "
+                         f"{tuple(pred_strong.shape)} must have the same shape")
+
+
+def _random_keys(P, generator, device):
+    """One uniform key per pixel, (P,) on `device`, from `generator` (or the global RNG). The k pixels of a pool
+    with the largest keys are k pixels drawn uniformly without replacement."""
+    if generator is not None and generator.device != device:
+        return torch.rand(P, generator=generator, device=generator.device).to(device)
+    return torch.rand(P, generator=generator, device=device)
+
+
+def sample_anchors(labels, w, pred_strong, n, generator=None, num_classes=2):
+    """Anchor sampling of §3.4, as the paper states it (the reference; training uses sample_anchor_slots).
+
+    Per class c, among the certain pixels (w = 1) labelled c: the hard ones (the student's prediction on the
+    strong view differs from the label) and the easy ones (it agrees). n/2 are drawn at random from each
+    (n//2 hard, n - n//2 easy); a pool with too few pixels gives all it has and the other one fills the rest.
 
     labels (B,h,w) int, w (B,h,w) 0/1, pred_strong (B,h,w) int
-    -> (idx (C*n,) long, anchor_labels (C*n,) long, valid (C*n,) bool), slots c*n .. c*n+n-1 for class c.
+    -> (idx (K,) long rows of the flattened map (flatten_map), anchor_labels (K,) long), K <= num_classes * n,
+       ordered class 0 hard, class 0 easy, class 1 hard, ...; within a pool by decreasing random key.
     """
-    if not (labels.shape == w.shape == pred_strong.shape):
-        raise ValueError(f"sample_anchor_slots: labels {tuple(labels.shape)}, w {tuple(w.shape)} and pred_strong "
-                         f"{tuple(pred_strong.shape)} must have the same shape")
+    _check_maps("sample_anchors", labels, w, pred_strong)
+    lab = labels.reshape(-1).long()                                                # (P,) P = B*h*w
+    certain = w.reshape(-1) > 0.5                                                  # (P,) eq. (7)'s w
+    hard = pred_strong.reshape(-1).long() != lab                                   # (P,)
+    if lab.numel() == 0 or n == 0:
+        return lab.new_zeros(0), lab.new_zeros(0)
+    keys = _random_keys(lab.numel(), generator, lab.device)                        # (P,)
+    idx = []
+    for c in range(num_classes):
+        pool_hard = torch.nonzero(certain & (lab == c) & hard)[:, 0]               # pixel indices
+        pool_easy = torch.nonzero(certain & (lab == c) & ~hard)[:, 0]
+        n_hard = min(n // 2, len(pool_hard))
+        n_easy = min(n - n_hard, len(pool_easy))
+        n_hard = min(n - n_easy, len(pool_hard))                                   # few easy ones: more hard
+        for pool, k in ((pool_hard, n_hard), (pool_easy, n_easy)):
+            idx.append(pool[keys[pool].argsort(descending=True)[:k]])             # k drawn at random
+    idx = torch.cat(idx)                                                           # (K,)
+    return idx, lab[idx]
+
+
+def sample_anchor_slots(labels, w, pred_strong, n, generator=None, num_classes=2):
+    """sample_anchors in fixed-size slots, without a host sync (what training calls; tested equal to it).
+
+    The same random keys (`_random_keys`, drawn in the same call) choose the same pixels: per class, a top-k of
+    the keys masked to each pool, counts kept as 0-d tensors. Class c owns slots c*n .. c*n+n-1: its hard
+    anchors, then its easy ones, then unused slots (valid False) when its pools hold fewer than n pixels.
+
+    labels (B,h,w) int, w (B,h,w) 0/1, pred_strong (B,h,w) int
+    -> (idx (C*n,) long, anchor_labels (C*n,) long, valid (C*n,) bool); idx[valid], anchor_labels[valid] are
+       sample_anchors' output.
+    """
+    _check_maps("sample_anchor_slots", labels, w, pred_strong)
     dev = labels.device
     lab = labels.reshape(-1).long()                                                # (P,)
     keep = w.reshape(-1) > 0.5                                                     # (P,)
@@ -143,10 +195,7 @@ def sample_anchor_slots(labels, w, pred_strong, n, generator=None, num_classes=2
     if P == 0 or n == 0:
         z = torch.zeros(num_classes * n, dtype=torch.long, device=dev)
         return z, z.clone(), torch.zeros(num_classes * n, dtype=torch.bool, device=dev)
-    if generator is not None and generator.device != dev:
-        r = torch.rand(P, generator=generator, device=generator.device).to(dev)
-    else:
-        r = torch.rand(P, generator=generator, device=dev)                         # random keys
+    r = _random_keys(P, generator, dev)                                            # (P,) random keys
     m = min(n, P)
     idx, valid = [], []
     for c in range(num_classes):
@@ -166,29 +215,10 @@ def sample_anchor_slots(labels, w, pred_strong, n, generator=None, num_classes=2
 
 
 def sample_anchor_indices(labels, w, pred_strong, n, generator=None, num_classes=2):
-    """sample_anchor_slots without the unused slots (one host sync): (idx (K,) long, anchor_labels (K,) long),
-    K <= num_classes * n, ordered class 0 hard, class 0 easy, class 1 hard, ..."""
+    """sample_anchor_slots without the unused slots (one host sync): sample_anchors' output, from the fast
+    path (the course kit's checks call it)."""
     idx, anchor_labels, valid = sample_anchor_slots(labels, w, pred_strong, n, generator, num_classes)
     return idx[valid], anchor_labels[valid]
-
-
-def flatten_map(feats):
-    """(B,D,h,w) -> (B*h*w, D), row b*h*w + y*w + x (the order of sample_anchor_indices)."""
-    B, D = feats.shape[:2]
-    return feats.permute(0, 2, 3, 1).reshape(-1, D)                                # (B*h*w,D)
-
-
-def sample_anchors(feats, labels, w, pred_strong, n, generator=None):
-    """Anchor sampling of §3.4 on a feature map; gradients flow into the selected rows.
-
-    feats (B,D,h,w), labels (B,h,w) int, w (B,h,w) 0/1, pred_strong (B,h,w) int, n anchors per class
-    -> (anchors (K,D), anchor_labels (K,)), K <= 2n. See sample_anchor_indices for the selection rule.
-    """
-    if feats.shape[0:1] + feats.shape[2:] != labels.shape:
-        raise ValueError(f"sample_anchors: feats {tuple(feats.shape)} and labels {tuple(labels.shape)} differ "
-                         f"in batch or spatial size")
-    idx, anchor_labels = sample_anchor_indices(labels, w, pred_strong, n, generator)
-    return flatten_map(feats)[idx], anchor_labels
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -198,10 +228,10 @@ class MemoryBank(nn.Module):
     """Per-class first-in-first-out ring buffers of detached embeddings (buffers, so they live in state_dict).
 
     feats (num_classes,size,dim), ptr (num_classes,) next slot, filled (num_classes,) entries in use.
-    push(feats (K,D), labels (K,), mask=None): each class's vectors are written in order at ptr, ptr+1, ...
-    (mod size), exactly as K one-by-one pushes would leave the ring (more than `size` at once keeps the newest
-    `size`); rows with mask False are skipped. slots() -> every slot and whether it is filled (no host sync);
-    keys() -> (feats (M,D), labels (M,)) of the filled slots, class 0 first.
+    push_one_by_one(feats (K,D), labels (K,), mask=None): the enqueue as §3.4 describes it, row by row (the
+    reference). push(...): the same final state in one masked write per class without a host sync (what
+    training calls; tested equal). Rows with mask False are skipped. slots() -> every slot and whether it is
+    filled (no host sync); keys() -> (feats (M,D), labels (M,)) of the filled slots, class 0 first.
     """
 
     def __init__(self, size_per_class, dim, num_classes=2):
@@ -213,22 +243,39 @@ class MemoryBank(nn.Module):
         self.register_buffer("ptr", torch.zeros(num_classes, dtype=torch.long))
         self.register_buffer("filled", torch.zeros(num_classes, dtype=torch.long))
 
-    @torch.no_grad()
-    def push(self, feats, labels, mask=None):
-        """Write the rows of feats (K,D) with labels (K,) (and mask (K,) True, when given) to their classes'
-        rings, in order, without a host sync: slot j of class c receives the newest row whose rank r among
-        the class's pushed rows has (ptr + r) mod size = j."""
+    def _checked(self, feats, labels, mask):
+        """-> (feats (K,D) detached in the bank's dtype, labels (K,), mask (K,) bool), on the bank's device."""
         if feats.dim() != 2 or feats.shape[1] != self.dim or labels.numel() != feats.shape[0] or (
                 mask is not None and mask.numel() != feats.shape[0]):
             raise ValueError(f"MemoryBank.push: expected feats (K,{self.dim}), labels (K,) and mask (K,), got "
                              f"{tuple(feats.shape)}, {tuple(labels.shape)} and "
                              f"{None if mask is None else tuple(mask.shape)}")
+        dev = self.ptr.device
+        mask = torch.ones(feats.shape[0], dtype=torch.bool, device=dev) if mask is None else mask.reshape(-1).to(dev)
+        return feats.detach().to(self.feats), labels.reshape(-1).to(dev), mask
+
+    @torch.no_grad()
+    def push_one_by_one(self, feats, labels, mask=None):
+        """First-in-first-out enqueue, the reference: each row (with mask True), in order, overwrites slot ptr
+        of its class's ring, and ptr moves on (mod size). One host sync per row."""
+        feats, labels, mask = self._checked(feats, labels, mask)
+        for f, c, keep in zip(feats, labels.tolist(), mask.tolist()):
+            if keep:
+                p = int(self.ptr[c])
+                self.feats[c, p] = f
+                self.ptr[c] = (p + 1) % self.size
+                self.filled[c] = min(int(self.filled[c]) + 1, self.size)
+
+    @torch.no_grad()
+    def push(self, feats, labels, mask=None):
+        """push_one_by_one's final state in one write per class, without a host sync: slot j of class c
+        receives the newest row whose rank r among the class's pushed rows has (ptr + r) mod size = j (more
+        than `size` rows at once: the newest `size` stay)."""
         K, S = feats.shape[0], self.size
+        feats, labels, mask = self._checked(feats, labels, mask)
         if K == 0:
             return
         dev = self.ptr.device
-        feats, labels = feats.detach().to(self.feats), labels.reshape(-1).to(dev)
-        mask = torch.ones(K, dtype=torch.bool, device=dev) if mask is None else mask.reshape(-1).to(dev)
         j = torch.arange(S, device=dev)                                            # ring slots
         for c in range(self.num_classes):
             ranks = torch.cumsum((mask & (labels == c)).long(), 0)                 # (K,) rows of c so far
@@ -321,27 +368,55 @@ def _select(p, kappa, tau, rule):
     return torch.ones_like(p[:, 0])
 
 
-class Teacher(dict):
-    """The weak view's outputs (the model's dict) plus, per task, probabilities p_*, pseudo-labels pl_* and
-    selection w_* (eq. 7) for "pix" (B_u,S,S) and "img" (B_u,)."""
+@dataclass
+class TeacherOutputs:
+    """The weak view's outputs (no gradient) and its pseudo-labels (§3.3). The pixel fields are None for
+    task="cls", the image fields None for task="seg".
+
+    seg_logits (B_u,2,S,S), pixel_emb (B_u,D,h,w); p_pix (B_u,2,S,S) softmax, pl_pix (B_u,S,S) pseudo-labels
+    (argmax), w_pix (B_u,S,S) 0/1 selection (eq. 7 under the "dual" rule).
+    cls_logits (B_u,2), image_emb (B_u,D'); p_img (B_u,2), pl_img (B_u,), w_img (B_u,): the same per image.
+    """
+    seg_logits: torch.Tensor = None
+    pixel_emb: torch.Tensor = None
+    p_pix: torch.Tensor = None
+    pl_pix: torch.Tensor = None
+    w_pix: torch.Tensor = None
+    cls_logits: torch.Tensor = None
+    image_emb: torch.Tensor = None
+    p_img: torch.Tensor = None
+    pl_img: torch.Tensor = None
+    w_img: torch.Tensor = None
+
+
+def _pseudo_labels(logits, kappa, tau, rule):
+    """logits (B,C,...) -> (p softmax (B,C,...), pseudo-label (B,...) argmax, w (B,...) the rule's selection)."""
+    p = logits.float().softmax(1)
+    return p, p.max(1).indices, _select(p, kappa, tau, rule)                        # max().indices: argmax, 15x faster on CPU
 
 
 def _teacher(model, x_w, kappa, tau, cfg):
-    """Weak view through the same model under torch.no_grad(), in train mode (no EMA teacher: the paper has none)."""
+    """Weak view through the same model, in train mode (no EMA teacher: the paper has none) -> TeacherOutputs.
+
+    No gradient reaches the parameters, but with ias the forward still runs one backward pass: the saliency
+    map of eq. (6) is the input gradient of the classifier (models.saliency: torch.autograd.grad under
+    torch.enable_grad, inside this no_grad)."""
     with torch.no_grad(), _frozen_bn_stats(model, cfg.unlabeled_bn == "separate"):
-        t = Teacher(_forward(model, x_w, cfg))
-    for kind, key in (("pix", "seg_logits"), ("img", "cls_logits")):
-        if key in t:
-            p = t[key].float().softmax(1)
-            t[f"p_{kind}"], t[f"pl_{kind}"] = p, p.max(1).indices                 # argmax, 15x faster on CPU
-            t[f"w_{kind}"] = _select(p, kappa, tau, cfg.threshold)                 # eq. (7)
+        out = _forward(model, x_w, cfg)                       # with ias: + saliency's backward through cls_net
+    t = TeacherOutputs()
+    if "seg_logits" in out:
+        t.seg_logits, t.pixel_emb = out["seg_logits"], out["pixel_emb"]
+        t.p_pix, t.pl_pix, t.w_pix = _pseudo_labels(t.seg_logits, kappa, tau, cfg.threshold)   # eq. (7)
+    if "cls_logits" in out:
+        t.cls_logits, t.image_emb = out["cls_logits"], out["image_emb"]
+        t.p_img, t.pl_img, t.w_img = _pseudo_labels(t.cls_logits, kappa, tau, cfg.threshold)   # eq. (7)
     return t
 
 
 def _student(model, x, x_s, cfg):
-    """Labeled (+ strong unlabeled) images with gradient. "shared": ONE forward of cat([x, x_s]), so BatchNorm
-    normalises both sets together (FixMatch practice); "separate": two forwards, the strong one with frozen
-    running statistics; outputs are concatenated either way (rows: labeled first)."""
+    """Labeled (+ strong unlabeled) images with gradient -> the model's outputs, labeled rows first (B_l, then
+    B_u). "shared": ONE forward of cat([x, x_s]), so BatchNorm normalises both sets together (FixMatch
+    practice); "separate": two forwards, the strong one with frozen running statistics, concatenated."""
     if x_s is None:
         return _forward(model, x, cfg)
     if cfg.unlabeled_bn == "shared":
@@ -352,45 +427,52 @@ def _student(model, x, x_s, cfg):
     return {k: torch.cat([v, out_u[k]]) for k, v in out_l.items() if torch.is_tensor(v)}
 
 
+def _split_rows(out, B_l):
+    """The student's outputs by rows -> (out_l: the B_l labeled images, out_u: the strong views after them),
+    {key: tensor} views of the tensors in `out`."""
+    tensors = {k: v for k, v in out.items() if torch.is_tensor(v)}
+    return {k: v[:B_l] for k, v in tensors.items()}, {k: v[B_l:] for k, v in tensors.items()}
+
+
 def _pixel_contrast(out, t, y, bank, cfg):
     """Eq. (11) on the pixel_emb grid with §3.4's anchors, then the bank update.
 
-    Anchors: labeled (ground truth, w = 1) and strong unlabeled (pseudo-labels, w) student embeddings.
-    Keys: the pixel bank + the weak-view (teacher) embeddings of this step's unlabeled anchors (a labeled
-    anchor has no teacher view and its own embedding would be a self-pair). Afterwards the weak-view keys and
-    the detached labeled anchors are pushed.
+    Anchors: labeled (ground truth, w = 1) and strong unlabeled (pseudo-labels, w) student embeddings, drawn
+    from one map of all the student's rows (`out`, labeled first). Keys: the pixel bank + the weak-view
+    (teacher) embeddings of this step's unlabeled anchors (a labeled anchor has no teacher view and its own
+    embedding would be a self-pair). Afterwards the weak-view keys and the detached labeled anchors are pushed.
     """
     emb, B_l = out["pixel_emb"], y.shape[0]                                        # (B_l+B_u,D,h,w)
     hw = emb.shape[-2:]
-    lab = downsample_nearest(torch.cat([y, t["pl_pix"]]), hw)                      # (B_l+B_u,h,w)
-    w = downsample_nearest(torch.cat([torch.ones_like(y, dtype=t["w_pix"].dtype), t["w_pix"]]), hw)
+    lab = downsample_nearest(torch.cat([y, t.pl_pix]), hw)                         # (B_l+B_u,h,w)
+    w = downsample_nearest(torch.cat([torch.ones_like(y, dtype=t.w_pix.dtype), t.w_pix]), hw)
     pred = downsample_nearest(out["seg_logits"].detach().max(1).indices, hw)       # student prediction
-    # fixed-size anchor slots and masks instead of boolean selections: no host sync
-    idx, a_lab, valid = sample_anchor_slots(lab, w, pred, cfg.n_anchors)         # (2n,) each
+    # the fast form of sample_anchors: fixed-size slots and masks instead of boolean selections, no host sync
+    idx, a_lab, valid = sample_anchor_slots(lab, w, pred, cfg.n_anchors)           # (2n,) each
     anchors = flatten_map(emb)[idx]                                                # (2n,D)
-    n_l = B_l * hw[0] * hw[1]
-    is_u = idx >= n_l
-    key_now = flatten_map(t["pixel_emb"])[(idx - n_l).clamp(min=0)].detach()      # (2n,D) weak view
+    n_l = B_l * hw[0] * hw[1]                       # flattened rows: the labeled images' pixels come first
+    unlabeled = idx >= n_l                          # (2n,) anchor on a strong view
+    weak_row = (idx - n_l).clamp(min=0)             # (2n,) its pixel in the teacher's map (labeled: masked out)
+    key_now = flatten_map(t.pixel_emb)[weak_row].detach()                          # (2n,D) weak view
     bank_f, bank_l, filled = bank.slots()
     loss = pixel_contrastive_loss(anchors, a_lab, torch.cat([bank_f.to(key_now.dtype), key_now]),
                                   torch.cat([bank_l, a_lab]), cfg.temperature, anchor_mask=valid,
-                                  key_mask=torch.cat([filled, valid & is_u]))     # eq. (11)
+                                  key_mask=torch.cat([filled, valid & unlabeled]))  # eq. (11)
     bank.push(torch.cat([key_now, anchors.detach()]), torch.cat([a_lab, a_lab]),
-              torch.cat([valid & is_u, valid & ~is_u]))
+              torch.cat([valid & unlabeled, valid & ~unlabeled]))
     return loss, valid.sum()
 
 
-def _image_contrast(out, t, z, bank, cfg):
+def _image_contrast(out_l, out_u, t, z, bank, cfg):
     """Eq. (12)-(13): rows i and i+B_u are the strong (student) and weak (teacher) views of unlabeled image i,
     with the image bank; afterwards the kept weak embeddings (pseudo-label) and the labeled ones are pushed."""
-    B_l = z.shape[0]
-    emb_s, emb_w = out["image_emb"][B_l:], t["image_emb"].detach()                # (B_u,D) each
+    emb_s, emb_w = out_u["image_emb"], t.image_emb.detach()                        # (B_u,D) each
     bank_f, bank_l, filled = bank.slots()
-    loss = image_contrastive_loss(torch.cat([emb_s, emb_w]), t["pl_img"].repeat(2), t["w_img"].repeat(2),
+    loss = image_contrastive_loss(torch.cat([emb_s, emb_w]), t.pl_img.repeat(2), t.w_img.repeat(2),
                                   cfg.temperature, bank_feats=bank_f, bank_labels=bank_l,
                                   bank_mask=filled)                                # eq. (12)-(13)
-    bank.push(torch.cat([emb_w, out["image_emb"][:B_l].detach()]), torch.cat([t["pl_img"], z]),
-              torch.cat([t["w_img"] > 0.5, torch.ones_like(z, dtype=torch.bool)]))  # kept weak + labeled
+    bank.push(torch.cat([emb_w, out_l["image_emb"].detach()]), torch.cat([t.pl_img, z]),
+              torch.cat([t.w_img > 0.5, torch.ones_like(z, dtype=torch.bool)]))  # kept weak + labeled
     return loss
 
 
@@ -401,36 +483,31 @@ def _unsup_seg_loss(logits_s, logits_w, w, kind):
     return ce if kind == "ce" else 0.5 * (ce + seg_unsupervised_loss(logits_s, logits_w, w))
 
 
-def loss_weights(cfg, it):
-    """λ_seg, λ_cls, α, β, γ of eq. (15) at step `it`, and the factor on the unlabeled terms. With the
-    defaults these are the paper's constants; contrast_warmup / gamma_ramp / unsup_weight are not in the paper."""
-    warm = it >= cfg.contrast_warmup
+def eq15_coefficients(cfg, it):
+    """The coefficient of each of eq. (15)'s seven terms at step `it`, {part: float} (losses.total_loss sums):
+
+        λ_seg (L^l_seg + μ L^u_seg + α L^seg_c) + λ_cls (L^l_cls + μ L^u_cls + β L^cls_c) + γ L^u_itc
+
+    λ_seg, λ_cls, α, β, γ: the paper's constants (cfg, §4.1). Not in the paper, and 1 with the defaults:
+    μ = cfg.unsup_weight; α and β count from step cfg.contrast_warmup on (0 before); γ is ramped up as
+    γ exp(-5 (1 - it/R)²) until step R = cfg.gamma_ramp (HermesConfig says where each comes from)."""
+    mu = cfg.unsup_weight
+    warm = 1.0 if it >= cfg.contrast_warmup else 0.0
     ramp = math.exp(-5.0 * (1.0 - min(it / cfg.gamma_ramp, 1.0)) ** 2) if cfg.gamma_ramp > 0 else 1.0
-    return dict(lambda_seg=cfg.lambda_seg, lambda_cls=cfg.lambda_cls, alpha=cfg.alpha * warm,
-                beta=cfg.beta * warm, gamma=cfg.gamma * ramp), cfg.unsup_weight
+    return {"seg_l": cfg.lambda_seg, "seg_u": cfg.lambda_seg * mu, "seg_c": cfg.lambda_seg * cfg.alpha * warm,
+            "cls_l": cfg.lambda_cls, "cls_u": cfg.lambda_cls * mu, "cls_c": cfg.lambda_cls * cfg.beta * warm,
+            "itc": cfg.gamma * ramp}
 
 
-def weighted_terms(L, cfg, it):
-    """The seven summands of eq. (15) at step `it`, {part: coefficient · L[part]}; their sum is total_loss."""
-    w, mu = loss_weights(cfg, it)
-    scaled = _unlabeled_scaled(L, mu)
-    # each part's coefficient read off eq. 15 itself (total_loss of that part alone at 1), not written again
-    return {k: float(total_loss({k: 1.0}, **w)) * scaled[k] for k in PARTS}
-
-
-def _unlabeled_scaled(L, mu):
-    """L with the unlabeled terms times mu (the --unsup-weight factor; 1 in the paper)."""
-    return {**L, "seg_u": mu * L["seg_u"], "cls_u": mu * L["cls_u"]}
-
-
-def _pseudo_label_stats(t, gt, tau, kind):
-    """Fraction kept and accuracy of the teacher's pseudo-labels of `kind` ("pix" or "img"), over all of them,
-    over those the run's rule keeps, and over those confidence alone (max p >= τ) would keep (Fig. 1's
-    comparison, logged whatever rule trains the model). Accuracies over an empty set are 0. Accuracies count only
-    ground truth in {0, 1}: real unlabeled images carry data.NO_LABEL / NO_MASK; with none in the batch they are
-    NaN (blank in log.csv), and n_gt_<kind> says how many were counted."""
-    w, right = t[f"w_{kind}"], (t[f"pl_{kind}"] == gt.long()).float()   # right is 0 where gt is unknown
-    w_conf = (t[f"p_{kind}"].amax(1) >= tau).float()
+def _pseudo_label_stats(p, pl, w, gt, tau, kind):
+    """Fraction kept and accuracy of the teacher's pseudo-labels pl of `kind` ("pix" or "img") with
+    probabilities p and selection w (TeacherOutputs' fields), over all of them, over those the run's rule
+    keeps, and over those confidence alone (max p >= τ) would keep (Fig. 1's comparison, logged whatever rule
+    trains the model). Accuracies over an empty kept set are 0. They count only ground truth in {0, 1}: real
+    unlabeled images carry data.NO_LABEL / NO_MASK; with none in the batch they are NaN (blank in log.csv), and
+    n_gt_<kind> says how many were counted. -> {stat name (PL_STAT_KEYS, n_kept_*, n_gt_*): 0-d}"""
+    right = (pl == gt.long()).float()                   # 0 where the ground truth is unknown
+    w_conf = (p.amax(1) >= tau).float()
     has = ((gt == 0) | (gt == 1)).float()
     n_gt = has.sum()
     known = lambda acc: torch.where(n_gt > 0, acc, torch.nan)
@@ -455,7 +532,7 @@ def hermes_step(model, banks, batch_l, batch_u, it, total, cfg, keep_terms=False
 
     stats: 0-d detached tensors (no host sync): STAT_KEYS, n_kept_pix, n_kept_img, n_anchors, bank_pix,
     bank_img. Pseudo-label statistics are 0 when the teacher pass is skipped. keep_terms: also stats["terms"],
-    the weighted summands of eq. (15) with their graphs (`weighted_terms`; tools/diagnose.py).
+    the weighted summands of eq. (15) with their graphs (losses.weighted_terms; tools/diagnose.py).
     """
     x, y, z = batch_l
     x_w, x_s, y_gt, z_gt = batch_u
@@ -473,32 +550,34 @@ def hermes_step(model, banks, batch_l, batch_u, it, total, cfg, keep_terms=False
     dtcl_on = cfg.dtcl and it >= cfg.burn_in
     t = _teacher(model, x_w, kappa, tau, cfg) if dtcl_on else None
     out = _student(model, x, x_s if (dtcl_on or itc_on) else None, cfg)
+    out_l, out_u = _split_rows(out, B_l)
     zero = out["seg_logits" if seg_on else "cls_logits"].new_zeros(()).float()
     L, n_anchors = dict.fromkeys(PARTS, zero), 0
     if seg_on:
-        L["seg_l"] = seg_supervised_loss(out["seg_logits"][:B_l], y)               # eq. (1)
+        L["seg_l"] = seg_supervised_loss(out_l["seg_logits"], y)                   # eq. (1)
     if cls_on:
-        L["cls_l"] = cls_supervised_loss(out["cls_logits"][:B_l], z)               # eq. (2)
+        L["cls_l"] = cls_supervised_loss(out_l["cls_logits"], z)                   # eq. (2)
     if t is not None and seg_on:
-        L["seg_u"] = _unsup_seg_loss(out["seg_logits"][B_l:], t["seg_logits"], t["w_pix"], cfg.unsup_seg_loss)  # eq. (9)
+        L["seg_u"] = _unsup_seg_loss(out_u["seg_logits"], t.seg_logits, t.w_pix, cfg.unsup_seg_loss)  # eq. (9)
         L["seg_c"], n_anchors = _pixel_contrast(out, t, y, banks.pixel, cfg)       # eq. (11)
     if t is not None and cls_on:
-        L["cls_u"] = cls_unsupervised_loss(out["cls_logits"][B_l:], t["cls_logits"], t["w_img"])  # eq. (10)
-        L["cls_c"] = _image_contrast(out, t, z, banks.image, cfg)                  # eq. (12)-(13)
+        L["cls_u"] = cls_unsupervised_loss(out_u["cls_logits"], t.cls_logits, t.w_img)  # eq. (10)
+        L["cls_c"] = _image_contrast(out_l, out_u, t, z, banks.image, cfg)         # eq. (12)-(13)
     if itc_on:
-        L["itc"] = inter_task_consistency_loss(out["itc_cls"][B_l:], out["itc_seg"][B_l:])  # eq. (14)
+        L["itc"] = inter_task_consistency_loss(out_u["itc_cls"], out_u["itc_seg"])  # eq. (14)
 
-    weights, mu = loss_weights(cfg, it)
-    loss = total_loss(_unlabeled_scaled(L, mu), **weights)                       # eq. (15)
+    coefficients = eq15_coefficients(cfg, it)
+    loss = total_loss(L, coefficients)                                             # eq. (15)
 
     stats = {k: v.detach().float() for k, v in L.items()}
     stats.update({k: zero for k in PL_STAT_KEYS + ("n_kept_pix", "n_kept_img")})
-    for kind, gt, on in (("pix", y_gt, seg_on), ("img", z_gt, cls_on)):
-        if t is not None and on:
-            stats.update(_pseudo_label_stats(t, gt, tau, kind))
+    if t is not None and seg_on:
+        stats.update(_pseudo_label_stats(t.p_pix, t.pl_pix, t.w_pix, y_gt, tau, "pix"))
+    if t is not None and cls_on:
+        stats.update(_pseudo_label_stats(t.p_img, t.pl_img, t.w_img, z_gt, tau, "img"))
     stats.update(loss=loss.detach().float(), kappa=torch.tensor(kappa), tau=torch.tensor(tau),
                  n_anchors=zero + n_anchors, bank_pix=banks.pixel.filled.sum().float(),
                  bank_img=banks.image.filled.sum().float())
     if keep_terms:
-        stats["terms"] = weighted_terms(L, cfg, it)
+        stats["terms"] = weighted_terms(L, coefficients)
     return loss, stats

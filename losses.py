@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 
 DICE_SMOOTH = 1e-5  # the Dice smoothing of eq. (1) and (9) (README "Paper ↔ code", eq. 1)
+# The seven terms of eq. (15): L^l_seg, L^u_seg, L^seg_c, L^l_cls, L^u_cls, L^cls_c, L^u_itc (log.csv's order).
+PARTS = ("seg_l", "seg_u", "seg_c", "cls_l", "cls_u", "cls_c", "itc")
 
 
 def _hi(x):
@@ -230,18 +232,25 @@ def cross_pseudo_supervision_loss(logits_a, logits_b):
     return F.cross_entropy(logits_a, y_b) + F.cross_entropy(logits_b, y_a)          # CPS eq. (2)-(3)
 
 
-def total_loss(parts, lambda_seg, lambda_cls, alpha, beta, gamma):
-    """Eq. (15): λ_seg (L^l_seg + L^u_seg + α L^seg_c) + λ_cls (L^l_cls + L^u_cls + β L^cls_c) + γ L^u_itc.
-
-    parts: dict with keys seg_l, seg_u, seg_c, cls_l, cls_u, cls_c, itc (tensors or numbers); a missing key
-    (or None) counts as 0. The weights' defaults (§4.1) live in hermes.HermesConfig. -> 0-d tensor.
-    """
-    known = {"seg_l", "seg_u", "seg_c", "cls_l", "cls_u", "cls_c", "itc"}
-    unknown = set(parts) - known
+def weighted_terms(parts, coefficients):
+    """The seven summands of eq. (15), {part: coefficients[part] · parts[part]} (a missing part, or None,
+    counts as 0); total_loss adds them up."""
+    unknown = set(parts) - set(PARTS)
     if unknown:
-        raise KeyError(f"total_loss: unknown parts {sorted(unknown)} (expected a subset of {sorted(known)})")
-    g = {k: (parts.get(k) if parts.get(k) is not None else 0.0) for k in known}
-    loss = (lambda_seg * (g["seg_l"] + g["seg_u"] + alpha * g["seg_c"])
-            + lambda_cls * (g["cls_l"] + g["cls_u"] + beta * g["cls_c"])
-            + gamma * g["itc"])                                                    # eq. (15)
+        raise KeyError(f"total_loss: unknown parts {sorted(unknown)} (expected a subset of {list(PARTS)})")
+    return {k: coefficients[k] * (parts[k] if parts.get(k) is not None else 0.0) for k in PARTS}
+
+
+def total_loss(parts, coefficients):
+    """Eq. (15): L_total = λ_seg (L^l_seg + L^u_seg + α L^seg_c) + λ_cls (L^l_cls + L^u_cls + β L^cls_c) + γ L^u_itc,
+    the weighted sum of its seven terms, added up in the equation's three groups.
+
+    parts: {part: tensor or number} with part in PARTS; a missing part (or None) counts as 0.
+    coefficients: {part: number} for all seven parts, the factor of each term once the brackets are
+    multiplied out (seg_c: λ_seg α, ...): hermes.eq15_coefficients, which holds the paper's constants. -> 0-d tensor
+    """
+    t = weighted_terms(parts, coefficients)
+    loss = ((t["seg_l"] + t["seg_u"] + t["seg_c"])                                # λ_seg (L^l_seg + L^u_seg + α L^seg_c)
+            + (t["cls_l"] + t["cls_u"] + t["cls_c"])                              # + λ_cls (L^l_cls + L^u_cls + β L^cls_c)
+            + t["itc"])                                                            # + γ L^u_itc       eq. (15)
     return loss if torch.is_tensor(loss) else torch.tensor(float(loss))

@@ -14,7 +14,8 @@ import losses
 from models import HermesNet
 
 STAT_KEYS = list(hermes.STAT_KEYS) + ["n_kept_pix", "n_kept_img", "n_anchors", "bank_pix", "bank_img"]
-PAPER = dict(lambda_seg=0.5, lambda_cls=1.0, alpha=0.8, beta=0.2, gamma=0.1)
+# eq. (15)'s coefficients with §4.1's weights, multiplied out by hand (seg_c: λ_seg α = 0.5 * 0.8, cls_c: λ_cls β)
+PAPER = dict(seg_l=0.5, seg_u=0.5, seg_c=0.4, cls_l=1.0, cls_u=1.0, cls_c=0.2, itc=0.1)
 
 
 BANKS = weakref.WeakKeyDictionary()  # model -> its MemoryBanks, as train.py's training state holds them
@@ -48,9 +49,9 @@ def naive_pools(labels, keep, pred):
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 @pytest.mark.parametrize("n", [1, 4, 7, 40])
-def test_sample_anchor_indices_vs_naive(seed, n):
+def test_sample_anchors_vs_naive_pools(seed, n):
     labels, keep, pred = random_maps(seed)
-    idx, lab = hermes.sample_anchor_indices(labels, keep, pred, n, generator=torch.Generator().manual_seed(seed))
+    idx, lab = hermes.sample_anchors(labels, keep, pred, n, generator=torch.Generator().manual_seed(seed))
     pools = naive_pools(labels, keep, pred)
     # the same random keys, consumed the same way: the k largest keys of each pool are taken
     r = torch.rand(labels.numel(), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -76,53 +77,65 @@ def test_sample_anchors_split_and_fill():
     pred[11:15] = 0                                 # class 1: pixels 11..14 hard, 15 easy
     pred = pred.reshape(1, 4, 4)
     keep = torch.ones(1, 4, 4)
-    idx, lab = hermes.sample_anchor_indices(labels, keep, pred, 4, generator=torch.Generator().manual_seed(0))
+    idx, lab = hermes.sample_anchors(labels, keep, pred, 4, generator=torch.Generator().manual_seed(0))
     hard = (pred.flatten() != labels.flatten())[idx]
     # class 0: 2 hard wanted, 1 available -> 1 hard + 3 easy; class 1: 2 easy wanted, 1 available -> 3 hard + 1 easy
-    assert (lab == 0).sum() == 4 and hard[lab == 0].sum() == 1
-    assert (lab == 1).sum() == 4 and hard[lab == 1].sum() == 3
+    assert lab.tolist() == [0] * 4 + [1] * 4
+    assert hard.tolist() == [True, False, False, False, True, True, True, False]   # hard first within a class
     # a pool smaller than n in total gives what there is
-    idx, lab = hermes.sample_anchor_indices(labels, keep, pred, 20)
+    idx, lab = hermes.sample_anchors(labels, keep, pred, 20)
     assert (lab == 0).sum() == 11 and (lab == 1).sum() == 5
     # nothing kept -> empty
-    idx, lab = hermes.sample_anchor_indices(labels, torch.zeros(1, 4, 4), pred, 4)
+    idx, lab = hermes.sample_anchors(labels, torch.zeros(1, 4, 4), pred, 4)
     assert idx.numel() == 0 and lab.numel() == 0
+    with pytest.raises(ValueError, match="sample_anchors: labels"):
+        hermes.sample_anchors(labels, keep[:, :3], pred, 4)
 
 
-def test_sample_anchors_only_kept_and_deterministic():
-    labels, keep, pred = random_maps(5, B=3, h=8, w=8)
-    feats = torch.randn(3, 16, 8, 8, requires_grad=True)
-    a1, l1 = hermes.sample_anchors(feats, labels, keep, pred, 6, generator=torch.Generator().manual_seed(7))
-    a2, l2 = hermes.sample_anchors(feats, labels, keep, pred, 6, generator=torch.Generator().manual_seed(7))
-    a3, _ = hermes.sample_anchors(feats, labels, keep, pred, 6, generator=torch.Generator().manual_seed(8))
-    assert a1.shape == (12, 16) and l1.shape == (12,)
-    assert torch.equal(a1, a2) and torch.equal(l1, l2) and not torch.equal(a1, a3)
-    # every anchor is the feature vector of a kept pixel with that label; gradients reach only those pixels
-    idx, lab = hermes.sample_anchor_indices(labels, keep, pred, 6, generator=torch.Generator().manual_seed(7))
-    b, rem = idx // 64, idx % 64
-    yy, xx = rem // 8, rem % 8
-    assert torch.equal(a1, feats[b, :, yy, xx]) and torch.equal(lab, labels[b, yy, xx])
-    assert (keep[b, yy, xx] == 1).all()
-    a1.sum().backward()
-    touched = feats.grad.abs().sum(1) > 0                                          # (3,8,8)
-    assert touched.sum() == 12 and touched[b, yy, xx].all()
-
-
-
-def test_anchor_slots_fixed_size_valid_first_and_equal_to_indices():
-    labels, keep, pred = random_maps(4, B=2, h=5, w=5)
-    for n in (3, 8, 60):
-        g = lambda: torch.Generator().manual_seed(n)
-        idx, lab, valid = hermes.sample_anchor_slots(labels, keep, pred, n, generator=g())
+@pytest.mark.parametrize("seed", range(6))
+def test_anchor_slots_equal_sample_anchors(seed):
+    """The fast path (training) against the reference, on random maps: the same anchors, from the same draws."""
+    g = torch.Generator().manual_seed(100 + seed)
+    B, h, w = [int(v) for v in torch.randint(1, 7, (3,), generator=g)]
+    labels, keep, pred = random_maps(seed, B, h, w)
+    keep *= (torch.rand((), generator=g) > 0.2).float()                            # now and then nothing kept
+    for n in (0, 1, 2, 5, 16, 200):
+        ref_idx, ref_lab = hermes.sample_anchors(labels, keep, pred, n, generator=torch.Generator().manual_seed(n))
+        idx, lab, valid = hermes.sample_anchor_slots(labels, keep, pred, n, generator=torch.Generator().manual_seed(n))
         assert idx.shape == lab.shape == valid.shape == (2 * n,)
         assert lab.tolist() == [0] * n + [1] * n
         for c in (0, 1):                                       # used slots first within each class block
             v = valid[c * n:(c + 1) * n].int()
             assert (v[:-1] >= v[1:]).all()
-        ref_idx, ref_lab = hermes.sample_anchor_indices(labels, keep, pred, n, generator=g())
-        assert torch.equal(idx[valid], ref_idx) and torch.equal(lab[valid], ref_lab)
-    pools = naive_pools(labels, keep, pred)
-    assert valid[n:].sum() == len(pools[(1, True)]) + len(pools[(1, False)])   # n = 60: every kept pixel
+        assert torch.equal(idx[valid], ref_idx) and torch.equal(lab[valid], ref_lab), (seed, n)
+        assert torch.equal(hermes.sample_anchor_indices(labels, keep, pred, n, torch.Generator().manual_seed(n))[0],
+                           ref_idx)
+    # with the global RNG (as training draws): the same anchors, and the same RNG state afterwards
+    torch.manual_seed(seed)
+    ref_idx, _ = hermes.sample_anchors(labels, keep, pred, 8)
+    after_ref = torch.rand(1)
+    torch.manual_seed(seed)
+    idx, _, valid = hermes.sample_anchor_slots(labels, keep, pred, 8)
+    assert torch.equal(idx[valid], ref_idx) and torch.equal(torch.rand(1), after_ref)
+
+
+def test_anchors_gathered_from_the_feature_map():
+    labels, keep, pred = random_maps(5, B=3, h=8, w=8)
+    feats = torch.randn(3, 16, 8, 8, requires_grad=True)
+    idx, lab = hermes.sample_anchors(labels, keep, pred, 6, generator=torch.Generator().manual_seed(7))
+    anchors = hermes.flatten_map(feats)[idx]
+    assert anchors.shape == (12, 16) and lab.shape == (12,)
+    # every anchor is the feature vector of a kept pixel with that label; gradients reach only those pixels
+    b, rem = idx // 64, idx % 64
+    yy, xx = rem // 8, rem % 8
+    assert torch.equal(anchors, feats[b, :, yy, xx]) and torch.equal(lab, labels[b, yy, xx])
+    assert (keep[b, yy, xx] == 1).all()
+    anchors.sum().backward()
+    touched = feats.grad.abs().sum(1) > 0                                          # (3,8,8)
+    assert touched.sum() == 12 and touched[b, yy, xx].all()
+    other, _ = hermes.sample_anchors(labels, keep, pred, 6, generator=torch.Generator().manual_seed(8))
+    assert not torch.equal(idx, other)                                             # the draw depends on the RNG
+
 
 def test_downsample_nearest():
     y = torch.arange(16).reshape(1, 4, 4)
@@ -133,70 +146,46 @@ def test_downsample_nearest():
 
 # ---------------------------------------------------------------- memory bank
 
-class NaiveRing:
-    """One-at-a-time ring buffer per class (the reference for MemoryBank.push)."""
-
-    def __init__(self, size, classes=2):
-        self.size, self.slots = size, [[None] * size for _ in range(classes)]
-        self.ptr = [0] * classes
-        self.filled = [0] * classes
-
-    def push(self, feats, labels):
-        for f, c in zip(feats, labels.tolist()):
-            self.slots[c][self.ptr[c]] = f.clone()
-            self.ptr[c] = (self.ptr[c] + 1) % self.size
-            self.filled[c] = min(self.filled[c] + 1, self.size)
-
-
-def test_memory_bank_fifo_and_wrap():
+@pytest.mark.parametrize("push", ["push_one_by_one", "push"])
+def test_memory_bank_fifo_and_wrap(push):
     bank = hermes.MemoryBank(4, 1)
     v = torch.arange(1.0, 11.0)[:, None]                                           # vectors 1..10
     zeros = torch.zeros(10, dtype=torch.long)
-    bank.push(v[:3], zeros[:3])                                                    # 1 2 3 .
+    getattr(bank, push)(v[:3], zeros[:3])                                          # 1 2 3 .
     f, l = bank.keys()
     assert f.flatten().tolist() == [1, 2, 3] and l.tolist() == [0, 0, 0] and bank.ptr.tolist() == [3, 0]
-    bank.push(v[3:6], zeros[:3])                                                   # 5 6 3 4: 1, 2 evicted
+    getattr(bank, push)(v[3:6], zeros[:3])                                         # 5 6 3 4: 1, 2 evicted
     assert bank.feats[0].flatten().tolist() == [5, 6, 3, 4]
     assert bank.ptr.tolist() == [2, 0] and bank.filled.tolist() == [4, 0]
-    bank.push(v[6:7], zeros[:1])                                                   # 5 6 7 4: 3 evicted
+    getattr(bank, push)(v[6:7], zeros[:1], torch.tensor([True]))                   # 5 6 7 4: 3 evicted
+    getattr(bank, push)(v[7:8], zeros[:1], torch.tensor([False]))                  # masked: nothing
     assert bank.feats[0].flatten().tolist() == [5, 6, 7, 4] and bank.ptr.tolist() == [3, 0]
     # more than the size at once keeps the newest 4, in ring order: 10 evicts last
     fresh = hermes.MemoryBank(4, 1)
-    fresh.push(v, zeros)
+    getattr(fresh, push)(v, zeros)
     assert fresh.feats[0].flatten().tolist() == [9, 10, 7, 8]
     assert fresh.ptr.tolist() == [2, 0] and fresh.filled.tolist() == [4, 0]
 
 
-def test_memory_bank_vs_naive_ring():
-    g = torch.Generator().manual_seed(0)
-    bank, ring = hermes.MemoryBank(5, 3), NaiveRing(5)
-    for k in (0, 2, 7, 1, 13, 4, 5, 0, 9):
-        feats = torch.randn(k, 3, generator=g)
-        labels = torch.randint(0, 2, (k,), generator=g)
-        bank.push(feats, labels)
-        ring.push(feats, labels)
-        assert bank.ptr.tolist() == ring.ptr and bank.filled.tolist() == ring.filled
-        for c in (0, 1):
-            for s in range(ring.filled[c]):
-                assert torch.equal(bank.feats[c, s], ring.slots[c][s])
-        f, l = bank.keys()
-        assert f.shape == (sum(ring.filled), 3) and (l[:ring.filled[0]] == 0).all() and (l[ring.filled[0]:] == 1).all()
-
-
-
-def test_memory_bank_masked_push_equals_pushing_the_selected_rows():
-    g = torch.Generator().manual_seed(1)
-    bank, ref = hermes.MemoryBank(6, 3), hermes.MemoryBank(6, 3)
-    for k in (5, 0, 17, 3, 9):
+@pytest.mark.parametrize("size", [1, 5, 6])
+def test_memory_bank_push_equals_one_by_one(size):
+    """The masked ring write (training) against the row-by-row enqueue: the same state after random pushes,
+    with masks, empty pushes and wrap-around (pushes longer than the ring included)."""
+    g = torch.Generator().manual_seed(size)
+    bank, ref = hermes.MemoryBank(size, 3), hermes.MemoryBank(size, 3)
+    for k in (5, 0, 17, 3, 9, 1, 2, 13, 0, 7, 4):
         feats, labels = torch.randn(k, 3, generator=g), torch.randint(0, 2, (k,), generator=g)
-        mask = torch.rand(k, generator=g) > 0.4
+        mask = torch.rand(k, generator=g) > 0.4 if k % 2 else None
         bank.push(feats, labels, mask)
-        ref.push(feats[mask], labels[mask])
-        for a, b in zip(bank.state_dict().values(), ref.state_dict().values()):
-            assert torch.equal(a, b)
+        ref.push_one_by_one(feats, labels, mask)
+        for key, want in ref.state_dict().items():
+            assert torch.equal(bank.state_dict()[key], want), (k, key)
     f, lab, filled = bank.slots()
-    assert f.shape == (12, 3) and lab.tolist() == [0] * 6 + [1] * 6 and filled.sum() == bank.filled.sum()
+    assert f.shape == (2 * size, 3) and lab.tolist() == [0] * size + [1] * size and filled.sum() == bank.filled.sum()
     assert torch.equal(f[filled], bank.keys()[0])
+    with pytest.raises(ValueError, match="MemoryBank.push"):
+        ref.push_one_by_one(torch.randn(2, 3), torch.tensor([0, 1]), torch.tensor([True]))
+
 
 def test_memory_bank_classes_detach_and_state_dict():
     bank = hermes.MemoryBank(3, 2)
@@ -314,7 +303,7 @@ def test_step_stats_and_gt_unused():
     assert st["pl_acc_pix_all"].item() == pytest.approx(acc_pix) == pytest.approx(st["pl_acc_pix_kept"].item())
     assert st["pl_acc_img_all"].item() == pytest.approx(acc_img) == pytest.approx(st["pl_acc_img_kept"].item())
     parts = {k: st[k] for k in hermes.PARTS}
-    assert loss.item() == pytest.approx(losses.total_loss(parts, **PAPER).item(), rel=1e-6)
+    assert loss.item() == pytest.approx(losses.total_loss(parts, PAPER).item(), rel=1e-6)
     # the unlabeled ground truth only feeds statistics: other GT, same loss (same anchors via the seed)
     m2 = StandIn()
     m2.load_state_dict(StandIn().state_dict())
@@ -401,12 +390,61 @@ def test_step_switches(net, switch, off_terms, no_grad):
         assert has[name] == (name not in no_grad), (name, has)
 
 
+class Logits(StandIn):
+    """StandIn whose logits are read off the input: seg_logits = (0, x[:, 0]) per pixel, cls_logits =
+    (0, mean of x[:, 1]) per image, so that p(class 1) = sigmoid of what the test writes there."""
+
+    def __init__(self):
+        super().__init__()
+        with torch.no_grad():
+            self.seg.weight.zero_(), self.seg.bias.zero_(), self.cls.weight.zero_(), self.cls.bias.zero_()
+            self.seg.weight[1, 0] = 1.0
+            self.cls.weight[1, 1] = 1.0
+
+
 @pytest.mark.parametrize("threshold", ["none", "confidence", "dual"])
-def test_step_thresholds_run(net, threshold):
-    st, has = step_grads(net, hermes.HermesConfig(threshold=threshold))
-    assert has["seg_encoder"] and has["cls_net"]
-    if threshold == "none":
-        assert st["kept_pix"].item() == 1.0 and st["kept_img"].item() == 1.0
+def test_step_keeps_the_pixels_and_images_of_its_rule(threshold):
+    # max p of each pseudo-label: 0.6 (kept by "none" only), 0.95 (also by "confidence": tau = 0.855 at step 0),
+    # 0.99 (by all three: u(0.99) = 0.056 <= kappa = 0.1, while u(0.95) = 0.199 > 0.1); both classes
+    q = torch.tensor([0.6, 0.95, 0.99])
+    logit = torch.log(q / (1 - q))
+    pattern = torch.tensor([0, 1, 2, 0, 2, 1, 1, 0])                              # which q, per pixel column
+    sign = torch.tensor([1.0, -1.0])                                               # row parity: class 1 / class 0
+    B_u, S = 3, 8
+    x_w = torch.zeros(B_u, 3, S, S)
+    for b in range(B_u):
+        x_w[b, 0] = sign[(torch.arange(S)[:, None] + b) % 2] * logit[(pattern[None] + b) % 3]
+        x_w[b, 1] = -sign[b % 2] * logit[b]                                        # image b: max p = q[b]
+    which = (pattern[None, None] + torch.arange(B_u)[:, None, None]) % 3 * torch.ones(B_u, S, S, dtype=torch.long)
+    rule_keeps = {"none": (0, 1, 2), "confidence": (1, 2), "dual": (2,)}[threshold]
+    want_pix = sum(which == i for i in rule_keeps).float()                         # (B_u,S,S)
+    want_img = torch.tensor([float(b in rule_keeps) for b in range(B_u)])
+    want_pl = ((torch.arange(S)[:, None] + torch.arange(B_u)[:, None, None]) % 2 == 0).long().expand(B_u, S, S)
+
+    cfg = hermes.HermesConfig(threshold=threshold, eta_max=0.1, eta_min=0.1)       # kappa = 0.1 throughout
+    kappa, tau = hermes.uncertainty_threshold(0, 10, 0.1, 0.1), hermes.confidence_threshold(0, 10)
+    assert kappa == pytest.approx(0.1) and tau == pytest.approx(0.8551, abs=1e-4)
+    m = Logits()
+    t = hermes._teacher(m, x_w, kappa, tau, cfg)
+    assert torch.equal(t.pl_pix, want_pl) and t.pl_img.tolist() == [0, 1, 0]
+    assert torch.equal(t.w_pix, want_pix) and torch.equal(t.w_img, want_img)
+    # the step's unlabeled losses use exactly those pixels and images (StandIn has no BN: rows independent)
+    x_s = x_w + 0.5 * torch.randn(B_u, 3, S, S, generator=torch.Generator().manual_seed(0))
+    bl, (_, _, y_gt, z_gt) = make_batches(7, B_u=B_u, S=S)
+    _, st = step(m, bl, (x_w, x_s, y_gt, z_gt), 0, 10, cfg)
+    with torch.no_grad():
+        out_s = m(x_s)
+    want_seg_u = losses.seg_unsupervised_loss(out_s["seg_logits"], t.seg_logits, want_pix)
+    want_cls_u = losses.cls_unsupervised_loss(out_s["cls_logits"], t.cls_logits, want_img)
+    assert st["seg_u"].item() == pytest.approx(want_seg_u.item(), rel=1e-6)
+    assert st["cls_u"].item() == pytest.approx(want_cls_u.item(), rel=1e-6)
+    assert st["kept_pix"].item() == pytest.approx(want_pix.mean().item())
+    assert st["kept_img"].item() == pytest.approx(len(rule_keeps) / 3)
+    # and the loss would differ under another rule's selection: the test can tell the rules apart
+    for other in ({(0, 1, 2), (1, 2), (2,)} - {rule_keeps}):
+        w_other = sum(which == i for i in other).float()
+        assert losses.seg_unsupervised_loss(out_s["seg_logits"], t.seg_logits, w_other).item() != \
+            pytest.approx(want_seg_u.item(), rel=1e-4)
 
 
 def test_config_rejects_unknown_values():
@@ -464,29 +502,28 @@ def test_step_kept_fraction_follows_the_rule(threshold):
 
 # ---------------------------------------------------------------- switches that are not in the paper
 
-def test_loss_weights_warmup_ramp_and_unlabeled_factor():
-    cfg = hermes.HermesConfig()
-    w, mu = hermes.loss_weights(cfg, 0)
-    assert w == PAPER and mu == 1.0                                                # the paper's constants
+def test_eq15_coefficients_warmup_ramp_and_unlabeled_factor():
+    assert hermes.eq15_coefficients(hermes.HermesConfig(), 0) == pytest.approx(PAPER)   # the paper's constants
     cfg = hermes.HermesConfig(contrast_warmup=5, gamma_ramp=100, unsup_weight=0.1)
-    w, mu = hermes.loss_weights(cfg, 4)
-    assert w["alpha"] == 0 and w["beta"] == 0 and mu == 0.1
-    assert w["gamma"] == pytest.approx(0.1 * math.exp(-5 * 0.96 ** 2))
-    w, _ = hermes.loss_weights(cfg, 5)
-    assert w["alpha"] == 0.8 and w["beta"] == 0.2
-    assert hermes.loss_weights(cfg, 100)[0]["gamma"] == pytest.approx(0.1)
-    assert hermes.loss_weights(cfg, 250)[0]["gamma"] == pytest.approx(0.1)
+    c = hermes.eq15_coefficients(cfg, 4)
+    assert c["seg_c"] == 0 and c["cls_c"] == 0                                     # contrast still warming up
+    assert c["seg_u"] == pytest.approx(0.05) and c["cls_u"] == pytest.approx(0.1)  # λ · unsup_weight
+    assert c["seg_l"] == 0.5 and c["cls_l"] == 1.0
+    assert c["itc"] == pytest.approx(0.1 * math.exp(-5 * 0.96 ** 2))
+    c = hermes.eq15_coefficients(cfg, 5)
+    assert c["seg_c"] == pytest.approx(0.4) and c["cls_c"] == pytest.approx(0.2)
+    assert hermes.eq15_coefficients(cfg, 100)["itc"] == pytest.approx(0.1)
+    assert hermes.eq15_coefficients(cfg, 250)["itc"] == pytest.approx(0.1)
 
 
-def test_step_weights_enter_the_total():
+def test_step_coefficients_enter_the_total():
     bl, bu = make_batches(5)
     cfg = hermes.HermesConfig(threshold="none", unsup_weight=0.1, contrast_warmup=5)
     torch.manual_seed(0)
     loss, st = step(StandIn(), bl, bu, 2, 10, cfg)
     parts = {k: st[k] for k in hermes.PARTS}
-    parts["seg_u"], parts["cls_u"] = 0.1 * parts["seg_u"], 0.1 * parts["cls_u"]
-    expected = losses.total_loss(parts, **{**PAPER, "alpha": 0.0, "beta": 0.0})
-    assert st["seg_u"].item() > 0 and st["seg_c"].item() > 0                       # logged unscaled
+    expected = losses.total_loss(parts, {**PAPER, "seg_u": 0.05, "cls_u": 0.1, "seg_c": 0.0, "cls_c": 0.0})
+    assert st["seg_u"].item() > 0 and st["seg_c"].item() > 0                       # logged unweighted
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 

@@ -9,8 +9,9 @@ import torch.nn.functional as F
 import hermes
 import losses
 
-# The weights of eq. (15) as §4.1 gives them, written out here so that the hand computations below are checkable.
-PAPER = dict(lambda_seg=0.5, lambda_cls=1.0, alpha=0.8, beta=0.2, gamma=0.1)
+# The coefficients of eq. (15)'s seven terms with §4.1's weights (λ_seg 0.5, λ_cls 1, α 0.8, β 0.2, γ 0.1)
+# multiplied out by hand, so that the computations below are checkable (seg_c: λ_seg α = 0.4, cls_c: λ_cls β).
+PAPER = dict(seg_l=0.5, seg_u=0.5, seg_c=0.4, cls_l=1.0, cls_u=1.0, cls_c=0.2, itc=0.1)
 
 LN3 = math.log(3.0)
 E = math.e
@@ -290,13 +291,18 @@ def test_inter_task_consistency_by_hand():
 def test_total_loss():
     parts = dict(seg_l=1.0, seg_u=2.0, seg_c=3.0, cls_l=4.0, cls_u=5.0, cls_c=6.0, itc=7.0)
     # 0.5 (1 + 2 + 0.8*3) + 1.0 (4 + 5 + 0.2*6) + 0.1*7 = 2.7 + 10.2 + 0.7
-    assert losses.total_loss(parts, **PAPER).item() == pytest.approx(13.6, abs=1e-5)
+    assert losses.total_loss(parts, PAPER).item() == pytest.approx(13.6, abs=1e-5)
+    terms = losses.weighted_terms(parts, PAPER)
+    assert terms == pytest.approx(dict(seg_l=0.5, seg_u=1.0, seg_c=1.2, cls_l=4.0, cls_u=5.0, cls_c=1.2, itc=0.7))
     # missing keys (and None) count as 0: 0.5*1 + 1.0*4
-    assert losses.total_loss({"seg_l": t64(1.0), "cls_l": t64(4.0), "itc": None}, **PAPER).item() == pytest.approx(4.5)
-    assert losses.total_loss({}, **PAPER).item() == 0.0
-    assert losses.total_loss(parts, lambda_seg=1, lambda_cls=0, alpha=1, beta=0, gamma=0).item() == pytest.approx(6.0)
-    with pytest.raises(KeyError):
-        losses.total_loss({"seg_x": 1.0}, **PAPER)
+    assert losses.total_loss({"seg_l": t64(1.0), "cls_l": t64(4.0), "itc": None}, PAPER).item() == pytest.approx(4.5)
+    assert losses.total_loss({}, PAPER).item() == 0.0
+    seg_only = {**dict.fromkeys(losses.PARTS, 0.0), "seg_l": 1.0, "seg_u": 1.0, "seg_c": 1.0}
+    assert losses.total_loss(parts, seg_only).item() == pytest.approx(6.0)
+    with pytest.raises(KeyError, match="seg_x"):
+        losses.total_loss({"seg_x": 1.0}, PAPER)
+    with pytest.raises(KeyError):                                                  # every coefficient is given
+        losses.total_loss(parts, {"seg_l": 1.0})
 
 
 # ---------------------------------------------------------------- edge cases and autograd
@@ -368,7 +374,7 @@ def test_gradients_flow(dtype):
     }
     for k, v in parts.items():
         assert v.dim() == 0 and v.dtype == dtype and torch.isfinite(v), k
-    losses.total_loss(parts, **PAPER).backward()
+    losses.total_loss(parts, PAPER).backward()
     for t in (L, c, f):
         assert t.grad is not None and torch.isfinite(t.grad).all() and t.grad.abs().sum() > 0
 

@@ -202,13 +202,13 @@ def test_batches_carry_real_unlabeled_images_only_in_the_unlabeled_stream(folder
 
 def test_pseudo_label_stats_count_hidden_ground_truth_only():
     p = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.95, 0.05], [0.4, 0.6]])       # (4,2) image probabilities
-    t = {"p_img": p, "pl_img": p.argmax(1), "w_img": torch.tensor([1.0, 1.0, 0.0, 0.0])}
-    full = hermes._pseudo_label_stats(t, torch.tensor([0, 0, 0, 1]), 0.85, "img")
+    t = (p, p.argmax(1), torch.tensor([1.0, 1.0, 0.0, 0.0]))                    # p_img, pl_img, w_img
+    full = hermes._pseudo_label_stats(*t, torch.tensor([0, 0, 0, 1]), 0.85, "img")
     assert full["pl_acc_img_all"] == 0.75 and full["pl_acc_img_kept"] == 0.5 and full["n_gt_img"] == 4
-    part = hermes._pseudo_label_stats(t, torch.tensor([0, -1, data.NO_LABEL, 1]), 0.85, "img")
+    part = hermes._pseudo_label_stats(*t, torch.tensor([0, -1, data.NO_LABEL, 1]), 0.85, "img")
     assert part["pl_acc_img_all"] == 1.0 and part["pl_acc_img_kept"] == 1.0 and part["n_gt_img"] == 2
     assert part["pl_acc_img_conf"] == 1.0 and part["kept_img"] == 0.5          # kept fraction: over all images
-    none = hermes._pseudo_label_stats(t, torch.full((4,), data.NO_LABEL), 0.85, "img")
+    none = hermes._pseudo_label_stats(*t, torch.full((4,), data.NO_LABEL), 0.85, "img")
     for k in ("pl_acc_img_all", "pl_acc_img_kept", "pl_acc_img_conf"):
         assert math.isnan(none[k]), k
     assert none["n_gt_img"] == 0 and none["kept_img"] == 0.5

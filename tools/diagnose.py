@@ -4,8 +4,9 @@
     python -m tools.diagnose runs/RUN --random-init  # the same config and batches, from random initialisation
 
 For each summand of eq. (15) at the step (λ_seg L^l_seg, λ_seg μ L^u_seg, λ_seg α L^seg_c, λ_cls L^l_cls,
-λ_cls μ L^u_cls, λ_cls β L^cls_c, γ L^u_itc; `hermes.weighted_terms`) the L2 norm of its gradient on each part
-of HermesNet, averaged over --batches training batches drawn as train.py draws them (augment.DeviceBatches).
+λ_cls μ L^u_cls, λ_cls β L^cls_c, γ L^u_itc: `losses.weighted_terms` with `hermes.eq15_coefficients`, the
+coefficients training uses) the L2 norm of its gradient on each part of HermesNet, averaged over --batches
+training batches drawn as train.py draws them (augment.DeviceBatches).
 The optimizers see the sum: a term whose gradient is several times the supervised one steers the update
 (Adam, the segmentation optimizer, normalises the sum, not each term). Used in docs/when-does-hermes-help.md.
 """

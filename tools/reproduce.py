@@ -444,9 +444,9 @@ def _study_report(exp, out_dir, seeds):
         if base in groups and len(members) > 1:
             lines += [evaluate.compare_markdown({g: groups[g] for g in members}, base, deltas_only=True)]
     try:
-        for key, what in (("dice_mean", "dice"), ("accuracy", "accuracy")):
+        for key, what, title in (("dice_mean", "dice", "Dice"), ("accuracy", "accuracy", "accuracy")):
             figures.plot_learning_curves(groups, os.path.join(out_dir, f"study_{what}.png"), key=key,
-                                         title=f"BUSI 72 labels: evaluation {what}, mean ± std over seeds")
+                                         title=f"BUSI 72 labels: evaluation {title}, mean ± std over seeds")
         semi = {g: d for g, d in groups.items() if not g.startswith("SupOnly")}
         if semi:
             res = figures.plot_pseudo_label_groups(semi, os.path.join(out_dir, "study_pseudo_labels.png"))

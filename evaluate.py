@@ -503,9 +503,9 @@ def run_scores(run_dir):
 
 
 def group_runs(paths):
-    """{group: [run folders]} from NAME=RUN[,RUN...] items (a group named by the caller) and plain run folders
-    (grouped by method_name of their config.json), in the order first seen."""
-    groups = {}
+    """{group: [run folders]} from NAME=RUN[,RUN...] items (a group named by the caller, in the order given) and
+    plain run folders (grouped by method_name of their config.json, after them in ORDER: SupOnly, CPS, ...)."""
+    groups, named = {}, {}
     for p in paths:
         name, sep, dirs = p.partition("=")
         if sep and not os.path.isdir(p):
@@ -516,8 +516,8 @@ def group_runs(paths):
                 print(f"evaluate.py --compare: skipping {p}: no config.json", file=sys.stderr)
                 continue
             with open(cfg_path) as f:
-                groups.setdefault(method_name(json.load(f)), []).append(p)
-    return groups
+                named.setdefault(method_name(json.load(f)), []).append(p)
+    return {**groups, **{k: named[k] for k in sorted(named, key=_method_key)}}
 
 
 def compare_groups(groups, baseline=None):

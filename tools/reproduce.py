@@ -354,9 +354,11 @@ STUDY_OUT = os.path.join("runs", "study")  # its own: its runs differ from the t
 STUDY_HELP = f"""study: SupOnly, CPS and Hermes with the paper's settings and with the from-scratch recipe (issue 18),
 BUSI 72 labels, 224 px, 3,000 steps, evaluation every 250 steps, no pretrained weights, seeds 0 1 2: 18 runs.
     python -m tools.reproduce study --device cuda --data-root busi=PATH --out runs/study
-    options: --recipe "TRAIN.PY OPTIONS" (default "{STUDY_RECIPE}"; any of --{', --'.join(
-    k.replace('_', '-') for k in RECIPE_OPTIONS)}), --groups {' '.join(STUDY_GROUPS)} (default all).
-With --device cuda all runs start at once (--jobs = number of runs) and share the GPU; it writes DIR/study.md
+    --recipe "OPTIONS"  the '+ recipe' groups' train.py options, default "{STUDY_RECIPE}";
+                        of --{', --'.join(RECIPE_OPTIONS).replace('_', '-')}
+    --groups GROUP...   default all: {' '.join(STUDY_GROUPS)}
+With --device cuda all runs start at once (--jobs = number of runs; GPU memory ~3 GiB a run: 18 runs ~55 GiB,
+within an 80 GB H100) and share the GPU; it writes DIR/study.md
 (final and best-of-evaluation Dice and accuracy, mean ± std over seeds, paired Δ to SupOnly), study_dice.png,
 study_accuracy.png (learning curves) and study_pseudo_labels.png (kept vs all pseudo-label accuracy).
 Sizing (H100 figures of docs/speed.md, docs/results.md; 224 px): one run alone takes 0.066 s/step (SupOnly),
@@ -368,8 +370,9 @@ costs a SupOnly step: 60 min with --burn-in 500). The full study does not fit {S
 + ~1 min start-up): one seed, --seeds 0 --iters 1250 (all six groups, ~7.9 min of steps), or --seeds 0 --groups
 suponly cps hermes hermes-recipe --iters 1500 (~6.8 min). The command prints its estimate (also with --dry-run);
 `python -m tools.bench --device cuda --concurrent 2 4 8` measures the side-by-side gain, and the H100 figures
-are of an older version (per-image CPU augmentation), so treat them as a guide. Stopped early (device time over), rerun the same command to continue, or --collect for the
-table of the finished runs and the curves up to the last evaluation of every run."""
+are of an older version (per-image CPU augmentation), so treat them as a guide. Stopped early (device time
+over), rerun the same command to continue, or --collect for the table of the finished runs and the curves up to
+the last evaluation of every run."""
 
 
 def parse_recipe(text):
@@ -462,8 +465,10 @@ def _study_report(exp, out_dir, seeds):
 def estimate(runs, exp, passed):
     """One line: the study's expected time on one H100 from H100_STEP (see STUDY_HELP)."""
     def opt(name, default):
-        for i, t in enumerate(passed[:-1]):
-            if t == name:
+        for i, t in enumerate(passed):
+            if t.startswith(name + "="):
+                return t.split("=", 1)[1]
+            if t == name and i + 1 < len(passed):
                 return passed[i + 1]
         return dict(exp.base).get(name, default)
     iters, size = int(opt("--iters", 3000)), int(opt("--image-size", 224))

@@ -6,6 +6,7 @@
     python evaluate.py runs/x/checkpoint.pt --overlays ov/     # PNG overlays + attention panels
     python evaluate.py --summary runs/busi-72-seed* runs/busi-144-seed* --out table.md   # paper Tables 1-2
     python evaluate.py --plot-pseudo-labels runs/busi-72-seed* --out fig1.png  # = python -m tools.figures pseudo-labels
+    python evaluate.py --compare runs/study/busi-72-* --baseline SupOnly    # final / best Dice, Acc; paired Δ
 
 Metrics (paper Sec. 4.1 names Dice ± std and accuracy; the others are added here). Per image, binary masks (H,W):
     Dice = 2|P∩G| / (|P|+|G|),  IoU = |P∩G| / |P∪G|,
@@ -315,8 +316,9 @@ def format_metrics(m):
 
 
 # ------------------------------------------------------------------------------------- multi-run table
-ORDER = ["SupOnly", "DTCL only", "IAS only", "ITCL only", "Hermes w/o DTCL", "Hermes w/o IAS", "Hermes w/o ITCL",
-         "Hermes"]  # rows in the order of the paper's Tables 1-3 (baseline first, full method last)
+ORDER = ["SupOnly", "CPS", "DTCL only", "IAS only", "ITCL only", "Hermes w/o DTCL", "Hermes w/o IAS",
+         "Hermes w/o ITCL", "Hermes"]  # rows in the order of the paper's Tables 1-3 (baseline first, the
+# comparator CPS next as in Table 1, full method last)
 DATASET_NAMES = {"busi": "BUSI", "udiat": "UDIAT", "sztus": "SZ-TUS", "folder": "folder", "demo": "demo"}
 # Config keys that do not change what a run computes; other differences inside one table cell are reported.
 NEUTRAL_KEYS = {"seed", "git_commit", "data_root", "out", "resume", "device", "stop_after", "split", "eval_every",
@@ -331,6 +333,7 @@ NOT_IN_PAPER = [("unlabeled_bn", "shared", lambda v: f"{v} BN"),
                 ("gamma_ramp", 0, lambda v: f"γ ramp {v}"),
                 ("ita_form", "paper", lambda v: f"{v} ITA"),
                 ("lr", 1e-4, lambda v: f"lr {v:g}"),
+                ("cps_weight", 1.5, lambda v: f"λ_cps {v:g}"),
                 ("init", None, lambda v: f"init {os.path.basename(os.path.dirname(os.path.abspath(v)))}")]
 
 
@@ -340,8 +343,12 @@ def method_name(config):
     All of dtcl, ias, itcl on -> "Hermes"; all off -> "SupOnly"; one on -> "<X> only"; two on -> "Hermes w/o <X>".
     task "seg"/"cls" trains one branch, so ias and itcl (which need both) count as off and "SS"/"SC" is added;
     threshold "confidence"/"none" adds "conf. threshold"/"no threshold" when dtcl is on (it only acts there).
-    Settings of NOT_IN_PAPER that differ from the paper's are noted too, e.g. "Hermes (separate BN, lr 0.001)".
-    E.g. "Hermes", "SupOnly (SS)", "DTCL only (SC)", "Hermes w/o ITCL", "Hermes (conf. threshold)".
+    Settings of NOT_IN_PAPER that differ from the paper's are noted too, e.g. "Hermes (separate BN, lr 0.001)",
+    and the from-scratch recipe (not in the paper): "seg lr" / "cls lr" when --lr-seg / --lr-cls differ from
+    --lr, "burn-in N" when N > 0 and the run has an unlabeled term (a SupOnly run has none to delay).
+    method "cps" (cps.py, the comparator of Table 1) is "CPS", whatever its (implied off) switches.
+    E.g. "Hermes", "SupOnly (SS)", "DTCL only (SC)", "Hermes w/o ITCL", "Hermes (conf. threshold)", "CPS",
+    "Hermes (seg lr 0.001, cls lr 0.01, burn-in 500)".
     """
     task, threshold = config.get("task", "joint"), config.get("threshold", "dual")
     on = {"DTCL": bool(config.get("dtcl", True)), "IAS": bool(config.get("ias", True)),
@@ -357,12 +364,21 @@ def method_name(config):
         name = f"{kept[0]} only"
     else:
         name = "Hermes w/o " + next(k for k, v in on.items() if not v)
+    cps = config.get("method", "hermes") == "cps"
+    if cps:
+        name = "CPS"
     notes = {"seg": ["SS"], "cls": ["SC"]}.get(task, [])
-    if on["DTCL"] and threshold != "dual":
+    if on["DTCL"] and threshold != "dual" and not cps:
         notes.append({"confidence": "conf. threshold", "none": "no threshold"}.get(threshold, threshold))
     for key, paper, note in NOT_IN_PAPER:
         if config.get(key, paper) != paper:
             notes.append(note(config[key]))
+    lr = config.get("lr", 1e-4)
+    for key, what in (("lr_seg", "seg lr"), ("lr_cls", "cls lr")):
+        if config.get(key) is not None and config[key] != lr:
+            notes.append(f"{what} {config[key]:g}")
+    if config.get("burn_in", 0) and name != "SupOnly":
+        notes.append(f"burn-in {config['burn_in']}")
     return name + (f" ({', '.join(notes)})" if notes else "")
 
 
@@ -444,12 +460,137 @@ def summary_markdown(run_dirs):
     return "\n".join(text) + "\n"
 
 
+# ------------------------------------------------------------------------- groups of runs vs a baseline
+COMPARE_METRICS = [("Dice", "dice_mean"), ("Acc", "accuracy")]
+
+
+def eval_log(run_dir):
+    """{iter: {column: float}} of the eval rows of RUN_DIR/log.csv (train.py's periodic evaluations; a repeated
+    iteration keeps its last row, an empty cell is NaN); {} without a log.csv."""
+    path = os.path.join(run_dir, "log.csv")
+    if not os.path.isfile(path):
+        return {}
+    rows = {}
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            if r.get("kind") == "eval":
+                rows[int(r["iter"])] = {k: _float(v) for k, v in r.items() if k not in ("kind", "iter")}
+    return rows
+
+
+def _float(v):
+    try:
+        return float(v) if v not in (None, "") else float("nan")
+    except ValueError:
+        return float("nan")
+
+
+def run_scores(run_dir):
+    """Seed, final and best-of-evaluation scores of one run folder: {"seed", "final_<key>", "best_<key>",
+    "last_eval"} for the keys of COMPARE_METRICS. final = metrics.json (the final checkpoint; None while the run
+    is unfinished); best = the largest value of that column over log.csv's evaluations (each metric its own
+    best; selected on the evaluation split, so optimistic), None without evaluations."""
+    cfg_path, m_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "metrics.json")
+    cfg, metrics = ({} if not os.path.isfile(q) else json.load(open(q, encoding="utf-8")) for q in (cfg_path, m_path))
+    log = eval_log(run_dir)
+    out = {"run": run_dir, "seed": cfg.get("seed"), "last_eval": max(log) if log else None}
+    for _, key in COMPARE_METRICS:
+        v = metrics.get(key)
+        out[f"final_{key}"] = float(v) if isinstance(v, (int, float)) and np.isfinite(v) else None
+        vals = [r.get(key, float("nan")) for r in log.values()]
+        vals = [v for v in vals if np.isfinite(v)]
+        out[f"best_{key}"] = max(vals) if vals else None
+    return out
+
+
+def group_runs(paths):
+    """{group: [run folders]} from NAME=RUN[,RUN...] items (a group named by the caller, in the order given) and
+    plain run folders (grouped by method_name of their config.json, after them in ORDER: SupOnly, CPS, ...)."""
+    groups, named = {}, {}
+    for p in paths:
+        name, sep, dirs = p.partition("=")
+        if sep and not os.path.isdir(p):
+            groups.setdefault(name, []).extend(d for d in dirs.split(",") if d)
+        else:
+            cfg_path = os.path.join(p, "config.json")
+            if not os.path.isfile(cfg_path):
+                print(f"evaluate.py --compare: skipping {p}: no config.json", file=sys.stderr)
+                continue
+            with open(cfg_path) as f:
+                named.setdefault(method_name(json.load(f)), []).append(p)
+    return {**groups, **{k: named[k] for k in sorted(named, key=_method_key)}}
+
+
+def compare_groups(groups, baseline=None):
+    """Per group: mean ± sample std over its runs (seeds) of the final and best-of-evaluation Dice and accuracy,
+    and, when `baseline` names a group, the paired difference to it: Δ = run − baseline run of the same seed,
+    mean ± sample std over the seeds both groups have (n pairs).
+
+    groups {name: [run folders]}. Returns [{"group", "runs", "n", "<kind>_<key>": (mean, std, n) or None,
+    "delta_<kind>_<key>": (mean, std, n) or None}] for kind final | best; fractions, not %."""
+    scores = {g: [run_scores(d) for d in dirs] for g, dirs in groups.items()}
+    if baseline is not None and baseline not in scores:
+        raise cli.DataError(f"evaluate.py --compare: no group {baseline!r} for --baseline; groups: "
+                            f"{', '.join(scores)}")
+    rows = []
+    for g, runs in scores.items():
+        row = {"group": g, "runs": [r["run"] for r in runs], "n": len(runs)}
+        for kind in ("final", "best"):
+            for _, key in COMPARE_METRICS:
+                col = f"{kind}_{key}"
+                vals = [r[col] for r in runs if r[col] is not None]
+                row[col] = (*_mean_std(vals), len(vals)) if vals else None
+                row["delta_" + col] = None
+                if baseline is not None and g != baseline:
+                    base = {r["seed"]: r[col] for r in scores[baseline] if r[col] is not None}
+                    d = [r[col] - base[r["seed"]] for r in runs if r[col] is not None and r["seed"] in base]
+                    row["delta_" + col] = (*_mean_std(d), len(d)) if d else None
+        rows.append(row)
+    return rows
+
+
+def _pm(cell, signed=False):
+    if cell is None:
+        return "–"
+    m, s, n = cell
+    return f"{100 * m:{'+' if signed else ''}.2f} ± {100 * s:.2f} (n={n})"
+
+
+def compare_markdown(groups, baseline=None, deltas_only=False):
+    """Markdown of compare_groups: the values table (unless deltas_only) and, with a baseline, the paired-Δ
+    table, in percentage points."""
+    rows = compare_groups(groups, baseline)
+    cols = [(kind, title, key) for title, key in COMPARE_METRICS for kind in ("final", "best")]
+    head = " | ".join(f"{title} {kind}" for kind, title, _ in cols)
+    lines = []
+    if not deltas_only:
+        lines += ["Final checkpoint (metrics.json) and best of the evaluations (log.csv; each metric its own best, "
+                  "selected on the evaluation split) in %, mean ± sample std over the runs (seeds):", "",
+                  f"| Group | runs | {head} |", "|---|---|" + "---|" * len(cols)]
+        lines += [f"| {r['group']} | {r['n']} | " + " | ".join(_pm(r[f'{k}_{key}']) for k, _, key in cols) + " |"
+                  for r in rows]
+        lines.append("")
+    if baseline is not None:
+        lines += [f"Paired difference to {baseline} (same seed), percentage points, mean ± sample std over the "
+                  "seeds both have:", "", f"| Group | {head} |", "|---|" + "---|" * len(cols)]
+        lines += [f"| {r['group']} | " + " | ".join(_pm(r[f'delta_{k}_{key}'], True) for k, _, key in cols) + " |"
+                  for r in rows if r["group"] != baseline]
+        lines.append("")
+    return "\n".join(lines)
+
+
 # ------------------------------------------------------------------------------------------------- CLI
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("paths", nargs="+", help="a run folder or checkpoint file; with --summary or "
                                                "--plot-pseudo-labels, run folders")
     p.add_argument("--summary", action="store_true", help="tabulate several runs (paper Tables 1-2)")
+    p.add_argument("--compare", action="store_true",
+                   help="groups of runs (NAME=RUN[,RUN...], or run folders grouped by method name): final and "
+                        "best-of-evaluation Dice and accuracy, mean ± std over seeds, and with --baseline the "
+                        "paired Δ to that group")
+    p.add_argument("--baseline", default=None, metavar="GROUP", help="--compare: the group the Δ is taken to "
+                                                                       "(e.g. SupOnly)")
     p.add_argument("--plot-pseudo-labels", action="store_true",
                    help="plot pseudo-label accuracy over training from the runs' log.csv (paper Fig. 1 style; "
                         "several runs are averaged) and print the second-half means")
@@ -468,6 +609,12 @@ def main(argv=None):
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (ignored on CPU)")
     p.add_argument("--debug", action="store_true", help="show the Python traceback of an error (or HERMES_DEBUG=1)")
     args = p.parse_args(argv)
+    if args.compare:
+        md = compare_markdown(group_runs(args.paths), args.baseline)
+        print(md)
+        if args.out:
+            cli.atomic_write(args.out, lambda f: f.write(md))
+        return md
     if args.summary:
         md = summary_markdown(args.paths)
         print(md)

@@ -49,7 +49,7 @@ def test_dry_run_commands_parse_with_train_parser(name, tmp_path, capsys):
 def test_runs_match_the_papers_tables_and_share_folders():
     ex = reproduce.EXPERIMENTS
     names = {k: {r.name for r in e.runs()} for k, e in ex.items() if not e.unsupported}
-    assert len(names["table1"]) == 8 * 2 * 3 and len(names["table3"]) == (6 + 4) * 3
+    assert len(names["table1"]) == 8 * 3 * 3 and len(names["table3"]) == (6 + 4) * 3
     assert names["table2"] < names["table1"]  # one joint run gives both tables
     assert {"busi-72-suponly-seed0", "busi-72-hermes-seed2"} <= names["table1"] & names["table3"]
     assert "busi-72-hermes-seed1" in names["table4"] & names["fig1"]  # lr 1e-4 and the dual rule are Hermes

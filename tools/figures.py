@@ -3,6 +3,7 @@ Fig. 1's pseudo-label accuracy curves and learning curves (matplotlib, imported 
 
     python -m tools.figures pseudo-labels runs/busi-72-seed* --out fig1.png  # paper Fig. 1 from log.csv
     python -m tools.figures curves SupOnly=runs/sup-s0,runs/sup-s1 Hermes=runs/h-s0,runs/h-s1 --out dice.png
+    python -m tools.figures pseudo-labels CPS=runs/c-s0,runs/c-s1 Hermes=runs/h-s0,runs/h-s1 --out pl.png  # kept vs all
     python evaluate.py RUN --overlays DIR                                    # overlays + attention panels
 
 matplotlib draws the plots (axes, ticks, legends and Greek letters done well, by a well-kept library); it is
@@ -411,22 +412,84 @@ def plot_pseudo_labels(run_dirs, out_png, smooth=5):
 
 def load_eval_log(run_dir, key="dice_mean"):
     """(iters (n,), values (n,)) of the eval rows of RUN_DIR/log.csv (a repeated iteration keeps its last row)."""
-    with open(os.path.join(run_dir, "log.csv"), newline="") as f:
-        rows = {int(r["iter"]): _float_or_nan(r.get(key)) for r in csv.DictReader(f) if r.get("kind") == "eval"}
+    import evaluate
+    rows = evaluate.eval_log(run_dir)
     its = np.array(sorted(rows), dtype=np.int64)
-    return its, np.array([rows[i] for i in its], dtype=np.float64)
+    return its, np.array([rows[i].get(key, np.nan) for i in its], dtype=np.float64)
+
+
+def seed_band(logs):
+    """(iters, mean, std, n) of several runs' series [(iters (k,), values (k,))] at the iterations all of them
+    logged: mean and sample std (ddof=1; 0 for one run) over the runs with a finite value there (NaN where none)."""
+    common = sorted(set.intersection(*(set(its.tolist()) for its, _ in logs))) if logs else []
+    vals = np.array([[v[list(its).index(i)] for i in common] for its, v in logs]).reshape(len(logs), len(common))
+    cnt = np.isfinite(vals).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(cnt > 0, np.nansum(vals, 0) / np.maximum(cnt, 1), np.nan)
+        sq = np.nansum((vals - mean) ** 2, 0)
+        std = np.where(cnt > 1, np.sqrt(sq / np.maximum(cnt - 1, 1)), np.where(cnt == 1, 0.0, np.nan))
+    return np.array(common, dtype=np.int64), mean, std, len(logs)
 
 
 def learning_curves(groups, key="dice_mean"):
     """{name: (iters, mean, std, n)} over the runs of each group, at the evaluation steps all of them logged."""
+    return {name: seed_band([load_eval_log(d, key) for d in dirs]) for name, dirs in groups.items()}
+
+
+def pseudo_label_groups(groups, target="pix", smooth=5):
+    """Pseudo-label accuracy of all vs kept pseudo-labels (pl_acc_<target>_all / _kept) and the fraction kept,
+    per group of runs (seeds): {name: {"all"|"kept"|"kept_frac": (iters, mean, std, n)}} from the train rows of
+    log.csv (load_pl_log: an accuracy where nothing was kept is NaN), each run's series smoothed first
+    (moving_average over `smooth` logged rows), then mean ± std over the runs at the iterations all logged."""
     out = {}
     for name, dirs in groups.items():
-        logs = [load_eval_log(d, key) for d in dirs]
-        common = sorted(set.intersection(*(set(its.tolist()) for its, _ in logs))) if logs else []
-        vals = np.array([[v[list(its).index(i)] for i in common] for its, v in logs])   # (runs, steps)
-        std = vals.std(0, ddof=1) if len(logs) > 1 else np.zeros(len(common))
-        out[name] = (np.array(common), vals.mean(0) if len(logs) else np.array([]), std, len(logs))
+        logs = [load_pl_log(d)[:2] for d in dirs]
+        cols = {"all": f"pl_acc_{target}_all", "kept": f"pl_acc_{target}_kept", "kept_frac": f"kept_{target}"}
+        out[name] = {k: seed_band([(its, moving_average(c[col], smooth)) for its, c in logs])
+                     for k, col in cols.items()}
     return out
+
+
+def plot_pseudo_label_groups(groups, out_png, target="pix", smooth=5):
+    """PNG (1000×600 px): per group (a colour) the accuracy of the kept pseudo-labels (solid) and of all of them
+    (dashed) over training, mean ± std band over its runs; below, the fraction kept. Returns
+    {"png", "curves" (pseudo_label_groups), "text" (second-half means, markdown)}."""
+    curves = pseudo_label_groups(groups, target, smooth)
+    plt = _pyplot()
+    fig, (ax, ax_k) = plt.subplots(2, 1, figsize=(10, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    what = dict((t, title) for t, _, title in PL_TARGETS)[target]
+    for k, (name, c) in enumerate(curves.items()):
+        colour = f"C{k}"
+        for key, ls, label in (("kept", "-", "kept"), ("all", "--", "all")):
+            its, mean, std, n = c[key]
+            ax.plot(its, mean, color=colour, ls=ls, lw=2, label=f"{name}: {label} (n={n})")
+            ax.fill_between(its, mean - std, mean + std, color=colour, alpha=0.15)
+        its, mean, std, _ = c["kept_frac"]
+        ax_k.plot(its, mean, color=colour, lw=2)
+        ax_k.fill_between(its, mean - std, mean + std, color=colour, alpha=0.15)
+    ax.set_title(f"{what}: kept (solid) vs all (dashed), mean ± std over seeds"
+                 + (f"\nmoving average over {smooth} logged rows" if smooth and smooth > 1 else ""), fontsize=10)
+    ax.set_ylabel("pseudo-label accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    ax_k.set_ylim(0, 1)
+    ax_k.set_ylabel("kept")
+    ax_k.set_xlabel("training step")
+    ax_k.grid(alpha=0.3)
+    fig.tight_layout()
+    _save(fig, out_png)
+    pct = lambda v: "–" if not np.isfinite(v) else f"{100 * v:.2f}"
+    lines = [f"{what}: pseudo-label accuracy (%), mean over the logged steps of the second half of training, of "
+             "the seed-mean curve (smoothed):", "", "| Group | kept | all | kept − all | fraction kept |",
+             "|---|---|---|---|---|"]
+    for name, c in curves.items():
+        half = {}
+        for k, (its, mean, _, _) in c.items():
+            y = mean[its > its.max() / 2] if its.size else mean
+            half[k] = float(y[np.isfinite(y)].mean()) if np.isfinite(y).any() else np.nan
+        lines.append(f"| {name} | {pct(half['kept'])} | {pct(half['all'])} | {pct(half['kept'] - half['all'])} | "
+                     f"{pct(half['kept_frac'])} |")
+    return {"png": out_png, "curves": curves, "text": "\n".join(lines) + "\n"}
 
 
 def plot_learning_curves(groups, out_png, key="dice_mean", title=None):
@@ -448,11 +511,25 @@ def plot_learning_curves(groups, out_png, key="dice_mean", title=None):
     return curves
 
 
+def parse_groups(p, items):
+    """{NAME: [RUN, ...]} from NAME=RUN[,RUN...] items (parser p reports a malformed one)."""
+    groups = {}
+    for g in items:
+        name, sep, dirs = g.partition("=")
+        if not sep or not dirs:
+            p.error(f"a group is NAME=RUN[,RUN...], got {g!r}")
+        groups.setdefault(name, []).extend(d for d in dirs.split(",") if d)
+    return groups
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
-    a = sub.add_parser("pseudo-labels", help="Fig. 1: pseudo-label accuracy over training (log.csv)")
-    a.add_argument("runs", nargs="+")
+    a = sub.add_parser("pseudo-labels", help="Fig. 1: pseudo-label accuracy over training (log.csv); with "
+                                             "NAME=RUN[,RUN...] groups: kept vs all per group, mean ± std")
+    a.add_argument("runs", nargs="+", help="run folders (averaged, Fig. 1 style), or NAME=RUN[,RUN...] groups")
+    a.add_argument("--target", default="pix", choices=["pix", "img"],
+                   help="groups: pixel pseudo-masks or image pseudo-labels (default pix)")
     a.add_argument("--out", default=None, help="PNG (default <first run>/pseudo_labels.png)")
     a.add_argument("--smooth", type=int, default=5, help="moving-average window in logged rows (1 = none)")
     c = sub.add_parser("curves", help="an evaluation metric over steps, groups of runs as mean ± std")
@@ -463,19 +540,20 @@ def main(argv=None):
     for q in (a, c):
         q.add_argument("--debug", action="store_true", help="show the Python traceback of an error (or HERMES_DEBUG=1)")
     args = p.parse_args(argv)
+    if args.cmd == "pseudo-labels" and any("=" in r and not os.path.isdir(r) for r in args.runs):
+        if not args.out:
+            p.error("pseudo-labels with groups needs --out")
+        res = plot_pseudo_label_groups(parse_groups(p, args.runs), args.out, args.target, args.smooth)
+        print(res["text"])
+        print(f"written: {args.out}")
+        return res
     if args.cmd == "pseudo-labels":
         out = args.out or os.path.join(args.runs[0], "pseudo_labels.png")
         res = plot_pseudo_labels(args.runs, out, smooth=args.smooth)
         print(res["text"])
         print(f"written: {out}")
         return res
-    groups = {}
-    for g in args.groups:
-        name, sep, dirs = g.partition("=")
-        if not sep or not dirs:
-            p.error(f"a group is NAME=RUN[,RUN...], got {g!r}")
-        groups[name] = dirs.split(",")
-    res = plot_learning_curves(groups, args.out, key=args.metric, title=args.title)
+    res = plot_learning_curves(parse_groups(p, args.groups), args.out, key=args.metric, title=args.title)
     for name, (its, mean, std, n) in res.items():
         print(f"{name} (n={n}): " + ", ".join(f"{i}: {100 * m:.1f}±{100 * s:.1f}" for i, m, s in zip(its, mean, std)))
     print(f"written: {args.out}")

@@ -7,6 +7,7 @@
         --device cuda
     python -m tools.reproduce table1 --slurm --partition gpu > t1.sbatch  # a Slurm job array, one task per run
     python -m tools.reproduce table1 --collect                        # the table from the finished run folders
+    python -m tools.reproduce study --device cuda --data-root busi=PATH  # issue 18's GPU study (see its options)
 
 A run is one `python train.py ...` subprocess writing DIR/<dataset>-<labels>-<method>-seed<seed>/ (default DIR
 runs/reproduce); its output goes to DIR/logs/<run>.log. Identical runs share one folder across experiments (Table 3's
@@ -58,15 +59,26 @@ TAIL_LINES = 15  # lines of a failed run's log shown in the report
 SWITCHES = ("dtcl", "ias", "itcl")  # Table 3: DTCL, SM/ITA, ITCL
 SUPONLY = {"dtcl": False, "ias": False, "itcl": False}  # README, Ablations: row 1
 HERMES = {}
+CPS = {"method": "cps"}  # cps.py: Table 1's comparator (the switches are added by method(); CPS_SWITCHES)
 PAPER_LR = 1e-4          # §4.1 and Table 4's best; train.py's default
 PAPER_CONTRAST_LEVEL = 3  # Table 5's best (Conv3); train.py's default
-OPTION_ORDER = ("task", "dtcl", "ias", "itcl", "threshold", "lr", "contrast_level")
+# Settings not in the paper that a row may add (the from-scratch recipe of issue 18 and the stabilisers of
+# docs/when-does-hermes-help.md): dest -> (train.py's default, type, tag in run names). lr_seg / lr_cls default
+# to --lr (None here).
+RECIPE_OPTIONS = {"lr_seg": (None, float, "lrseg"), "lr_cls": (None, float, "lrcls"), "burn_in": (0, int, "burnin"),
+                  "unlabeled_bn": ("shared", str, "bn"), "unsup_seg_loss": ("dice", str, "useg"),
+                  "unsup_weight": (1.0, float, "uw"), "contrast_warmup": (0, int, "cwarm"),
+                  "gamma_ramp": (0, int, "gramp")}
+OPTION_ORDER = ("method", "task", "dtcl", "ias", "itcl", "threshold", "lr", "contrast_level", *RECIPE_OPTIONS)
+CPS_SWITCHES = {"dtcl": False, "ias": False, "itcl": False}  # train.py --method cps implies them; written out
+# so that the command matches the run's config.json (config_mismatch)
 
 
 def method(**kw):
     """A method as a hashable tuple of (dest, value), defaults dropped."""
-    defaults = {"task": "joint", "threshold": "dual", "lr": PAPER_LR, "contrast_level": PAPER_CONTRAST_LEVEL,
-                "dtcl": True, "ias": True, "itcl": True}
+    defaults = {"method": "hermes", "task": "joint", "threshold": "dual", "lr": PAPER_LR,
+                "contrast_level": PAPER_CONTRAST_LEVEL, "dtcl": True, "ias": True, "itcl": True,
+                **{k: d for k, (d, _, _) in RECIPE_OPTIONS.items()}}
     unknown = set(kw) - set(defaults)
     if unknown:
         raise ValueError(f"reproduce.method: no such option {sorted(unknown)}")
@@ -81,10 +93,13 @@ def _num(x):
 
 def method_name(m):
     """'hermes', 'suponly', the switches left on ('dtcl', 'ias-itcl', ...), 'ss-'/'sc-' for one task, then
-    '-thr-confidence', '-lr2e-4', '-conv1' for the other options."""
+    '-thr-confidence', '-lr2e-4', '-conv1' for the other options; 'cps' for --method cps; the recipe as
+    '-lrseg1e-3-lrcls1e-2-burnin500' (RECIPE_OPTIONS' tags), so another recipe gets other run folders."""
     d = dict(m)
     on = [s for s in SWITCHES if d.get(s, True)]
     name = "hermes" if len(on) == len(SWITCHES) else "suponly" if not on else "-".join(on)
+    if d.get("method") == "cps":
+        name = "cps"
     name = {"seg": "ss-", "cls": "sc-"}.get(d.get("task"), "") + name
     if "threshold" in d:
         name += f"-thr-{d['threshold']}"
@@ -92,6 +107,9 @@ def method_name(m):
         name += f"-lr{_num(d['lr'])}"
     if "contrast_level" in d:
         name += f"-conv{d['contrast_level']}"
+    for k, (_, _, tag) in RECIPE_OPTIONS.items():
+        if k in d:
+            name += f"-{tag}{_num(d[k]) if isinstance(d[k], float) else d[k]}"
     return name
 
 
@@ -120,16 +138,16 @@ class Run:
 
 
 # ------------------------------------------------------------------------------------ the paper's numbers
-# Table 1 (Dice %, mean ± std), rows "SupOnly" and "Hermes", columns in the paper's order.
+# Table 1 (Dice %, mean ± std), rows "SupOnly", "CPS[4]" and "Hermes", columns in the paper's order.
 TABLE1 = {
-    ("busi", 216): {"suponly": (83.62, 0.21), "hermes": (87.48, 0.47)},
-    ("busi", 144): {"suponly": (79.28, 0.84), "hermes": (84.41, 0.51)},
-    ("busi", 72): {"suponly": (71.84, 0.45), "hermes": (75.68, 0.22)},
-    ("udiat", 60): {"suponly": (85.78, 0.39), "hermes": (88.73, 0.48)},
-    ("udiat", 40): {"suponly": (83.28, 0.47), "hermes": (87.15, 0.32)},
-    ("udiat", 20): {"suponly": (78.74, 0.63), "hermes": (83.23, 0.28)},
-    ("sztus", 120): {"suponly": (77.24, 0.59), "hermes": (80.23, 0.46)},
-    ("sztus", 60): {"suponly": (73.42, 0.41), "hermes": (77.33, 0.37)},
+    ("busi", 216): {"suponly": (83.62, 0.21), "cps": (84.84, 0.35), "hermes": (87.48, 0.47)},
+    ("busi", 144): {"suponly": (79.28, 0.84), "cps": (80.21, 0.48), "hermes": (84.41, 0.51)},
+    ("busi", 72): {"suponly": (71.84, 0.45), "cps": (72.21, 0.61), "hermes": (75.68, 0.22)},
+    ("udiat", 60): {"suponly": (85.78, 0.39), "cps": (86.22, 0.46), "hermes": (88.73, 0.48)},
+    ("udiat", 40): {"suponly": (83.28, 0.47), "cps": (84.03, 0.48), "hermes": (87.15, 0.32)},
+    ("udiat", 20): {"suponly": (78.74, 0.63), "cps": (79.52, 0.38), "hermes": (83.23, 0.28)},
+    ("sztus", 120): {"suponly": (77.24, 0.59), "cps": (77.84, 0.55), "hermes": (80.23, 0.46)},
+    ("sztus", 60): {"suponly": (73.42, 0.41), "cps": (74.26, 0.54), "hermes": (77.33, 0.37)},
 }
 # Table 2 (accuracy %, mean ± std), rows "SupOnly" and "Hermes"; the paper reports no UDIAT accuracy and no
 # BUSI 72-label column here (Table 3 has BUSI 72: 81.17 / 84.77).
@@ -191,6 +209,9 @@ class Experiment:
     base: tuple = ()           # (option, value) of every run; a passed-on option replaces the base one
     varies: frozenset = frozenset()  # train.py dests the rows set: not accepted as passed-on options
     unsupported: str = None
+    report: object = None      # function(exp, out_dir, seeds) -> markdown appended to the table (and figures)
+    gpu_jobs: bool = False     # with --device cuda, --jobs defaults to all runs at once (one GPU shared)
+    default_out: str = DEFAULT_OUT
 
     def runs(self, seeds=None):
         keys = []
@@ -208,8 +229,10 @@ def _table1(_):
     cols = list(TABLE1)
     header = ["Method"] + [f"{DATASET_TITLES[d]} {n} labels" for d, n in cols]
     rows = [[title] + [Cell(d, n, m, "dice_mean", TABLE1[(d, n)][method_name(m)]) for d, n in cols]
-            for title, m in (("SupOnly", method(**SUPONLY)), ("Hermes", method(**HERMES)))]
-    return Table(header, rows, ("Dice of the final checkpoint on the evaluation split (Table 1).",))
+            for title, m in (("SupOnly", method(**SUPONLY)), ("CPS (`--method cps`)", method(**CPS, **CPS_SWITCHES)),
+                             ("Hermes", method(**HERMES)))]
+    return Table(header, rows, ("Dice of the final checkpoint on the evaluation split (Table 1). CPS: cross "
+                                "pseudo supervision (Chen et al. 2021; cps.py), the paper's row CPS[4].",))
 
 
 def _table2(_):
@@ -288,8 +311,8 @@ def _demo(_):
 
 
 EXPERIMENTS = {e.name: e for e in [
-    Experiment("table1", "Table 1: Dice, BUSI / UDIAT / SZ-TUS × label budgets, SupOnly vs Hermes", PAPER_SEEDS,
-               _table1, varies=frozenset(SWITCHES)),
+    Experiment("table1", "Table 1: Dice, BUSI / UDIAT / SZ-TUS × label budgets, SupOnly vs CPS vs Hermes",
+               PAPER_SEEDS, _table1, varies=frozenset(SWITCHES + ("method",))),
     Experiment("table2", "Table 2: accuracy, BUSI / SZ-TUS × label budgets, SupOnly vs Hermes (table1's runs)",
                PAPER_SEEDS, _table2, varies=frozenset(SWITCHES)),
     Experiment("table3", "Table 3: ablation rows (DTCL, SM/ITA, ITCL; SS / SC), BUSI 72 labels", PAPER_SEEDS,
@@ -309,6 +332,163 @@ EXPERIMENTS = {e.name: e for e in [
                (0, 1), _demo, base=(("--image-size", "64"), ("--iters", "60"), ("--eval-every", "30")),
                varies=frozenset(SWITCHES)),
 ]}
+
+
+# ------------------------------------------------------------------------------------ the study (issue 18)
+# The from-scratch recipe of the study's "+ recipe" rows (not in the paper), as train.py options; the one place
+# to change the default (--recipe replaces it for one command). Each value goes into the run folders' names.
+STUDY_RECIPE = "--lr-seg 1e-3 --lr-cls 1e-2 --burn-in 500"  # placeholder until the recipe is chosen on SupOnly
+# group key -> (row title, method options, with the recipe); a fair baseline gets the same tuning.
+STUDY_GROUPS = {"suponly": ("SupOnly", SUPONLY, False), "cps": ("CPS", {**CPS, **CPS_SWITCHES}, False),
+                "hermes": ("Hermes", HERMES, False), "suponly-recipe": ("SupOnly + recipe", SUPONLY, True),
+                "cps-recipe": ("CPS + recipe", {**CPS, **CPS_SWITCHES}, True),
+                "hermes-recipe": ("Hermes + recipe", HERMES, True)}
+STUDY_BASE = (("--image-size", "224"), ("--iters", "3000"), ("--eval-every", "250"), ("--no-pretrained", None))
+# Sizing, from the H100 figures of docs/speed.md and docs/results.md (224 px, batch 8 + 8, fp32, one process):
+# (s/step of the training step alone, tools.bench; s/step end to end, train.py with evaluation every 250 steps).
+# SupOnly: 0.040 and 131 s / 2,000 steps; Hermes: 0.078 and 232 s / 2,000 steps. CPS is not measured: two
+# U-Nets over the 16 images against Hermes w/o SM/ITA's one U-Net over 16 + a teacher over 8 (0.062) -> ~0.09.
+H100_STEP = {"suponly": (0.040, 131 / 2000), "hermes": (0.078, 232 / 2000), "cps": (0.090, 0.134)}
+STUDY_WALL_GOAL = 9 * 60
+STUDY_OUT = os.path.join("runs", "study")  # its own: its runs differ from the tables' (224 px, no pretraining)
+STUDY_HELP = f"""study: SupOnly, CPS and Hermes with the paper's settings and with the from-scratch recipe (issue 18),
+BUSI 72 labels, 224 px, 3,000 steps, evaluation every 250 steps, no pretrained weights, seeds 0 1 2: 18 runs.
+    python -m tools.reproduce study --device cuda --data-root busi=PATH --out runs/study
+    --recipe "OPTIONS"  the '+ recipe' groups' train.py options, default "{STUDY_RECIPE}";
+                        of --{', --'.join(RECIPE_OPTIONS).replace('_', '-')}
+    --groups GROUP...   default all: {' '.join(STUDY_GROUPS)}
+With --device cuda all runs start at once (--jobs = number of runs; GPU memory ~3 GiB a run: 18 runs ~55 GiB,
+within an 80 GB H100) and share the GPU; it writes DIR/study.md
+(final and best-of-evaluation Dice and accuracy, mean ± std over seeds, paired Δ to SupOnly), study_dice.png,
+study_accuracy.png (learning curves) and study_pseudo_labels.png (kept vs all pseudo-label accuracy).
+Sizing (H100 figures of docs/speed.md, docs/results.md; 224 px): one run alone takes 0.066 s/step (SupOnly),
+0.116 (Hermes), ~0.13 (CPS, estimated) end to end, of which the training step itself is 0.040, 0.078, ~0.09.
+18 runs × 3,000 steps: one after another 3 × 2 × 3,000 × (0.066 + 0.116 + 0.134) = 5,690 s = 95 min; side by
+side, processes take turns on the GPU (no MPS), so --jobs 18 recovers the idle time between a run's steps but
+not the steps themselves: at least 3 × 2 × 3,000 × (0.040 + 0.078 + 0.090) = 3,740 s = 62 min (a burn-in step
+costs a SupOnly step: 60 min with --burn-in 500). The full study does not fit {STUDY_WALL_GOAL // 60} minutes. What fits (GPU steps
++ ~1 min start-up): one seed, --seeds 0 --iters 1250 (all six groups, ~7.9 min of steps), or --seeds 0 --groups
+suponly cps hermes hermes-recipe --iters 1500 (~6.8 min). The command prints its estimate (also with --dry-run);
+`python -m tools.bench --device cuda --concurrent 2 4 8` measures the side-by-side gain, and the H100 figures
+are of an older version (per-image CPU augmentation), so treat them as a guide. Stopped early (device time
+over), rerun the same command to continue, or --collect for the table of the finished runs and the curves up to
+the last evaluation of every run."""
+
+
+def parse_recipe(text):
+    """'--lr-seg 1e-3 --burn-in 500' -> {"lr_seg": 0.001, "burn_in": 500}: train.py options of RECIPE_OPTIONS,
+    each with a value; UsageError for anything else."""
+    tokens, out = shlex.split(text or ""), {}
+    for i in range(0, len(tokens), 2):
+        opt, value = tokens[i], tokens[i + 1] if i + 1 < len(tokens) else None
+        dest = opt[2:].replace("-", "_") if opt.startswith("--") else None
+        if dest not in RECIPE_OPTIONS or value is None:
+            raise UsageError(f"--recipe {text!r}: expected OPTION VALUE pairs of "
+                             f"--{', --'.join(k.replace('_', '-') for k in RECIPE_OPTIONS)}, got {opt!r}")
+        try:
+            out[dest] = RECIPE_OPTIONS[dest][1](value)
+        except ValueError:
+            raise UsageError(f"--recipe: {opt} {value!r} is not a {RECIPE_OPTIONS[dest][1].__name__}") from None
+    return out
+
+
+def study_experiment(recipe_text=STUDY_RECIPE, groups=None):
+    """The study as an Experiment for one recipe and a choice of STUDY_GROUPS (default all)."""
+    recipe, keys = parse_recipe(recipe_text), list(groups or STUDY_GROUPS)
+    bad = [k for k in keys if k not in STUDY_GROUPS]
+    if bad:
+        raise UsageError(f"--groups {bad[0]}: one of {', '.join(STUDY_GROUPS)}")
+    if recipe and len({method_name(method(**STUDY_GROUPS[k][1], **(recipe if STUDY_GROUPS[k][2] else {})))
+                        for k in keys}) < len(keys):
+        raise UsageError("--recipe: two groups would be the same runs")
+    if not recipe and any(STUDY_GROUPS[k][2] for k in keys):
+        raise UsageError("--recipe is empty: the '+ recipe' groups would be the paper-default runs; "
+                         "choose --groups without them")
+    cols = (("Dice final (%)", "dice_mean"), ("Dice best (%)", "best:dice_mean"), ("Acc final (%)", "accuracy"),
+            ("Acc best (%)", "best:accuracy"))
+
+    def table(_):
+        rows = []
+        for k in keys:
+            title, opts, with_recipe = STUDY_GROUPS[k]
+            m = method(**opts, **(recipe if with_recipe else {}))
+            rows.append([title] + [Cell("busi", 72, m, key) for _, key in cols])
+        return Table(["Group"] + [c for c, _ in cols], rows, (
+            f"Recipe (not in the paper; the '+ recipe' rows): `{shlex.join(method_options(method(**recipe)))}`.",
+            "final = the last step's checkpoint (metrics.json); best = the largest value over the evaluations of "
+            "log.csv (each metric its own; selected on the evaluation split, so optimistic).",
+            "CPS: cross pseudo supervision (Chen et al. 2021; cps.py), Table 1's comparator. No paper numbers: "
+            "the paper fine-tunes ImageNet weights; these runs start from random weights."))
+
+    return Experiment("study", "study (issue 18): SupOnly, CPS, Hermes, paper settings and a from-scratch recipe, "
+                      "BUSI 72 labels, 224 px, 3,000 steps, GPU", PAPER_SEEDS, table, base=STUDY_BASE,
+                      varies=frozenset(SWITCHES + ("method", "lr") + tuple(RECIPE_OPTIONS)), report=_study_report,
+                      gpu_jobs=True, default_out=STUDY_OUT)
+
+
+def _study_groups(exp, out_dir, seeds):
+    """{row title: [run folders with a log.csv]} of the study's table rows (unfinished runs included)."""
+    groups = {}
+    for row in exp.table(None).rows:
+        dirs = [os.path.join(out_dir, Run(c.dataset, c.labels, c.method, s).name) for c in row[1:2] for s in seeds]
+        groups[row[0]] = [d for d in dirs if os.path.isfile(os.path.join(d, "log.csv"))]
+    return {g: d for g, d in groups.items() if d}
+
+
+def _study_report(exp, out_dir, seeds):
+    """Paired Δ to SupOnly (and to SupOnly + recipe) and the figures, as markdown lines; DIR/study_*.png."""
+    import evaluate
+    from tools import figures
+    groups = _study_groups(exp, out_dir, seeds)
+    if not groups:
+        return ["No run has a log.csv yet: no Δ table and no curves."]
+    lines = []
+    for base, members in (("SupOnly", list(groups)), ("SupOnly + recipe", [g for g in groups if "recipe" in g])):
+        if base in groups and len(members) > 1:
+            lines += [evaluate.compare_markdown({g: groups[g] for g in members}, base, deltas_only=True)]
+    try:
+        for key, what, title in (("dice_mean", "dice", "Dice"), ("accuracy", "accuracy", "accuracy")):
+            figures.plot_learning_curves(groups, os.path.join(out_dir, f"study_{what}.png"), key=key,
+                                         title=f"BUSI 72 labels: evaluation {title}, mean ± std over seeds")
+        semi = {g: d for g, d in groups.items() if not g.startswith("SupOnly")}
+        if semi:
+            res = figures.plot_pseudo_label_groups(semi, os.path.join(out_dir, "study_pseudo_labels.png"))
+            lines.append(res["text"])
+        lines.append("Figures: study_dice.png, study_accuracy.png (learning curves, runs' evaluations up to the "
+                     "last step all runs of a group logged), study_pseudo_labels.png (pseudo-label accuracy of "
+                     "kept vs all pixels; CPS keeps all), beside this file.")
+    except (SystemExit, ImportError, ValueError) as e:  # matplotlib missing, or nothing to draw yet
+        lines.append(f"No figures: {e}")
+    return lines
+
+
+def estimate(runs, exp, passed):
+    """One line: the study's expected time on one H100 from H100_STEP (see STUDY_HELP)."""
+    def opt(name, default):
+        for i, t in enumerate(passed):
+            if t.startswith(name + "="):
+                return t.split("=", 1)[1]
+            if t == name and i + 1 < len(passed):
+                return passed[i + 1]
+        return dict(exp.base).get(name, default)
+    iters, size = int(opt("--iters", 3000)), int(opt("--image-size", 224))
+    scale = (size / 224) ** 2  # crude below 224 px: small images leave the GPU idler
+    alone = busy = 0.0
+    for r in runs:
+        d = dict(r.method)
+        kind = "cps" if d.get("method") == "cps" else "suponly" if method_name(r.method).startswith("suponly") \
+            else "hermes"
+        burn = min(iters, d.get("burn_in", 0)) if kind != "suponly" else 0
+        for k, n in ((kind, iters - burn), ("suponly", burn)):
+            busy += n * H100_STEP[k][0] * scale
+            alone += n * H100_STEP[k][1] * scale
+    fits = "fits" if busy + 60 <= STUDY_WALL_GOAL else "does NOT fit"
+    return (f"estimate on one H100 ({len(runs)} runs, {iters} steps, {size} px): {alone / 60:.1f} min one after "
+            f"another; side by side at least {busy / 60:.1f} min of GPU steps + ~1 min start-up: {fits} "
+            f"{STUDY_WALL_GOAL // 60} min (python -m tools.reproduce study --help)")
+
+
+EXPERIMENTS["study"] = study_experiment()
 
 
 # ------------------------------------------------------------------------------------------- reading runs
@@ -350,6 +530,9 @@ def log_second_half(run_dir, column):
 def metric_value(run_dir, metric):
     if metric.startswith("log:"):
         return log_second_half(run_dir, metric[4:])
+    if metric.startswith("best:"):  # the best of the run's evaluations (log.csv)
+        import evaluate
+        return evaluate.run_scores(run_dir)[f"best_{metric[5:]}"]
     m = read_json(os.path.join(run_dir, "metrics.json"))
     v = None if m is None else m.get(metric)
     return float(v) if isinstance(v, (int, float)) and v == v else None
@@ -425,6 +608,8 @@ def table_markdown(exp, out_dir, seeds, command):
 
 def write_table(exp, out_dir, seeds, command):
     text = table_markdown(exp, out_dir, seeds, command)
+    if exp.report is not None:
+        text += "\n" + "\n".join(exp.report(exp, out_dir, seeds)) + "\n"
     path = cli.atomic_write(os.path.join(out_dir, f"{exp.name}.md"), lambda f: f.write(text))
     return path, text
 
@@ -460,7 +645,7 @@ def with_env_roots(roots, exp):
 def train_args(run, exp, out_dir, roots, passed):
     """train.py options of one run: per-run, experiment base (unless passed on), passed-on, method, --out."""
     given = {t.split("=")[0] for t in passed if t.startswith("--")}
-    base = [x for opt, value in exp.base if opt not in given for x in (opt, value)]
+    base = [x for opt, value in exp.base if opt not in given for x in ((opt,) if value is None else (opt, value))]
     args = ["--dataset", run.dataset]
     if run.dataset != "demo":
         args += ["--data-root", roots[run.dataset]]
@@ -788,7 +973,8 @@ def build_parser():
         epilog="Several runs on one GPU: --jobs N starts N train.py processes that share the device (memory "
                "and compute); on a CPU each gets cores/N threads (OMP_NUM_THREADS) unless you set it.")
     a = p.add_argument
-    a("--out", default=DEFAULT_OUT, metavar="DIR", help=f"folder of the run folders and tables (default {DEFAULT_OUT})")
+    a("--out", default=None, metavar="DIR",
+      help=f"folder of the run folders and tables (default {DEFAULT_OUT}; study: {STUDY_OUT})")
     a("--data-root", action="append", metavar="DATASET=PATH",
       help="dataset folder, repeat per dataset (busi=..., udiat=..., sztus=...); a bare PATH when the "
            "experiment reads one dataset")
@@ -799,6 +985,11 @@ def build_parser():
     mode.add_argument("--dry-run", action="store_true", help="print the train.py commands it would run and stop")
     mode.add_argument("--slurm", action="store_true", help="print an sbatch job-array script (one task per run)")
     mode.add_argument("--collect", action="store_true", help="write the table from the finished run folders")
+    st = p.add_argument_group("the study experiment", STUDY_HELP)
+    st.add_argument("--recipe", default=None, metavar="OPTIONS",
+                    help=f"study: train.py options of the '+ recipe' groups (default \"{STUDY_RECIPE}\")")
+    st.add_argument("--groups", nargs="+", default=None, metavar="GROUP",
+                    help=f"study: the groups to run (default all: {' '.join(STUDY_GROUPS)})")
     s = p.add_argument_group("Slurm (with --slurm)")
     s.add_argument("--partition", default=None)
     s.add_argument("--account", default=None)
@@ -839,11 +1030,15 @@ def main(argv=None):
         if exp.unsupported:
             raise UsageError(exp.unsupported)
         opts, passed = p.parse_known_args(rest)
+        if name == "study":
+            exp = study_experiment(STUDY_RECIPE if opts.recipe is None else opts.recipe, opts.groups)
+        elif opts.recipe is not None or opts.groups:
+            raise UsageError(f"--recipe and --groups belong to the study experiment, not {name}")
         if opts.jobs is not None and opts.jobs < 1:
             raise UsageError(f"--jobs {opts.jobs}: must be at least 1")
         seeds = tuple(opts.seeds) if opts.seeds else exp.seeds
         runs = exp.runs(seeds)
-        out_dir = opts.out
+        out_dir = opts.out or exp.default_out
         command = shlex.join(["python", "-m", "tools.reproduce", *argv])
         roots = parse_roots(opts.data_root, exp)
         if opts.collect:
@@ -874,6 +1069,8 @@ def main(argv=None):
                                      + (["--resume"] if state == "resume" else [])))
             print(f"# {exp.name}: {len(runs)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(states.items())),
                   file=sys.stderr)
+            if exp.gpu_jobs:
+                print(f"# {estimate(runs, exp, passed)}", file=sys.stderr)
             return 0
         missing = [d for d in exp.datasets() if d not in roots]
         if missing:
@@ -882,8 +1079,14 @@ def main(argv=None):
     except UsageError as e:
         print(f"reproduce.py: {e}", file=sys.stderr)
         return 2
+    jobs = opts.jobs or 1
+    if exp.gpu_jobs:
+        on_cuda = any(a in ("--device=cuda", "cuda") and (a != "cuda" or passed[i - 1] == "--device")
+                      for i, a in enumerate(passed))
+        jobs = opts.jobs or (len(runs) if on_cuda else 1)
+        print(f"{exp.name}: {estimate(runs, exp, passed)}; --jobs {jobs}", file=sys.stderr)
     try:
-        return run_local(exp, runs, out_dir, roots, passed, opts.jobs or 1, command)
+        return run_local(exp, runs, out_dir, roots, passed, jobs, command)
     except UsageError as e:
         print(f"reproduce.py: {e}", file=sys.stderr)
         return 2

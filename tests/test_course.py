@@ -254,7 +254,7 @@ PLANTED = [
      ".logsumexp(0, keepdim=True)", ("loss_",)),
     ("pixel-contrast", "losses.py", "pixel_contrastive_loss", "(L * has_pos).sum() / has_pos.sum().clamp_min(1)",
      "L.mean()", ("loss_",)),
-    ("pixel-contrast", "hermes.py", "sample_anchor_slots", "n_h = torch.minimum(n - n_e, a_h)", "n_h = n_h",
+    ("pixel-contrast", "hermes.py", "sample_anchors", "n_hard = min(n - n_easy, len(pool_hard))", "n_hard = n_hard",
      ("anchors_",)),                                                                               # no filling
     ("image-contrast", "losses.py", "image_contrastive_loss", ".logsumexp(1, keepdim=True)",
      ".logsumexp(0, keepdim=True)", ("",)),

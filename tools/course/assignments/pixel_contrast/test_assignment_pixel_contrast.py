@@ -50,20 +50,20 @@ def hand_map():
 
 def test_anchor_counts_by_hand():
     labels, w, pred = hand_map()
-    idx, lab = hermes.sample_anchor_indices(labels, w, pred, 4, generator=torch.Generator().manual_seed(0))
+    idx, lab = hermes.sample_anchors(labels, w, pred, 4, generator=torch.Generator().manual_seed(0))
     assert idx.dtype == torch.long and lab.dtype == torch.long and idx.shape == lab.shape
     hard = (pred.flatten() != labels.flatten())[idx]
     # class 0: 3 hard, 6 easy kept -> 2 hard + 2 easy.  class 1: 1 hard, 4 easy kept -> 1 hard + 3 easy (filled)
     assert (lab == 0).sum() == 4 and hard[lab == 0].sum() == 2
     assert (lab == 1).sum() == 4 and hard[lab == 1].sum() == 1
     # n larger than the pools: everything kept, once
-    idx, lab = hermes.sample_anchor_indices(labels, w, pred, 20)
+    idx, lab = hermes.sample_anchors(labels, w, pred, 20)
     assert sorted(idx.tolist()) == [0, 1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14]
 
 
 def test_anchors_are_kept_pixels_with_their_labels():
     labels, w, pred = hand_map()
-    idx, lab = hermes.sample_anchor_indices(labels, w, pred, 4, generator=torch.Generator().manual_seed(1))
+    idx, lab = hermes.sample_anchors(labels, w, pred, 4, generator=torch.Generator().manual_seed(1))
     assert idx.unique().numel() == idx.numel()
     assert (w.flatten()[idx] == 1).all()
     assert torch.equal(lab, labels.flatten()[idx])

@@ -251,8 +251,13 @@ def step_batches(cfg, ds, idx_l, idx_u, device, start, total):
 
 def build_model(cfg):
     """HermesNet from the run's config, started from --init / --init-*-encoder files when given."""
-    model = HermesNet(seg_encoder=cfg["seg_encoder"], pretrained=cfg["pretrained"], ias=cfg["ias"],
-                      cross_grad=cfg["cross_grad"], contrast_level=cfg["contrast_level"], ita_form=cfg["ita_form"])
+    try:
+        model = HermesNet(seg_encoder=cfg["seg_encoder"], pretrained=cfg["pretrained"], ias=cfg["ias"],
+                          cross_grad=cfg["cross_grad"], contrast_level=cfg["contrast_level"],
+                          ita_form=cfg["ita_form"])
+    except models.WeightsUnavailable as e:   # name both branches' files at once, not one per try
+        raise models.WeightsUnavailable(models.missing_weights_message([cfg["seg_encoder"], "resnet18"],
+                                                                       e.cause)) from e
     for path, load in ((cfg.get("init"), lambda st: models.load_init(model, st.get("model", st), cfg["init_heads"],
                                                                      what=f"--init {cfg['init']}")),
                        (cfg.get("init_seg_encoder"), lambda st: models.load_resnet_init(

@@ -374,7 +374,7 @@ def train(argv=None):
             eval_now = done % cfg["eval_every"] == 0 or done == total
             stop = signals.requested is not None and done < total           # SIGINT, SIGTERM: save and stop
             stop_after = cfg.get("stop_after") is not None and done >= cfg["stop_after"]
-            save_now = ((done % cfg["ckpt_every"] == 0 and done < total) or clock.due() or stop or stop_after
+            save_now = (stop_after or (done < total and (done % cfg["ckpt_every"] == 0 or clock.due() or stop))
                         or (done == total and cfg.get("keep_optimizer")))   # else the lean final one below
             if log_now or eval_now or save_now:
                 check_finite()

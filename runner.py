@@ -22,6 +22,7 @@ import time
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 import cli
 import data
@@ -89,7 +90,10 @@ def open_run(args, given):
     metrics_path = os.path.join(out, "metrics.json")
     if args.resume:
         if os.path.isfile(metrics_path):
-            return {"finished": read_metrics(metrics_path), "out": out}, None
+            m = read_metrics(metrics_path)
+            print(f"{out} is finished (step {m.get('iter')}, metrics.json): nothing to resume, nothing changed; "
+                  f"evaluate it with python evaluate.py {out}, or train longer into a new --out")
+            return {"finished": m, "out": out}, None
         if not os.path.isfile(ckpt_path):
             if os.path.isfile(os.path.join(out, "config.json")):
                 raise cli.DataError(f"--resume: {out} holds a run stopped before its first checkpoint (no "
@@ -407,8 +411,12 @@ class Progress:
         self.announced = True
         left = sps * (self.total - done)
         hint = (f"; for a quick look try --image-size 96 --iters 250" if left > self.LONG else "")
-        print(f"{self.total - done:,} more steps at ~{sps:.3g} s/step on {self.device.type}: ~{duration(left)} "
-              f"(evaluations not counted){hint}", flush=True)
+        line = (f"{self.total - done:,} more steps at ~{sps:.3g} s/step on {self.device.type}: ~{duration(left)} "
+                f"(evaluations not counted){hint}")
+        if self.lines:
+            print(line, flush=True)
+        else:
+            tqdm.write(line)   # above the bar on a terminal
 
 
 class CheckpointClock:

@@ -9,7 +9,6 @@ atomically to RUN_DIR/checkpoint.pt; `--resume` continues a killed run as if it 
 """
 import argparse
 import os
-import subprocess
 import sys
 import time
 
@@ -249,6 +248,30 @@ def step_batches(cfg, ds, idx_l, idx_u, device, start, total):
     return lambda it: tuple(to_device(b, device) for b in next(loader))
 
 
+def resolve_device(cfg):
+    """-> (device, amp, eval_amp). --amp and --channels-last are resolved once and saved in the config: a resumed
+    run keeps the precision and memory format it was trained in."""
+    device = models.pick_device(cfg["device"])
+    if cfg["amp"] is None:
+        cfg["amp"] = models.native_bf16(device)
+    amp = bool(cfg["amp"])
+    if cfg["channels_last"] is None:
+        cfg["channels_last"] = amp or device.type == "cuda"
+    return device, amp, amp and device.type == "cuda"   # CPU evaluation stays fp32: a small share of the time
+
+
+def build_networks(cfg, hcfg, device):
+    """-> (HermesNet, its memory banks, CPS's second segmentation network or None), on `device`."""
+    model = build_model(cfg).to(device)
+    if cfg["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    banks = hermes.make_banks(model, hcfg)
+    peer = cps.PeerSegNet(cfg["seg_encoder"], cfg["pretrained"]).to(device) if cfg["method"] == "cps" else None
+    if peer is not None and cfg["channels_last"]:
+        peer = peer.to(memory_format=torch.channels_last)
+    return model, banks, peer
+
+
 def build_model(cfg):
     """HermesNet from the run's config, started from --init / --init-*-encoder files when given."""
     try:
@@ -287,18 +310,9 @@ def train(argv=None):
     given = given_on_command_line(argv)
     cfg, ckpt = runner.open_run(args, given)
     out = cfg["out"] = args.out
-    if "finished" in cfg:   # --resume of a finished run: nothing to do, nothing changed
-        m = cfg["finished"]
-        print(f"{out} is finished (step {m.get('iter')}, metrics.json): nothing to resume, nothing changed; "
-              f"evaluate it with python evaluate.py {out}, or train longer into a new --out")
-        return m
-    device = models.pick_device(cfg["device"])
-    if cfg["amp"] is None:   # resolved once and saved: a resumed run keeps the precision it was trained in
-        cfg["amp"] = models.native_bf16(device)
-    amp = bool(cfg["amp"])
-    if cfg["channels_last"] is None:
-        cfg["channels_last"] = amp or device.type == "cuda"
-    eval_amp = amp and device.type == "cuda"   # CPU evaluation stays fp32: it is a small share of the time
+    if "finished" in cfg:   # --resume of a finished run: said, nothing changed
+        return cfg["finished"]
+    device, amp, eval_amp = resolve_device(cfg)
     if device.type == "cpu":
         keep_freed_memory()
     runner.seed_all(cfg["seed"])
@@ -321,13 +335,7 @@ def train(argv=None):
                                               generator=torch.Generator())
 
     hcfg = hermes.config_from(cfg)
-    model = build_model(cfg).to(device)
-    if cfg["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    banks = hermes.make_banks(model, hcfg)
-    peer = cps.PeerSegNet(cfg["seg_encoder"], cfg["pretrained"]).to(device) if cfg["method"] == "cps" else None
-    if peer is not None and cfg["channels_last"]:
-        peer = peer.to(memory_format=torch.channels_last)
+    model, banks, peer = build_networks(cfg, hcfg, device)
     opts = make_optimizers(model, cfg, peer)
     total = cfg["iters"]
     start, best = 0, {"dice": -1.0, "iter": -1}

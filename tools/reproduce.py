@@ -685,8 +685,10 @@ class Sweep:
             with self.lock:
                 if self.stopping:
                     return None
+                # its own session: a Ctrl-C at the terminal reaches this sweep only, which then sends each run
+                # one SIGTERM (two signals would make train.py stop at once instead of saving its step)
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env=env)
+                                        env=env, start_new_session=True)
                 self.procs.add(proc)
             rc = proc.wait()
             with self.lock:
@@ -697,13 +699,20 @@ class Sweep:
         with self.lock:
             self.stopping = True
             procs = list(self.procs)
-        for p in procs:
+        for p in procs:   # train.py finishes its step and saves a checkpoint: up to a step's time
             p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        try:
+            for p in procs:
+                p.wait()
+        except KeyboardInterrupt:   # a second Ctrl-C: a second signal, the runs stop at once
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+            for p in procs:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
 
 
 class RunLock:
@@ -829,8 +838,8 @@ def run_local(exp, runs, out_dir, roots, passed, jobs, command):
         sweep.stop()
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
-        print(f"\n{exp.name}: interrupted; the runs in progress were stopped. Rerun the same command to continue "
-              "(finished runs are kept, interrupted ones resume from their last checkpoint).", file=sys.stderr)
+        print(f"\n{exp.name}: interrupted; the runs in progress saved their current step and stopped. Rerun the "
+              "same command to continue (finished runs are kept, interrupted ones resume from their checkpoint).", file=sys.stderr)
         return 130
     pool.shutdown(wait=True)
     bar.close()

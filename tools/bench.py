@@ -232,7 +232,7 @@ def count_syncs(model, init_state, batches, amp):
     model.load_state_dict(init_state)
     cfg = hermes.HermesConfig()
     banks, opts = hermes.make_banks(model, cfg), train.make_optimizers(model, TRAIN_DEFAULTS)
-    watch = train.FiniteWatch(torch.device("cuda"))
+    watch = runner.FiniteWatch(torch.device("cuda"))
     for it in (0, 1):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -273,7 +273,7 @@ def _concurrent_worker(rank, opts, ds, barrier, results):
     torch.manual_seed(opts["seed"] + rank)
     device = torch.device(opts["device"])
     if device.type == "cpu" and not opts["keep_mmap"]:
-        train.keep_freed_memory()
+        runner.keep_freed_memory()
     split = data.make_split(ds, train.DEFAULT_LABELS.get(ds.name, 40), opts["seed"])
     idx_l, idx_u, _ = data.split_indices(ds, split)
     batches = augment.DeviceBatches(ds, idx_l, idx_u, opts["batch_size"], opts["seed"] + rank, device)

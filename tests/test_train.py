@@ -168,6 +168,8 @@ def test_init_from_an_earlier_run(tmp_path):
     for k in ("seg_encoder.stem.0.weight", "seg_decoder.head.weight", "ita.2.W_s.bias", "cls_net.fc.bias"):
         assert torch.equal(state[k], ckpt[k]), k
     assert not torch.equal(state["image_head.0.weight"], ckpt["image_head.0.weight"])  # heads: only --init-heads
+    final = train.build_model({**cfg, "init": os.path.join(src, "checkpoint.pt")}).state_dict()  # lean final one
+    assert torch.equal(final["cls_net.fc.bias"], ckpt["cls_net.fc.bias"])
     cfg["init"] = str(tmp_path / "missing.pt")
     with pytest.raises(cli.DataError, match="not found"):
         train.build_model(cfg)

@@ -119,8 +119,8 @@ def cli_main(main, argv=None):
     warnings.showwarning = lambda message, *a, **k: print(f"{prog}: warning: {message}", file=sys.stderr)
     try:
         return main(argv)
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as e:   # its message, when it has one, says what was kept (train.py's second signal)
+        print(f"{prog}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
         sys.exit(130)
     except (DataError, OSError) as e:  # the user's input, files or disk: the message names them
         print(f"{prog}: error: {_without(prog, one_line(e))}", file=sys.stderr)

@@ -216,10 +216,28 @@ def _build(records, S, name, root, from_dirs=0, duplicates=()):
                      root=root, from_dirs=from_dirs, duplicates=list(duplicates))
 
 
-def _require_dir(path, what):
+def _require_dir(path, what, root=None):
+    """path, or a MissingFileError naming it (and, given the dataset root, the folder one level up or down that
+    holds what was expected)."""
     if not os.path.isdir(path):
-        raise MissingFileError(f"{what} not found: {path}")
+        hint = _elsewhere(root, os.path.relpath(path, root)) if root is not None else ""
+        raise MissingFileError(f"{what} not found: {path}{hint}")
     return path
+
+
+def _elsewhere(root, relative):
+    """When ROOT/relative is missing: '; found in FOLDER: pass --data-root FOLDER' for the folder one level up or
+    down from root that holds it, or '' (a --data-root one level too high or too low)."""
+    root = os.path.abspath(root)
+    candidates = [os.path.dirname(root)]
+    try:
+        candidates += sorted(os.path.join(root, d) for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    except OSError:
+        pass
+    for c in candidates:
+        if c != root and os.path.exists(os.path.join(c, relative)):
+            return f"; found in {c}: pass --data-root {c}"
+    return ""
 
 
 def _image_files(folder):
@@ -239,7 +257,8 @@ def _read_busi(root):
         root = os.path.join(root, "Dataset_BUSI_with_GT")
     records = []
     for label, cname in enumerate(CLASSES):
-        folder = _require_dir(os.path.join(root, cname), f"BUSI class folder (expected {CLASSES} under the root)")
+        folder = _require_dir(os.path.join(root, cname),
+                              f"BUSI class folder (expected {' and '.join(CLASSES)} under the root)", root)
         files = _image_files(folder)
         masks = {}
         for f in files:
@@ -280,7 +299,7 @@ def _read_udiat(root):
     _require_dir(root, "UDIAT root")
     xlsx = os.path.join(root, "DatasetB.xlsx")
     if not os.path.isfile(xlsx):
-        raise MissingFileError(f"UDIAT label sheet not found: {xlsx}")
+        raise MissingFileError(f"UDIAT label sheet not found: {xlsx}{_elsewhere(root, 'DatasetB.xlsx')}")
     try:
         wb = openpyxl.load_workbook(xlsx, read_only=True, data_only=True)
     except Exception as e:  # openpyxl raises zipfile/KeyError/InvalidFileException on a bad file
@@ -333,7 +352,7 @@ def _read_sztus(root):
     _require_dir(root, "SZ-TUS root")
     lst = os.path.join(root, "labeled.txt")
     if not os.path.isfile(lst):
-        raise MissingFileError(f"SZ-TUS list file not found: {lst}")
+        raise MissingFileError(f"SZ-TUS list file not found: {lst}{_elsewhere(root, 'labeled.txt')}")
     with open(lst, encoding="utf-8-sig", newline=None) as f:  # universal newlines: CRLF tolerated
         lines = f.read().splitlines()
     records, no_patient = [], []
@@ -377,11 +396,12 @@ def _read_folder(root):
     without a mask is warned about, since it may be a forgotten mask. Images not in labels.csv are skipped with
     a warning naming them."""
     _require_dir(root, "dataset root")
-    img_dir = _require_dir(os.path.join(root, "images"), "image folder")
-    mask_dir = _require_dir(os.path.join(root, "masks"), "mask folder")
+    img_dir = _require_dir(os.path.join(root, "images"), "image folder", root)
+    mask_dir = _require_dir(os.path.join(root, "masks"), "mask folder", root)
     csv_path = os.path.join(root, "labels.csv")
     if not os.path.isfile(csv_path):
-        raise MissingFileError(f"label file not found: {csv_path} (columns image,label[,group])")
+        raise MissingFileError(f"label file not found: {csv_path} (columns image,label[,group])"
+                               f"{_elsewhere(root, 'labels.csv')}")
     images, masks = _by_stem(img_dir), _by_stem(mask_dir)
     with open(csv_path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)

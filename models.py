@@ -36,11 +36,40 @@ ENCODERS = {  # name -> (builder, weights enum, channels of stem, layer1..layer4
 }
 
 
+class WeightsUnavailable(cli.MissingFileError):
+    """ImageNet weights that could not be read or downloaded (offline compute node, corrupt file)."""
+
+
+def weights_dir():
+    """Where torchvision reads (and downloads) the ImageNet files: the torch hub cache's checkpoints folder."""
+    return os.path.join(torch.hub.get_dir(), "checkpoints")
+
+
+def imagenet_files(encoders):
+    """{file name: URL} of the ImageNet weights the given encoders need, e.g. ["resnet34", "resnet18"]."""
+    return {os.path.basename(ENCODERS[n][1].IMAGENET1K_V1.url): ENCODERS[n][1].IMAGENET1K_V1.url
+            for n in dict.fromkeys(encoders)}
+
+
+def missing_weights_message(encoders, cause=None):
+    """One line: every ImageNet file the networks need that is not in the hub cache, where to put it, and the
+    offline alternatives (train.py's --init-seg-encoder / --init-cls-encoder, or --no-pretrained)."""
+    folder = weights_dir()
+    files = imagenet_files(encoders)
+    missing = {f: u for f, u in files.items() if not os.path.isfile(os.path.join(folder, f))} or files
+    return (f"--pretrained needs the ImageNet weights {' and '.join(missing)}, which could not be loaded"
+            + (f" ({cause})" if cause else "") + f": download {' and '.join(missing.values())} into {folder} "
+            f"(or set TORCH_HOME to a folder whose hub/checkpoints holds them), or pass the files with "
+            f"--init-seg-encoder FILE --init-cls-encoder FILE --no-pretrained, or train from scratch with "
+            f"--no-pretrained")
+
+
 def build_resnet(name, pretrained):
     """A torchvision ResNet (`resnet18`/`resnet34`), with ImageNet weights (IMAGENET1K_V1) when `pretrained`.
 
     Weights come through torchvision's weights API and the torch hub cache. Any failure to obtain them
-    (offline, corrupt file) raises a RuntimeError instead of silently keeping random weights.
+    (offline, corrupt file) raises WeightsUnavailable (a user error naming the file) instead of silently keeping
+    random weights; HermesNet names every file its two branches need.
     """
     if name not in ENCODERS:
         raise ValueError(f"models.py: unknown encoder {name!r}; choose one of {sorted(ENCODERS)}")
@@ -48,15 +77,12 @@ def build_resnet(name, pretrained):
     net = builder(weights=None)
     if pretrained:
         weights = weights_enum.IMAGENET1K_V1
-        folder = os.path.join(torch.hub.get_dir(), "checkpoints")
         try:
             state = weights.get_state_dict(progress=True, check_hash=True)
         except Exception as e:  # URLError offline, hash mismatch, truncated file, ...
-            raise RuntimeError(
-                f"models.py: could not load ImageNet weights {weights} for {name} "
-                f"({type(e).__name__}: {e}). Either run with --no-pretrained (random initialisation), "
-                f"or place the file {os.path.basename(weights.url)} (from {weights.url}) in {folder}"
-            ) from e
+            err = WeightsUnavailable(missing_weights_message([name], cli.cause(e)))
+            err.cause = cli.cause(e)
+            raise err from e
         net.load_state_dict(state)  # strict: a wrong file fails loudly
     return net
 

@@ -8,14 +8,10 @@ Adam the segmentation branch, both with poly decay (Section 4.1). Everything an 
 atomically to RUN_DIR/checkpoint.pt; `--resume` continues a killed run as if it had never stopped.
 """
 import argparse
-import csv
 import os
-import random
-import subprocess
 import sys
 import time
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -26,28 +22,23 @@ import data
 import evaluate
 import hermes
 import models
+import runner
 from models import HermesNet
+from runner import (EVAL_KEYS, LOG_COLUMNS, RESUME_MISSING, RESUME_OVERRIDABLE, CsvLog, FiniteWatch,  # noqa: F401
+                    NonFiniteLoss, keep_freed_memory, load_checkpoint, read_checkpoint, save_atomic)
 
 # Smallest label budget of each dataset in the paper's Tables 1-2 (Section 4.1); demo: 40 of its 168 train images.
 DEFAULT_LABELS = {"demo": 40, "busi": 72, "udiat": 20, "sztus": 60, "folder": 40}
-EVAL_KEYS = ["dice_mean", "iou_mean", "hd95_mean", "accuracy", "auc", "area_ratio"]
-LOG_COLUMNS = ["kind", "iter", *hermes.STAT_KEYS, "lr_seg", "lr_cls", "sec_per_step", *EVAL_KEYS]
+DATASETS = list(DEFAULT_LABELS)
 D = hermes.HermesConfig()  # the defaults of every method flag below
-# Arguments that may differ between a run and its resumption (they do not change the trained weights); the
-# resumed part uses the values given on its command line.
-RESUME_OVERRIDABLE = {"resume", "device", "data_root", "stop_after", "out", "workers", "debug", "eval_every",
-                      "ckpt_every", "log_every"}
-# A run made before an argument existed resumes with the behaviour it was made with.
-RESUME_MISSING = {"augment": "cpu", "unlabeled_dir": None, "channels_last": False, "burn_in": 0, "method": "hermes",
-                  "cps_weight": 1.5}
 
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     a = p.add_argument
     # data (Section 4.1)
-    a("--dataset", default="demo", choices=["demo", "busi", "udiat", "sztus", "folder"],
-      help="dataset; demo is generated and needs no --data-root (default: demo)")
+    a("--dataset", default="demo", metavar="{" + ",".join(DATASETS) + "}",
+      help="dataset; demo is generated and needs no --data-root; folder is your own images (default: demo)")
     a("--data-root", default=None, help="folder of the dataset as its publisher ships it (README: Datasets)")
     a("--labels", type=data.parse_labels, default=None,
       help="labeled images, half per class (paper: BUSI 72/144/216, UDIAT 20/40/60, SZ-TUS 60/120; "
@@ -149,7 +140,14 @@ def build_parser():
            "depend on it)")
     a("--eval-every", type=int, default=None, help="evaluate and checkpoint every N steps (default iters/10)")
     a("--ckpt-every", type=int, default=None, help="write checkpoint.pt every N steps (default: --eval-every)")
+    a("--ckpt-minutes", type=float, default=10,
+      help="also write checkpoint.pt every N minutes of wall time (default 10; 0 = only --ckpt-every)")
     a("--log-every", type=int, default=10, help="write a log.csv row every N steps")
+    a("--progress-seconds", type=float, default=60,
+      help="when the output is no terminal (nohup, Slurm): a progress line (step, loss, s/step, ETA) every N "
+           "seconds (default 60)")
+    a("--keep-optimizer", action="store_true",
+      help="keep the resumable checkpoint.pt (optimizer and RNG states) at the end; default: a lean final one")
     a("--stop-after", type=int, default=None, help=argparse.SUPPRESS)  # simulate a kill after N steps (tests)
     a("--debug", action="store_true", help=f"show the Python traceback of an error (or {cli.DEBUG_ENV}=1)")
     return p
@@ -165,6 +163,10 @@ def given_on_command_line(argv):
 
 def resolve(args):
     """Fill the dataset-dependent defaults (the demo's CPU sizes, else the paper's §4.1) and check the arguments."""
+    if args.dataset not in DATASETS:   # checked here, not by argparse's choices: one line, not its usage block
+        hint = f" (did you mean {args.dataset.lower()}?)" if args.dataset.lower() in DATASETS else ""
+        raise cli.DataError(f"--dataset {args.dataset}: unknown dataset{hint}; the datasets are "
+                             f"{', '.join(DATASETS)} (your own images: --dataset folder, README: Datasets)")
     demo = args.dataset == "demo"
     if args.labels is None:
         args.labels = DEFAULT_LABELS[args.dataset]
@@ -196,96 +198,12 @@ def resolve(args):
     return args
 
 
-def git_commit():
-    try:
-        here = os.path.dirname(os.path.abspath(__file__))
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def to_device(batch, device):
     return tuple(b.to(device, non_blocking=True) for b in batch)
 
 
 def poly_lr(base, it, total, power):
     return base * (1 - it / total) ** power  # §4.1: lr = lr_init·(1 - iter/iter_total)^0.9
-
-
-def rng_state():
-    np_state = np.random.get_state()
-    state = {"python": random.getstate(), "torch": torch.get_rng_state(),
-             "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state):
-    random.setstate(state["python"])
-    torch.set_rng_state(state["torch"])
-    name, keys, *rest = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), *rest))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def save_atomic(obj, path):
-    """torch.save through cli.atomic_write: a kill leaves the old file intact."""
-    return cli.atomic_write(path, lambda f: torch.save(obj, f), binary=True)
-
-
-def checkpoint(model, banks, opts, it, best, cfg, seconds, peer=None):
-    """Everything an exact resume needs, the memory banks under their own key (and CPS's second network under
-    "peer"); seconds = training wall time so far, over all resumed parts."""
-    return {"model": model.state_dict(), "banks": banks.state_dict(),
-            **({"peer": peer.state_dict()} if peer is not None else {}),
-            **{f"opt_{k}": o.state_dict() for k, o in opts.items()},
-            "iter": it, "rng": rng_state(), "best_dice": best["dice"], "best_iter": best["iter"], "config": cfg,
-            "train_seconds": seconds}
-
-
-def best_checkpoint(model, banks, it, best, cfg):
-    """What evaluation needs (weights, memory banks, config, step), without optimizer or RNG states."""
-    return {"model": model.state_dict(), "banks": banks.state_dict(), "iter": it, "config": cfg,
-            "best_dice": best["dice"], "best_iter": best["iter"]}
-
-
-def read_checkpoint(path):
-    """A train.py checkpoint for --resume; a damaged or foreign file is a DataError naming it and the way out."""
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated zip, not a torch file, unreadable
-        raise cli.DataError(f"cannot read {path} ({cli.cause(e)}): it cannot be resumed; move the run "
-                             f"folder aside and rerun the command without --resume") from e
-    needed = {"model", "opt_seg", "opt_cls", "iter", "rng", "config"}
-    if not isinstance(ckpt, dict) or not needed <= set(ckpt):
-        raise cli.DataError(f"{path} is not a resumable train.py checkpoint (it lacks "
-                             f"{sorted(needed - set(ckpt) if isinstance(ckpt, dict) else needed)}); rerun the "
-                             f"command without --resume into a new --out")
-    return ckpt
-
-
-def _write_csv(path, rows):
-    def write(f):
-        w = csv.DictWriter(f, LOG_COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    cli.atomic_write(path, write, newline="")
-
-
-def load_checkpoint(ckpt, model, banks, opts, peer=None):
-    """Inverse of `checkpoint` (a checkpoint from before the banks had their own key keeps them in "model")."""
-    state = dict(ckpt["model"])
-    bank_state = ckpt.get("banks") or {k.replace("_bank.", ".", 1): state.pop(k) for k in list(state)
-                                       if k.startswith(("pixel_bank.", "image_bank."))}
-    model.load_state_dict(state)
-    banks.load_state_dict(bank_state)
-    if peer is not None:
-        peer.load_state_dict(ckpt["peer"])
-    for k, o in opts.items():
-        o.load_state_dict(ckpt[f"opt_{k}"])
 
 
 def make_optimizers(model, cfg, peer=None):
@@ -302,27 +220,6 @@ def set_lr(opts, lrs):
     for k, o in opts.items():
         for g in o.param_groups:
             g["lr"] = lrs[k] if isinstance(lrs, dict) else lrs
-
-
-class NonFiniteLoss(RuntimeError):
-    pass
-
-
-class FiniteWatch:
-    """Non-finite losses noticed without a host sync per step: the first bad step is kept on the device and
-    read (one sync) by check(), which train() calls before it logs, evaluates or saves anything."""
-
-    def __init__(self, device):
-        self.first = torch.full((), -1, dtype=torch.long, device=device)
-
-    def update(self, loss, it):
-        self.first = torch.where((self.first < 0) & ~torch.isfinite(loss.detach()), it, self.first)
-
-    def check(self, stats):
-        first = int(self.first)
-        if first >= 0:
-            terms = {k: round(float(stats[k]), 4) for k in hermes.STAT_KEYS}
-            raise NonFiniteLoss(f"non-finite loss at step {first} (terms at the check: {terms})")
 
 
 def train_step(model, banks, opts, batch_l, batch_u, it, total, hcfg, amp=False, peer=None):
@@ -342,22 +239,6 @@ def train_step(model, banks, opts, batch_l, batch_u, it, total, hcfg, amp=False,
     return loss, stats
 
 
-def keep_freed_memory():
-    """CPU: let glibc's malloc keep freed memory for reuse instead of returning it to the system.
-
-    glibc serves every block above 32 MiB (its largest mmap threshold) with a fresh mmap, released on free, so
-    each step's large activations are page-faulted and zero-filled anew: at 224 px, batch 8 + 8, a Hermes step
-    takes ~860k minor page faults, SupOnly ~160k (its batch is half as large, fewer blocks cross 32 MiB). With
-    mmap off and no trimming they are reused from the heap. Linux with glibc only; returns whether it applied."""
-    import ctypes
-    import platform
-    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
-        return False
-    libc = ctypes.CDLL("libc.so.6")
-    M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4                                           # <malloc.h>
-    return bool(libc.mallopt(M_MMAP_MAX, 0)) and bool(libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
-
-
 def step_batches(cfg, ds, idx_l, idx_u, device, start, total):
     """batches(it) -> (batch_l, batch_u) of step it on `device`: augmented there (--augment device), or per
     image by torchvision in --workers processes (--augment cpu); either way a pure function of (seed, it)."""
@@ -370,10 +251,39 @@ def step_batches(cfg, ds, idx_l, idx_u, device, start, total):
     return lambda it: tuple(to_device(b, device) for b in next(loader))
 
 
+def resolve_device(cfg):
+    """-> (device, amp, eval_amp). --amp and --channels-last are resolved once and saved in the config: a resumed
+    run keeps the precision and memory format it was trained in."""
+    device = models.pick_device(cfg["device"])
+    if cfg["amp"] is None:
+        cfg["amp"] = models.native_bf16(device)
+    amp = bool(cfg["amp"])
+    if cfg["channels_last"] is None:
+        cfg["channels_last"] = amp or device.type == "cuda"
+    return device, amp, amp and device.type == "cuda"   # CPU evaluation stays fp32: a small share of the time
+
+
+def build_networks(cfg, hcfg, device):
+    """-> (HermesNet, its memory banks, CPS's second segmentation network or None), on `device`."""
+    model = build_model(cfg).to(device)
+    if cfg["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    banks = hermes.make_banks(model, hcfg)
+    peer = cps.PeerSegNet(cfg["seg_encoder"], cfg["pretrained"]).to(device) if cfg["method"] == "cps" else None
+    if peer is not None and cfg["channels_last"]:
+        peer = peer.to(memory_format=torch.channels_last)
+    return model, banks, peer
+
+
 def build_model(cfg):
     """HermesNet from the run's config, started from --init / --init-*-encoder files when given."""
-    model = HermesNet(seg_encoder=cfg["seg_encoder"], pretrained=cfg["pretrained"], ias=cfg["ias"],
-                      cross_grad=cfg["cross_grad"], contrast_level=cfg["contrast_level"], ita_form=cfg["ita_form"])
+    try:
+        model = HermesNet(seg_encoder=cfg["seg_encoder"], pretrained=cfg["pretrained"], ias=cfg["ias"],
+                          cross_grad=cfg["cross_grad"], contrast_level=cfg["contrast_level"],
+                          ita_form=cfg["ita_form"])
+    except models.WeightsUnavailable as e:   # name both branches' files at once, not one per try
+        raise models.WeightsUnavailable(models.missing_weights_message([cfg["seg_encoder"], "resnet18"],
+                                                                       e.cause)) from e
     for path, load in ((cfg.get("init"), lambda st: models.load_init(model, st.get("model", st), cfg["init_heads"],
                                                                      what=f"--init {cfg['init']}")),
                        (cfg.get("init_seg_encoder"), lambda st: models.load_resnet_init(
@@ -396,122 +306,19 @@ def build_model(cfg):
     return model
 
 
-class CsvLog:
-    """log.csv with one row per logged step and one per evaluation, appended as training goes.
-
-    A new run writes the header; a resumed run appends after the rows already there, except that rows past the
-    checkpoint (written before a kill) are dropped first, in one atomic rewrite."""
-
-    def __init__(self, path, resume_iter=None):
-        self.path = path
-        if resume_iter is None or not os.path.exists(path):
-            _write_csv(path, [])
-            return
-        with open(path, newline="") as f:
-            text = f.read()
-        reader = csv.DictReader(text.splitlines())
-        rows = list(reader)
-        keep = [r for r in rows if (r.get("iter") or "").isdigit() and int(r["iter"]) <= resume_iter]
-        if len(keep) < len(rows) or reader.fieldnames != LOG_COLUMNS or not text.endswith("\n"):
-            _write_csv(path, keep)
-
-    def write(self, row):
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, LOG_COLUMNS).writerow({k: _fmt(row.get(k, "")) for k in LOG_COLUMNS})
-
-
-def _fmt(v):
-    return f"{v:.6g}" if isinstance(v, float) else v
-
-
-def _flag(k):
-    return "--" + k.replace("_", "-")
-
-
-def open_run(args, given):
-    """Check --out and, with --resume, read its checkpoint; writes nothing. -> (config dict, checkpoint or None).
-
-    given: the arguments set on the command line; with --resume, one that differs from the run's own
-    setting is an error naming both (the run's config is what the checkpoint was trained with)."""
-    out = args.out
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise cli.DataError(f"--out {out} is a file, not a folder: name a folder for the run")
-    ckpt_path = os.path.join(out, "checkpoint.pt")
-    if args.resume:
-        if not os.path.isfile(ckpt_path):
-            raise cli.DataError(f"--resume: there is no {ckpt_path} to continue from (nothing was changed); "
-                                 f"start the run without --resume, into a new or empty --out")
-        ckpt = read_checkpoint(ckpt_path)
-        cfg = {**RESUME_MISSING, **ckpt["config"]}
-        cfg.setdefault("lr_seg", cfg["lr"])   # runs made before --lr-seg / --lr-cls existed
-        cfg.setdefault("lr_cls", cfg["lr"])
-        new = vars(args)
-        changed = [k for k in sorted(given) if k not in RESUME_OVERRIDABLE and k in cfg and new[k] != cfg[k]]
-        if changed:
-            both = "; ".join(f"{_flag(k)} {cfg[k]} (the run) vs {new[k]} (given)" for k in changed)
-            raise cli.DataError(f"--resume: {out} was trained with other settings: {both}. Drop them to "
-                                 f"continue the run, or train into a new --out")
-        cfg.update(resume=True, device=new["device"], stop_after=new["stop_after"], workers=new["workers"])
-        cfg.update({k: new[k] for k in ("data_root", "eval_every", "ckpt_every", "log_every") if k in given})
-        return cfg, ckpt
-    if os.path.isdir(out) and os.listdir(out):
-        raise cli.DataError(f"run folder {out} exists and is not empty: pass --resume to continue it, "
-                             f"or another --out")
-    cfg = dict(vars(args))
-    cfg["git_commit"] = git_commit()
-    return cfg, None
-
-
-def run_split(cfg, ds, given):
-    """The run's split, checked against the dataset and the config; writes nothing.
-
-    Resume: the run folder's split.json, which must be a split of the config's dataset, budget (and seed,
-    when the run drew it). New run: --split FILE (its budget becomes the config's; a different --labels on the
-    command line is an error), or a split drawn from --labels and --seed."""
-    if cfg["resume"]:
-        where = os.path.join(cfg["out"], "split.json")
-        split = data.load_split(where, ds)
-        n_l = len(split["train_labeled"]) if cfg["labels"] != data.LABELS_ALL else split.get("labels")
-        said = {"dataset": split.get("dataset"), "labels": n_l}
-        want = {"dataset": cfg["dataset"], "labels": cfg["labels"]}
-        if not cfg["split"]:
-            said["seed"], want["seed"] = split.get("seed"), cfg["seed"]
-        bad = [k for k in said if said[k] != want[k]]
-        if bad:
-            raise cli.DataError(f"{where} is a split of {', '.join(f'{k} {said[k]}' for k in bad)} but the run "
-                                 f"was trained with {', '.join(f'{k} {want[k]}' for k in bad)} (checkpoint.pt): "
-                                 f"put the run's own split.json back, or train into a new --out")
-        return split
-    if cfg["split"]:
-        split = data.load_split(cfg["split"], ds)
-        n = len(split["train_labeled"])
-        if "labels" in given and n != cfg["labels"]:
-            raise cli.DataError(f"--split {cfg['split']} has {n} labeled images but --labels says "
-                                 f"{cfg['labels']}: drop --labels, or draw the split with --labels alone")
-        cfg["labels"] = n
-        return split
-    return data.make_split(ds, cfg["labels"], cfg["seed"])
-
-
 def train(argv=None):
+    # ---------------------------------------------------------------------------------------------- setup
     argv = sys.argv[1:] if argv is None else list(argv)
     args = resolve(build_parser().parse_args(argv))
     given = given_on_command_line(argv)
-    cfg, ckpt = open_run(args, given)
+    cfg, ckpt = runner.open_run(args, given)
     out = cfg["out"] = args.out
-    device = models.pick_device(cfg["device"])
-    if cfg["amp"] is None:   # resolved once and saved: a resumed run keeps the precision it was trained in
-        cfg["amp"] = models.native_bf16(device)
-    amp = bool(cfg["amp"])
-    if cfg["channels_last"] is None:
-        cfg["channels_last"] = amp or device.type == "cuda"
-    eval_amp = amp and device.type == "cuda"   # CPU evaluation stays fp32: it is a small share of the time
+    if "finished" in cfg:   # --resume of a finished run: said, nothing changed
+        return cfg["finished"]
+    device, amp, eval_amp = resolve_device(cfg)
     if device.type == "cpu":
         keep_freed_memory()
-
-    random.seed(cfg["seed"])
-    np.random.seed(cfg["seed"])
-    torch.manual_seed(cfg["seed"])
+    runner.seed_all(cfg["seed"])
 
     t0 = time.perf_counter()
     seconds_before = float(ckpt.get("train_seconds", 0.0)) if ckpt is not None else 0.0
@@ -519,7 +326,7 @@ def train(argv=None):
     ds = data.load_dataset(cfg["dataset"], cfg["data_root"], image_size=cfg["image_size"], seed=cfg["seed"],
                            demo_size=cfg["demo_size"], unlabeled_dirs=cfg.get("unlabeled_dir"))
     load_s = time.perf_counter() - t0
-    split = run_split(cfg, ds, given)
+    split = runner.run_split(cfg, ds, given)
     idx_l, idx_u, idx_eval = data.split_indices(ds, split)
     print(f"{cfg['dataset']}: {len(ds.labels)} images loaded in {load_s:.1f}s; "
           f"{len(idx_l)} labeled, {len(idx_u)} unlabeled, {len(idx_eval)} evaluation")
@@ -533,90 +340,98 @@ def train(argv=None):
                                               generator=torch.Generator())
 
     hcfg = hermes.config_from(cfg)
-    model = build_model(cfg).to(device)
-    if cfg["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
-    banks = hermes.make_banks(model, hcfg)
-    peer = cps.PeerSegNet(cfg["seg_encoder"], cfg["pretrained"]).to(device) if cfg["method"] == "cps" else None
-    if peer is not None and cfg["channels_last"]:
-        peer = peer.to(memory_format=torch.channels_last)
+    model, banks, peer = build_networks(cfg, hcfg, device)
     opts = make_optimizers(model, cfg, peer)
     total = cfg["iters"]
     start, best = 0, {"dice": -1.0, "iter": -1}
     if ckpt is not None:
         load_checkpoint(ckpt, model, banks, opts, peer)
         start, best = ckpt["iter"], {"dice": ckpt["best_dice"], "iter": ckpt["best_iter"]}
-        set_rng_state(ckpt["rng"])
+        runner.set_rng_state(ckpt["rng"])
     # Everything is loaded and checked: only now is the run folder created or changed.
-    os.makedirs(out, exist_ok=True)
+    runner.prepare_folder(cfg, split, resumed=ckpt is not None)
     if ckpt is not None:
-        stale = cli.remove_stale_temporaries(out)
-        if stale:
-            print(f"removed {len(stale)} temporary files of an interrupted write: "
-                  f"{', '.join(os.path.basename(p) for p in stale)}", file=sys.stderr)
         print(f"resumed {out} at step {start}/{total}")
-    else:
-        cli.write_json_atomic(cfg, os.path.join(out, "config.json"))
-        data.save_split(split, os.path.join(out, "split.json"))
     log = CsvLog(os.path.join(out, "log.csv"), resume_iter=start if ckpt is not None else None)
     ckpt_path, best_path = os.path.join(out, "checkpoint.pt"), os.path.join(out, "best.pt")
 
+    def check_finite():   # before anything is logged or saved; one host sync, not one per step
+        try:
+            watch.check(stats)
+        except NonFiniteLoss as e:
+            raise SystemExit(f"{e}. The last good checkpoint ({ckpt_path}) is kept; lower --lr or check the data.")
+
+    # ----------------------------------------------------------------------------------------------- loop
     model.train()
     bar = tqdm(range(start, total), initial=start, total=total, desc="hermes", dynamic_ncols=True,
                disable=None)
+    progress = runner.Progress(start, total, device, cfg.get("progress_seconds"), lines=bar.disable)
+    clock = runner.CheckpointClock(cfg.get("ckpt_minutes"))
     step_seconds, n_since_log = 0.0, 0  # training time only: evaluation and checkpoints excluded
     final_metrics = None  # the evaluation at the last step, reused for metrics.json
     batches = step_batches(cfg, ds, idx_l, idx_u, device, start, total)
     watch = FiniteWatch(device)
-    for it in bar:
-        t_it = time.perf_counter()
-        lr_it = {k: poly_lr(cfg[f"lr_{k}"], it, total, cfg["poly_power"]) for k in ("seg", "cls")}
-        set_lr(opts, lr_it)
-        batch_l, batch_u = augment.memory_format(batches(it), cfg["channels_last"])
-        loss, stats = train_step(model, banks, opts, batch_l, batch_u, it, total, hcfg, amp, peer)
-        watch.update(loss, it)
-        done, n_since_log = it + 1, n_since_log + 1
-        step_seconds += time.perf_counter() - t_it
+    with runner.StopSignals(ckpt_path) as signals:
+        for it in bar:
+            t_it = time.perf_counter()
+            lr_it = {k: poly_lr(cfg[f"lr_{k}"], it, total, cfg["poly_power"]) for k in ("seg", "cls")}
+            set_lr(opts, lr_it)
+            batch_l, batch_u = augment.memory_format(batches(it), cfg["channels_last"])
+            loss, stats = train_step(model, banks, opts, batch_l, batch_u, it, total, hcfg, amp, peer)
+            watch.update(loss, it)
+            done, n_since_log = it + 1, n_since_log + 1
+            step_seconds += time.perf_counter() - t_it
+            progress.step(done, time.perf_counter() - t_it, loss)
 
-        if (done % cfg["log_every"] == 0 or done % cfg["eval_every"] == 0 or done % cfg["ckpt_every"] == 0
-                or done == total or done == cfg.get("stop_after")):
-            try:    # before anything is logged or saved; one host sync, not one per step
-                watch.check(stats)
-            except NonFiniteLoss as e:
-                raise SystemExit(f"{e}. The last good checkpoint ({ckpt_path}) is kept; lower --lr or check the "
-                                 f"data.")
-        if done % cfg["log_every"] == 0 or done == total:
-            row = {k: v for k in hermes.STAT_KEYS if (v := float(stats[k])) == v}  # NaN (no ground truth): blank
-            row.update(kind="train", iter=done, lr_seg=lr_it["seg"], lr_cls=lr_it["cls"],
-                       sec_per_step=step_seconds / n_since_log)
-            step_seconds, n_since_log = 0.0, 0
-            log.write(row)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", kept_pix=f"{row.get('kept_pix', 0):.2f}",
-                            kept_img=f"{row.get('kept_img', 0):.2f}", pl_acc=f"{row.get('pl_acc_pix_kept', 0):.3f}")
-        if done % cfg["eval_every"] == 0 or done == total:
-            metrics, _ = evaluate.evaluate_model(model, eval_loader, device, amp=eval_amp)
-            log.write({"kind": "eval", "iter": done, **{k: metrics[k] for k in EVAL_KEYS}})
-            tqdm.write(f"step {done}: eval Dice {metrics['dice_mean']:.4f}  Acc {metrics['accuracy']:.4f}")
-            final_metrics = metrics if done == total else None
-            if metrics["dice_mean"] > best["dice"]:
-                best = {"dice": metrics["dice_mean"], "iter": done}
-                save_atomic(best_checkpoint(model, banks, done, best, cfg), best_path)
-        if done % cfg["ckpt_every"] == 0 or done == total:
-            save_atomic(checkpoint(model, banks, opts, done, best, cfg, elapsed(), peer), ckpt_path)
-        if cfg.get("stop_after") is not None and done >= cfg["stop_after"]:
-            save_atomic(checkpoint(model, banks, opts, done, best, cfg, elapsed(), peer), ckpt_path)
-            print(f"stopped after step {done} (--stop-after); continue with --resume --out {out}")
-            return None
-    bar.close()
+            log_now = done % cfg["log_every"] == 0 or done == total
+            eval_now = done % cfg["eval_every"] == 0 or done == total
+            stop = signals.requested is not None and done < total           # SIGINT, SIGTERM: save and stop
+            stop_after = cfg.get("stop_after") is not None and done >= cfg["stop_after"]
+            save_now = (stop_after or (done < total and (done % cfg["ckpt_every"] == 0 or clock.due() or stop))
+                        or (done == total and cfg.get("keep_optimizer")))   # else the lean final one below
+            if log_now or eval_now or save_now:
+                check_finite()
+            if log_now:
+                row = {k: v for k in hermes.STAT_KEYS if (v := float(stats[k])) == v}  # NaN (no ground truth): blank
+                row.update(kind="train", iter=done, lr_seg=lr_it["seg"], lr_cls=lr_it["cls"],
+                           sec_per_step=step_seconds / n_since_log)
+                step_seconds, n_since_log = 0.0, 0
+                log.write(row)
+                bar.set_postfix(loss=f"{row['loss']:.3f}", kept_pix=f"{row.get('kept_pix', 0):.2f}",
+                                kept_img=f"{row.get('kept_img', 0):.2f}", pl_acc=f"{row.get('pl_acc_pix_kept', 0):.3f}")
+            if eval_now:
+                metrics, _ = evaluate.evaluate_model(model, eval_loader, device, amp=eval_amp)
+                log.write({"kind": "eval", "iter": done, **{k: metrics[k] for k in EVAL_KEYS}})
+                tqdm.write(f"step {done}: eval Dice {metrics['dice_mean']:.4f}  Acc {metrics['accuracy']:.4f}")
+                final_metrics = metrics if done == total else None
+                if metrics["dice_mean"] > best["dice"]:
+                    best = {"dice": metrics["dice_mean"], "iter": done}
+                    save_atomic(runner.best_checkpoint(model, banks, done, best, cfg), best_path)
+            if save_now:
+                save_atomic(runner.checkpoint(model, banks, opts, done, best, cfg, elapsed(), peer), ckpt_path)
+                clock.reset()
+            if stop:
+                bar.close()
+                print(f"train.py: stopped by {runner.signal_name(signals.requested)} at step {done}/{total}; "
+                      f"checkpoint {ckpt_path}; continue with: {runner.continue_command(out)}", flush=True)
+                sys.exit(signals.exit_code)
+            if stop_after:
+                print(f"stopped after step {done} (--stop-after); continue with --resume --out {out}")
+                return None
+        bar.close()
 
-    metrics = final_metrics if final_metrics is not None else evaluate.evaluate_model(model, eval_loader, device,
-                                                                                      amp=eval_amp)[0]
-    result = {"checkpoint": "checkpoint.pt (final)", "iter": total, **metrics,
-              "best": {"checkpoint": "best.pt", "iter": best["iter"], "dice_mean": best["dice"],
-                       "selected_on": evaluate.SELECTED_ON_BEST},
-              "dataset": cfg["dataset"], "labels": cfg["labels"], "seed": cfg["seed"],
-              "train_seconds": round(elapsed(), 1)}
-    cli.write_json_atomic(result, os.path.join(out, "metrics.json"))
+        # ------------------------------------------------------------------------------------------- finish
+        metrics = final_metrics if final_metrics is not None else evaluate.evaluate_model(
+            model, eval_loader, device, amp=eval_amp)[0]
+        result = {"checkpoint": "checkpoint.pt (final)", "iter": total, **metrics,
+                  "best": {"checkpoint": "best.pt", "iter": best["iter"], "dice_mean": best["dice"],
+                           "selected_on": evaluate.SELECTED_ON_BEST},
+                  "dataset": cfg["dataset"], "labels": cfg["labels"], "seed": cfg["seed"],
+                  "train_seconds": round(elapsed(), 1)}
+        cli.write_json_atomic(result, os.path.join(out, "metrics.json"))   # from now on the run is finished
+        if not cfg.get("keep_optimizer"):   # a finished run is not resumed: its optimizer state is dead weight
+            save_atomic(runner.lean_checkpoint(model, banks, total, best, cfg, peer, final=True,
+                                               train_seconds=elapsed(), metrics=metrics), ckpt_path)
     print(f"\nrun folder: {out}  (config.json, split.json, log.csv, checkpoint.pt, best.pt, metrics.json)")
     print(f"final checkpoint on the evaluation split ({metrics['n_images']} images): "
           f"Dice {metrics['dice_mean']:.4f} ± {metrics['dice_std']:.4f}  IoU {metrics['iou_mean']:.4f}  "

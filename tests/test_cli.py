@@ -193,3 +193,40 @@ def test_evaluate_and_bench_errors(tmp_path):
     assert_clean_error(cli("tools/bench.py", "--dataset", "busi", "--data-root", tmp_path / "nowhere", cwd=tmp_path),
                        "nowhere")
     assert snapshot(tmp_path) == before
+
+
+def test_first_errors_name_the_fix_in_one_line(tmp_path):
+    for name in ("UDIAT", "ddti"):
+        r = cli("train.py", "--dataset", name, cwd=tmp_path)
+        assert_clean_error(r, f"--dataset {name}", "demo, busi, udiat, sztus, folder", "--dataset folder")
+        assert len(r.stderr.strip().splitlines()) == 1 and "usage" not in r.stderr
+    assert "did you mean udiat" in cli("train.py", "--dataset", "UDIAT", cwd=tmp_path).stderr
+    (tmp_path / "UDIAT" / "BUS" / "original").mkdir(parents=True)        # a --data-root one level too high
+    (tmp_path / "UDIAT" / "BUS" / "DatasetB.xlsx").write_bytes(b"")
+    r = cli("train.py", "--dataset", "udiat", "--data-root", tmp_path / "UDIAT", "--no-pretrained", cwd=tmp_path)
+    assert_clean_error(r, "DatasetB.xlsx", f"--data-root {tmp_path / 'UDIAT' / 'BUS'}")
+    (tmp_path / "BUSI" / "benign").mkdir(parents=True)                    # ... and one level too low
+    (tmp_path / "BUSI" / "malignant").mkdir()
+    r = cli("tools/bench.py", "--dataset", "busi", "--data-root", tmp_path / "BUSI" / "benign", cwd=tmp_path)
+    assert_clean_error(r, "benign and malignant", f"--data-root {tmp_path / 'BUSI'}")
+    assert "(" + "'" not in r.stderr                                       # no Python tuple
+
+
+def test_offline_pretrained_names_every_file(monkeypatch):
+    import urllib.error
+
+    import models
+    import train
+
+    def offline(self, *a, **k):
+        raise urllib.error.URLError("Name or service not known")
+    monkeypatch.setattr(type(models.ENCODERS["resnet34"][1].IMAGENET1K_V1), "get_state_dict", offline)
+    monkeypatch.setattr(models, "weights_dir", lambda: "/nowhere/hub/checkpoints")
+    cfg = vars(train.resolve(train.build_parser().parse_args(["--pretrained"])))
+    with pytest.raises(models.WeightsUnavailable) as e:
+        train.build_model(cfg)
+    msg = str(e.value)
+    assert "\n" not in msg and isinstance(e.value, models.cli.DataError)   # a user error: no 'unexpected' framing
+    for text in ("resnet34-b627a593.pth", "resnet18-f37072fd.pth", "/nowhere/hub/checkpoints",
+                 "--init-seg-encoder FILE --init-cls-encoder FILE", "--no-pretrained"):
+        assert text in msg, (text, msg)

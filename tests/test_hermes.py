@@ -585,12 +585,13 @@ def test_cuda_training_step_never_waits_for_the_device():
     host-device synchronisation once warm."""
     import augment
     import data
+    import runner
     import train
     ds = data.load_dataset("demo", image_size=64, demo_size=24, seed=0)
     model = HermesNet(seg_encoder="resnet18").cuda().train()
     cfg = hermes.HermesConfig(n_anchors=16, pixel_bank_size=64, image_bank_size=8)
     banks, opts = hermes.make_banks(model, cfg), train.make_optimizers(model, vars(train.build_parser().parse_args([])))
-    batches, watch = augment.DeviceBatches(ds, range(8), range(8, 24), 2, seed=0, device="cuda"), train.FiniteWatch("cuda")
+    batches, watch = augment.DeviceBatches(ds, range(8), range(8, 24), 2, seed=0, device="cuda"), runner.FiniteWatch("cuda")
     for it in range(3):
         torch.cuda.set_sync_debug_mode("error" if it == 2 else "default")
         try:

@@ -266,9 +266,10 @@ def test_pretrained_offline_raises(monkeypatch):
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     folder = os.path.join(torch.hub.get_dir(), "checkpoints")
     for build in (lambda: HermesNet(seg_encoder="resnet18", pretrained=True), lambda: HermesNet(pretrained=True)):
-        with pytest.raises(RuntimeError, match="--no-pretrained") as e:
+        with pytest.raises(models.WeightsUnavailable, match="--no-pretrained") as e:   # a user error (DataError)
             build()
         assert folder in str(e.value) and isinstance(e.value.__cause__, urllib.error.URLError)
+        assert isinstance(e.value, models.cli.DataError) and "\n" not in str(e.value)
 
 
 def test_pretrained_weights_are_loaded(monkeypatch):

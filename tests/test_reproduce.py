@@ -4,10 +4,13 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
+import torch
 
 import train
 from tools import reproduce
@@ -100,9 +103,28 @@ def slurm(exp_name, tmp_path, *extra):
     return runs, reproduce.slurm_script(exp, runs, "sweep", roots, ["--iters", "3"], opts, "test")
 
 
-def test_slurm_script_one_array_task_per_run(tmp_path, capsys):
-    assert reproduce.main(["table3", "--slurm", "--jobs", "4", "--data-root", "/d/busi", "--out", "o"]) == 0
+def fake_weights(tmp_path):
+    """A TORCH_HOME/hub/checkpoints folder holding (empty) files named as the ImageNet weights."""
+    folder = tmp_path / "torch" / "hub" / "checkpoints"
+    folder.mkdir(parents=True)
+    for f in ("resnet18-f37072fd.pth", "resnet34-b627a593.pth"):
+        (folder / f).write_bytes(b"")
+    return str(folder)
+
+
+def test_slurm_script_one_array_task_per_run(tmp_path, capsys, monkeypatch):
+    (tmp_path / "busi").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert reproduce.main(["table3", "--slurm", "--jobs", "4", "--data-root", "busi", "--out", "o",
+                           "--weights-dir", fake_weights(tmp_path)]) == 0
     script = capsys.readouterr().out
+    assert os.path.isdir(tmp_path / "o" / "logs")                     # made before any task needs it
+    assert f"--data-root {tmp_path / 'busi'} " in script                 # relative root written absolute
+    assert f"test -d {tmp_path / 'busi'} ||" in script                   # ... and checked on the node
+    assert f"#SBATCH --output={tmp_path / 'o' / 'logs'}/" in script
+    assert f'PYTHON="${{PYTHON:-{sys.executable}}}"' in script           # the interpreter that wrote it
+    assert "#SBATCH --signal=B:USR1@300" in script and "#SBATCH --requeue" in script
+    assert f"export TORCH_HOME={tmp_path / 'torch'}" in script and "resnet34-b627a593.pth ||" in script
     path = tmp_path / "t3.sbatch"
     path.write_text(script)
     assert subprocess.run(["bash", "-n", str(path)], capture_output=True).returncode == 0
@@ -229,3 +251,74 @@ def test_real_two_job_sweep_stopped_and_continued(tmp_path, capsys):
         assert f"| {title} | {cells} |" in table
     assert reproduce.main(["demo", "--seeds", "0", "--out", out, "--collect"]) == 0
     assert capsys.readouterr().out.split("- Made by")[0] == table.split("- Made by")[0]
+
+
+def test_slurm_inputs_are_checked_before_the_script_is_written(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert reproduce.main(["table3", "--slurm", "--data-root", "busi=/nonexistent", "--out", "o"]) == 2
+    err = capsys.readouterr().err
+    assert "busi=/nonexistent: no such folder" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "busi").mkdir()
+    empty = tmp_path / "empty" / "hub" / "checkpoints"
+    empty.mkdir(parents=True)
+    assert reproduce.main(["table3", "--slurm", "--data-root", "busi", "--out", "o", "--weights-dir", str(empty)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "resnet34-b627a593.pth and resnet18-f37072fd.pth" in err and str(empty) in err and "\n" not in err
+    assert reproduce.main(["table3", "--slurm", "--data-root", "busi", "--out", "o", "--weights-dir", str(empty),
+                           "--no-pretrained"]) == 0                               # no weights needed
+
+
+def slurm_task(script, task, tmp_path, **env):
+    """One array task of a --slurm script run by bash as Slurm would (SLURM_* set by hand, a fake scontrol
+    recording its calls), from the repository root."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "scontrol").write_text(f'#!/bin/bash\necho "$*" >> {tmp_path / "scontrol.calls"}\n')
+    (bin_dir / "scontrol").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_ARRAY_TASK_ID": str(task),
+           "SLURM_JOB_ID": f"7{task}", "SLURM_ARRAY_JOB_ID": "7", "OMP_NUM_THREADS": "1", **env}
+    return subprocess.Popen(["bash", str(script)], cwd=reproduce.ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def write_slurm(tmp_path, capsys, name, *options):
+    out = tmp_path / name
+    assert reproduce.main(["demo", "--slurm", "--out", str(out), *options]) == 0
+    script = tmp_path / f"{name}.sh"
+    script.write_text(capsys.readouterr().out)
+    return out, script
+
+
+def test_slurm_script_runs_two_tasks_under_a_fake_scheduler(tmp_path, capsys):
+    out, script = write_slurm(tmp_path, capsys, "sweep", *TINY)
+    runs = reproduce.EXPERIMENTS["demo"].runs()
+    for task in (0, 2):
+        p = slurm_task(script, task, tmp_path)
+        assert p.wait(timeout=900) == 0, p.stdout.read()
+        m = json.load(open(out / runs[task].name / "metrics.json"))
+        assert m["iter"] == 2
+        assert "finished already" in slurm_task(script, task, tmp_path).communicate(timeout=300)[0]
+    assert not (tmp_path / "scontrol.calls").exists()
+
+
+def test_slurm_time_limit_warning_saves_and_requeues(tmp_path, capsys):
+    """Slurm's --signal warning (SIGUSR1 to the batch shell): train.py finishes its step, saves, and the task
+    requeues itself; the requeued task resumes from that step."""
+    long = [x if x != "2" else "200" for x in TINY[:4]] + TINY[4:]            # --iters 200: still running
+    out, script = write_slurm(tmp_path, capsys, "sweep", *long, "--progress-seconds", "0", "--eval-every", "1000")
+    run = reproduce.EXPERIMENTS["demo"].runs()[2]
+    p = slurm_task(script, 2, tmp_path)
+    log = out / "logs" / f"{run.name}.log"
+    deadline = time.time() + 900
+    while not (log.exists() and "step 2/200" in log.read_text()):
+        assert time.time() < deadline and p.poll() is None, log.read_text() if log.exists() else "no log"
+        time.sleep(0.5)
+    p.send_signal(signal.SIGUSR1)
+    stdout = p.communicate(timeout=900)[0]
+    assert p.returncode == 0 and "requeueing" in stdout, stdout
+    assert (tmp_path / "scontrol.calls").read_text().split() == ["requeue", "7_2"]
+    text = log.read_text()
+    assert "stopped by SIGUSR1 at step " in text and "--resume" in text
+    step = int(text.split("stopped by SIGUSR1 at step ")[1].split("/")[0])
+    ckpt = torch.load(out / run.name / "checkpoint.pt", weights_only=True)
+    assert ckpt["iter"] == step and "opt_seg" in ckpt

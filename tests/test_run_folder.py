@@ -12,6 +12,7 @@ import torch
 import cli
 import data
 import evaluate
+import runner
 import train
 from test_cli import snapshot
 
@@ -128,7 +129,7 @@ def test_resume_removes_stale_temporaries_and_appends_the_log(tmp_path, stopped)
 def test_resume_drops_log_rows_past_the_checkpoint(tmp_path, stopped):
     run = copy_run(stopped, tmp_path / "run")
     with open(os.path.join(run, "log.csv"), "a", newline="") as f:   # a row written after the checkpoint, then a kill
-        csv.DictWriter(f, train.LOG_COLUMNS).writerow({"kind": "train", "iter": 3, "loss": 99.0})
+        csv.DictWriter(f, runner.LOG_COLUMNS).writerow({"kind": "train", "iter": 3, "loss": 99.0})
     train.train(["--out", run, "--resume", "--eval-every", "1"])     # cadences may change on resume
     rows = [r for r in read_rows(run) if r["kind"] == "train"]
     assert [r["iter"] for r in rows] == ["1", "2", "3"] and float(rows[-1]["loss"]) != 99.0
@@ -146,12 +147,12 @@ def test_train_seconds_add_up_over_resumes(tmp_path, stopped, monkeypatch):
 # ------------------------------------------------------------------------------------------ smaller best.pt
 def test_best_holds_what_evaluation_needs_and_evaluate_keeps_metrics_json(tmp_path):
     out = str(tmp_path / "run")
-    train.train(TINY + ["--out", out, "--iters", "2", "--eval-every", "1"])
+    train.train(TINY + ["--out", out, "--iters", "2", "--eval-every", "1", "--keep-optimizer"])
     best = torch.load(os.path.join(out, "best.pt"), weights_only=True)
     assert set(best) == {"model", "banks", "iter", "config", "best_dice", "best_iter"}
     assert "pixel.feats" in best["banks"] and "image.feats" in best["banks"]  # memory banks kept
     full = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)
-    assert {"opt_seg", "opt_cls", "rng"} <= set(full)
+    assert {"opt_seg", "opt_cls", "rng"} <= set(full)                      # --keep-optimizer: resumable
     assert os.path.getsize(os.path.join(out, "best.pt")) < 0.7 * os.path.getsize(os.path.join(out, "checkpoint.pt"))
     with open(os.path.join(out, "metrics.json"), "rb") as f:
         metrics_before = f.read()

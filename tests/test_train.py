@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import cli
+import runner
 import train
 
 TINY = ["--dataset", "demo", "--demo-size", "40", "--image-size", "64", "--labels", "4", "--batch-size", "2",
@@ -46,7 +47,8 @@ def test_three_steps_write_every_output(tmp_path):
     assert ckpt["iter"] == 3
     assert "pixel.feats" in ckpt["banks"] and "image.ptr" in ckpt["banks"]         # banks under their own key
     assert not any("bank" in k for k in ckpt["model"])
-    assert {"python", "numpy", "torch"} <= set(ckpt["rng"])
+    assert ckpt["final"] and not {"opt_seg", "opt_cls", "rng"} & set(ckpt)           # lean: no optimizer state
+    assert ckpt["metrics"]["dice_mean"] == pytest.approx(metrics["dice_mean"])
 
 
 @pytest.mark.parametrize("augment", ["device", "cpu"])
@@ -85,7 +87,7 @@ def test_non_finite_loss_is_caught_before_anything_is_saved(tmp_path, monkeypatc
     with pytest.raises(SystemExit, match="non-finite loss at step 1 "):
         train.train(TINY + ["--out", out, "--iters", "6", "--log-every", "3", "--eval-every", "100"])
     assert not os.path.exists(os.path.join(out, "checkpoint.pt")) and read_log(out) == []  # checked at step 3
-    watch = train.FiniteWatch(torch.device("cpu"))
+    watch = runner.FiniteWatch(torch.device("cpu"))
     for it, v in enumerate([1.0, float("inf"), float("nan"), 2.0]):
         watch.update(torch.tensor(v), it)
     assert int(watch.first) == 1
@@ -100,7 +102,7 @@ def test_existing_out_is_refused(tmp_path):
 
 def test_killed_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
     path = str(tmp_path / "checkpoint.pt")
-    train.save_atomic({"iter": 1, "w": torch.ones(3)}, path)
+    runner.save_atomic({"iter": 1, "w": torch.ones(3)}, path)
 
     def dying_save(obj, f, *a, **k):
         f.write(b"half a checkpoi")
@@ -108,7 +110,7 @@ def test_killed_checkpoint_write_keeps_previous(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", dying_save)
     with pytest.raises(KeyboardInterrupt):
-        train.save_atomic({"iter": 2, "w": torch.zeros(3)}, path)
+        runner.save_atomic({"iter": 2, "w": torch.zeros(3)}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["iter"] == 1
     assert os.listdir(tmp_path) == ["checkpoint.pt"]
@@ -166,6 +168,8 @@ def test_init_from_an_earlier_run(tmp_path):
     for k in ("seg_encoder.stem.0.weight", "seg_decoder.head.weight", "ita.2.W_s.bias", "cls_net.fc.bias"):
         assert torch.equal(state[k], ckpt[k]), k
     assert not torch.equal(state["image_head.0.weight"], ckpt["image_head.0.weight"])  # heads: only --init-heads
+    final = train.build_model({**cfg, "init": os.path.join(src, "checkpoint.pt")}).state_dict()  # lean final one
+    assert torch.equal(final["cls_net.fc.bias"], ckpt["cls_net.fc.bias"])
     cfg["init"] = str(tmp_path / "missing.pt")
     with pytest.raises(cli.DataError, match="not found"):
         train.build_model(cfg)

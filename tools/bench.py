@@ -34,6 +34,7 @@ import augment
 import cli
 import data
 import hermes
+import runner
 import train
 from models import HermesNet
 
@@ -139,7 +140,7 @@ def main(argv=None):
                         "2-core CPU it did not pay (docs/speed.md)")
     p.add_argument("--keep-mmap", action="store_true",
                    help="CPU: leave glibc's malloc as it is (blocks > 32 MiB mmapped and page-faulted anew every "
-                        "step) instead of train.py's train.keep_freed_memory()")
+                        "step) instead of train.py's runner.keep_freed_memory()")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--debug", action="store_true", help=f"show the Python traceback of an error (or {cli.DEBUG_ENV}=1)")
     args = p.parse_args(argv)
@@ -147,7 +148,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     if device.type == "cpu" and not args.keep_mmap:
-        train.keep_freed_memory()             # as train.py does on CPU
+        runner.keep_freed_memory()            # as train.py does on CPU
     torch.manual_seed(args.seed)
 
     t = time.perf_counter()
@@ -231,7 +232,7 @@ def count_syncs(model, init_state, batches, amp):
     model.load_state_dict(init_state)
     cfg = hermes.HermesConfig()
     banks, opts = hermes.make_banks(model, cfg), train.make_optimizers(model, TRAIN_DEFAULTS)
-    watch = train.FiniteWatch(torch.device("cuda"))
+    watch = runner.FiniteWatch(torch.device("cuda"))
     for it in (0, 1):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -272,7 +273,7 @@ def _concurrent_worker(rank, opts, ds, barrier, results):
     torch.manual_seed(opts["seed"] + rank)
     device = torch.device(opts["device"])
     if device.type == "cpu" and not opts["keep_mmap"]:
-        train.keep_freed_memory()
+        runner.keep_freed_memory()
     split = data.make_split(ds, train.DEFAULT_LABELS.get(ds.name, 40), opts["seed"])
     idx_l, idx_u, _ = data.split_indices(ds, split)
     batches = augment.DeviceBatches(ds, idx_l, idx_u, opts["batch_size"], opts["seed"] + rank, device)

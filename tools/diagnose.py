@@ -25,6 +25,7 @@ import augment
 import cli
 import data
 import hermes
+import runner
 import train
 
 # the parts of HermesNet a gradient is measured on (models.HermesNet.SEG_PARTS + CLS_PARTS)
@@ -79,8 +80,8 @@ def main(argv=None):
     hcfg = hermes.config_from(cfg)
     banks, it = hermes.make_banks(model, hcfg), 0
     if not args.random_init:
-        ckpt = train.read_checkpoint(files["checkpoint.pt"])
-        train.load_checkpoint(ckpt, model, banks, train.make_optimizers(model, cfg))
+        ckpt = runner.read_checkpoint(files["checkpoint.pt"], resumable=False)   # a finished run's is lean
+        runner.load_checkpoint(ckpt, model, banks)
         it = int(ckpt["iter"])
     model.train()
     batches = augment.DeviceBatches(ds, idx_l, idx_u, cfg["batch_size"], cfg["seed"])

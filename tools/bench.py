@@ -12,8 +12,9 @@ variants of one memory format share the networks and optimizers (weights do not 
 A step is what train.py does per iteration (`train.train_step`: `hermes_step`, eq. 15, one backward, the two
 optimizer steps). "Floor" is SupOnly with Hermes' network passes: the 2B labeled + strong images forward and
 backward in one batch and the B weak views forward without gradient, supervised losses only, no saliency: what the
-method cannot avoid. Reported: median seconds per step over --steps after --warmup, the process's CPU seconds per
-step (user + system, steadier than wall time on a shared machine), images per second (labeled + unlabeled), the
+method cannot avoid; "Floor + SM/ITA" adds the saliency maps (eq. 6) of all 3B images and inter-task attention.
+Reported: median seconds per step over --steps after --warmup, the process's CPU seconds per step (user +
+system, steadier than wall time on a shared machine), images per second (labeled + unlabeled), the
 step's peak memory above its start (RSS sampled every 5 ms on CPU, torch.cuda.max_memory_allocated on CUDA), and
 ratios to SupOnly and to the floor. The memory banks start full (fill_banks), as in a long run. --pieces: CPU time
 per step inside the full Hermes step of saliency maps, the teacher pass, the two contrastive terms, bank writes,
@@ -48,9 +49,11 @@ from models import HermesNet
 
 TRAIN_DEFAULTS = vars(train.build_parser().parse_args([]))  # lr, momentum, weight decay as train.py uses them
 FLOOR = "Floor"   # SupOnly through Hermes' passes (floor_step)
+FLOOR_SM = "Floor + SM/ITA"   # the same with the saliency maps and inter-task attention of every pass
 VARIANTS = {
     "SupOnly": dict(dtcl=False, ias=False, itcl=False),
     FLOOR: dict(dtcl=False, ias=False, itcl=False),
+    FLOOR_SM: dict(dtcl=False, ias=True, itcl=False),
     "Hermes": dict(),
     "Hermes w/o DTCL": dict(dtcl=False),
     "Hermes w/o SM/ITA": dict(ias=False),
@@ -103,16 +106,17 @@ def fill_banks(banks, seed=0):
     return banks
 
 
-def floor_step(model, opts, batch_l, batch_u, amp):
+def floor_step(model, opts, batch_l, batch_u, amp, ias=False):
     """The floor: SupOnly through Hermes' network passes. The B weak views forward without gradient (the teacher's
     pass), the B labeled + B strong images forward and backward in one batch (the student's), supervised losses on
-    all 2B (the unlabeled images' ground truth stands in for pseudo-labels), no saliency, both optimizers."""
+    all 2B (the unlabeled images' ground truth stands in for pseudo-labels), both optimizers; no saliency, or
+    (ias) the saliency maps (eq. 6) of all 3B images and inter-task attention, as Hermes computes them."""
     x, y, z = batch_l
     x_w, x_s, y_u, z_u = batch_u
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         with torch.no_grad():
-            model(x_w, ias=False)                                                  # teacher pass
-        out = model(torch.cat([x, x_s]), ias=False)                                # student pass, 2B images
+            model(x_w, ias=ias)                                                    # teacher pass
+        out = model(torch.cat([x, x_s]), ias=ias)                                  # student pass, 2B images
         loss = (losses.seg_supervised_loss(out["seg_logits"], torch.cat([y, y_u]))
                 + losses.cls_supervised_loss(out["cls_logits"], torch.cat([z, z_u])))
     for o in opts.values():
@@ -229,8 +233,8 @@ def side_by_side(args, ds, device):
         threads, prec, variant = run
         amp, cl = PRECISIONS[prec]
         bl, bu = batches[cl][it % len(raw)]
-        if variant == FLOOR:
-            return floor_step(nets[cl], opts[cl], bl, bu, amp)
+        if variant in (FLOOR, FLOOR_SM):
+            return floor_step(nets[cl], opts[cl], bl, bu, amp, ias=variant == FLOOR_SM)
         cfg = hermes.HermesConfig(**VARIANTS[variant])
         return train.train_step(nets[cl], banks[variant], opts[cl], bl, bu, it, total, cfg, amp)[0]
 

@@ -274,8 +274,9 @@ def side_by_side(args, ds, device):
 def print_side_by_side(rows, pieces, args, ds, device, size, load_s):
     B = args.batch_size
     what = "peak CUDA memory of a step" if device.type == "cuda" else "peak tensor memory of a step"
-    dev = torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({torch.backends.cpu.get_cpu_capability()}, " \
-        f"AMX {'yes' if models.native_bf16(device) else 'no'})"
+    amx = "yes" if models.native_bf16(device) else "no"
+    dev = (torch.cuda.get_device_name() if device.type == "cuda"
+           else f"cpu ({torch.backends.cpu.get_cpu_capability()}, AMX {amx})")
     print(f"\n{args.dataset}: {len(ds.labels)} images loaded and cached at {size} px in {load_s:.2f} s")
     print(f"{dev}, {size} px, batch {B} labeled + {B} unlabeled, seg encoder {args.seg_encoder}, median of "
           f"{args.steps} steps after {args.warmup} warm-up, all rows interleaved step by step in one process; "

@@ -142,7 +142,7 @@ def pixel_contrastive_loss(anchors, anchor_labels, keys, key_labels, temperature
     # -log( e^a / (e^a + e^b) ) = softplus(b - a), so with s_ij = i·j/τ and nlse_i = log Σ_{n∈N_i} e^{s_in}:
     #     L_i = (1/|P_i|) Σ_{p∈P_i} softplus(nlse_i - s_ip)                                     eq. (11)
     # One exp per pair (for nlse) and one softplus; the sums over P_i and N_i are per-class sums.
-    s = _matmul_fp(anchors / temperature, keys)                                    # (K,M) s_ij
+    s = _matmul_fp(_hi(anchors) / temperature, keys)                               # (K,M) s_ij
     la, lk = anchor_labels.reshape(-1).long(), key_labels.reshape(-1).long()       # (K,), (M,)
     present = key_mask.reshape(-1) if key_mask is not None else torch.ones_like(lk, dtype=torch.bool)  # (M,)
     if s.device.type in ONE_HOT_DEVICES:   # one matmul with the keys' one-hot classes instead of (K,M) masks
@@ -168,7 +168,9 @@ def pixel_contrastive_loss(anchors, anchor_labels, keys, key_labels, temperature
     has_neg = n_neg > 0
     m = torch.where(has_neg, neg_max, 0).reshape(-1, 1)      # (K,1) shift: e^{s_in - m_i} <= 1 on N_i
     z = s - m
-    neg_exp = neg_sum(torch.exp(z.masked_fill(z > 0, 0)))    # (K,) >= 1 with a negative (its max gives e^0)
+    # Σ_{n∈N_i} e^{s_in - m_i}, >= 1 with a negative (its max gives e^0); z > 0 (keys outside N_i) set to 0
+    # so that no exp overflows
+    neg_exp = neg_sum(torch.exp(z.masked_fill(z > 0, 0)))                         # (K,)
     nlse = m + torch.log(neg_exp.clamp_min(torch.finfo(s.dtype).tiny)).reshape(-1, 1)  # (K,1)
     L = pos_sum(F.softplus(nlse - s, threshold=40)) / n_pos.clamp_min(1)           # (K,) eq. (11)
     L = torch.where(has_neg, L, 0)                           # no negative: log(e^s / e^s) = 0

@@ -205,7 +205,7 @@ PLANTED = [
     ("dice", "losses.py", "seg_unsupervised_loss", ".sum() / B", ".sum() / kept.sum().clamp_min(1)"),
     ("dice", "losses.py", "seg_unsupervised_loss", "logits_w.detach().max(1).indices", "logits_w.softmax(1)[:, 1]"),
     ("dice", "losses.py", "_dice_loss", "p, g = p * w, g * w", "p = p * w"),
-    ("pixel-contrast", "losses.py", "pixel_contrastive_loss", "anchors / temperature", "anchors / 0.1"),
+    ("pixel-contrast", "losses.py", "pixel_contrastive_loss", "(anchors) / temperature", "(anchors) / 0.1"),
     ("pixel-contrast", "losses.py", "pixel_contrastive_loss", "F.softplus(nlse - s,",
      "F.softplus(s - nlse,"),                                                                      # ratio inverted
     ("pixel-contrast", "losses.py", "pixel_contrastive_loss",

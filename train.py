@@ -291,7 +291,7 @@ def make_optimizers(model, cfg, peer=None):
     # Adam: the fused kernel (one pass over all parameters; CPU, 25 M parameters: 0.03 instead of 0.10 s) where
     # torch has it; the same update up to float rounding. A loaded state (e.g. a checkpoint of the unfused
     # optimizer) keeps it fused: load_state_dict would otherwise take the saved groups' "fused" setting.
-    # SGD stays per-parameter: fused SGD fails when parameters without a momentum buffer get their first
+    # SGD stays per-parameter: fused SGD raises when parameters without a momentum buffer get their first
     # gradient after others (e.g. the ITA modules after --burn-in); it costs 0.03 s per step on CPU.
     fused = True if seg[0].device.type in ("cpu", "cuda") else None
 
@@ -303,10 +303,9 @@ def make_optimizers(model, cfg, peer=None):
                 if torch.is_tensor(st.get("step")):
                     st["step"] = st["step"].to(p.device, torch.float32)
 
-    def keep_fused(opt):
-        opt.register_load_state_dict_post_hook(fuse_again)
-        return opt
-    return {"seg": keep_fused(torch.optim.Adam(seg, lr=cfg.get("lr_seg") or cfg["lr"], fused=fused)),
+    adam = torch.optim.Adam(seg, lr=cfg.get("lr_seg") or cfg["lr"], fused=fused)
+    adam.register_load_state_dict_post_hook(fuse_again)
+    return {"seg": adam,
             "cls": torch.optim.SGD(model.cls_parameters(), lr=cfg.get("lr_cls") or cfg["lr"],
                                    momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])}
 

@@ -16,6 +16,10 @@ DICE_SMOOTH = 1e-5  # the Dice smoothing of eq. (1) and (9) (README "Paper ↔ c
 # The seven terms of eq. (15): L^l_seg, L^u_seg, L^seg_c, L^l_cls, L^u_cls, L^cls_c, L^u_itc (log.csv's order).
 PARTS = ("seg_l", "seg_u", "seg_c", "cls_l", "cls_u", "cls_c", "itc")
 
+# Device types on which eq. (11)'s per-class sums are one-hot matmuls (pixel_contrastive_loss): they read the
+# number of classes from the labels, a host read that costs nothing on CPU and would make CUDA wait.
+ONE_HOT_DEVICES = ("cpu",)
+
 
 def _hi(x):
     """Promote half / bfloat16 to float32; float32 and float64 are kept."""
@@ -138,16 +142,41 @@ def pixel_contrastive_loss(anchors, anchor_labels, keys, key_labels, temperature
     K, M = anchors.shape[0], keys.shape[0]
     if K == 0 or M == 0:
         return _zero_like(anchors, keys)
-    s = _matmul_fp(anchors, keys) / temperature                                    # (K,M)
-    same = anchor_labels.reshape(-1, 1) == key_labels.reshape(1, -1)               # (K,M)
-    present = key_mask.reshape(1, -1) if key_mask is not None else torch.ones_like(same[:1])  # (1,M)
-    pos, neg = same & present, ~same & present                                     # (K,M)
-    # log Σ_{n∈N_i} e^{s_in}; finfo.min instead of -inf keeps the backward finite for rows without negatives
-    neg_lse = s.masked_fill(~neg, torch.finfo(s.dtype).min).logsumexp(1, keepdim=True)  # (K,1)
-    neg_lse = torch.where(neg.any(1, keepdim=True), neg_lse, torch.full_like(neg_lse, float("-inf")))
-    log_ratio = s - torch.logaddexp(s, neg_lse)                                    # (K,M) eq. (11) log term
-    n_pos = pos.sum(1)                                                             # (K,)
-    L = -(log_ratio * pos).sum(1) / n_pos.clamp_min(1)                             # (K,) eq. (11)
+    # -log( e^a / (e^a + e^b) ) = softplus(b - a), so with s_ij = i·j/τ and nlse_i = log Σ_{n∈N_i} e^{s_in}:
+    #     L_i = (1/|P_i|) Σ_{p∈P_i} softplus(nlse_i - s_ip)                                     eq. (11)
+    # One exp per pair (for nlse) and one softplus; the sums over P_i and N_i are per-class sums.
+    s = _matmul_fp(_hi(anchors) / temperature, keys)                               # (K,M) s_ij
+    la, lk = anchor_labels.reshape(-1).long(), key_labels.reshape(-1).long()       # (K,), (M,)
+    present = key_mask.reshape(-1) if key_mask is not None else torch.ones_like(lk, dtype=torch.bool)  # (M,)
+    if s.device.type in ONE_HOT_DEVICES:   # one matmul with the keys' one-hot classes instead of (K,M) masks
+        C = int(torch.maximum(la.max(), lk.max())) + 1
+        key_cls = torch.where(present, lk, C)                                      # absent keys: class C
+        key_1h = F.one_hot(key_cls, C + 1)[:, :C].to(s.dtype)                      # (M,C)
+        own = F.one_hot(la, C).bool()                                              # (K,C) anchor i's class
+        per_class = lambda x: _matmul_fp(x, key_1h.T)                             # (K,C) Σ_{j of class c} x_ij
+        pos_sum = lambda x: per_class(x).masked_fill(~own, 0).sum(1)               # Σ_{p∈P_i} x_ip
+        neg_sum = lambda x: per_class(x).masked_fill(own, 0).sum(1)                # Σ_{n∈N_i} x_in
+        class_max = s.new_full((K, C + 1), float("-inf")).scatter_reduce_(
+            1, key_cls.expand(K, M), s.detach(), "amax")[:, :C]                    # (K,C) max_j of class c
+        neg_max = class_max.masked_fill(own, float("-inf")).amax(1)                # (K,)
+        n_pos = key_1h.sum(0)[la]                                                  # (K,) |P_i|
+        n_neg = present.sum() - n_pos                                              # (K,) |N_i|
+    else:
+        same = la.reshape(-1, 1) == lk.reshape(1, -1)                              # (K,M)
+        pos, neg = same & present, ~same & present                                 # (K,M)
+        pos_sum = lambda x: torch.where(pos, x, 0).sum(1)
+        neg_sum = lambda x: torch.where(neg, x, 0).sum(1)
+        neg_max = s.detach().masked_fill(~neg, float("-inf")).amax(1)              # (K,)
+        n_pos, n_neg = pos.sum(1), neg.sum(1)
+    has_neg = n_neg > 0
+    m = torch.where(has_neg, neg_max, 0).reshape(-1, 1)      # (K,1) shift: e^{s_in - m_i} <= 1 on N_i
+    z = s - m
+    # Σ_{n∈N_i} e^{s_in - m_i}, >= 1 with a negative (its max gives e^0); z > 0 (keys outside N_i) set to 0
+    # so that no exp overflows
+    neg_exp = neg_sum(torch.exp(z.masked_fill(z > 0, 0)))                         # (K,)
+    nlse = m + torch.log(neg_exp.clamp_min(torch.finfo(s.dtype).tiny)).reshape(-1, 1)  # (K,1)
+    L = pos_sum(F.softplus(nlse - s, threshold=40)) / n_pos.clamp_min(1)           # (K,) eq. (11)
+    L = torch.where(has_neg, L, 0)                           # no negative: log(e^s / e^s) = 0
     has_pos = n_pos > 0
     if anchor_mask is not None:
         has_pos = has_pos & anchor_mask.reshape(-1)

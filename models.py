@@ -101,7 +101,7 @@ def pick_device(name):
 def native_bf16(device):
     """Whether bf16 autocast is the default on `device`: only a CPU with AMX tiles, where bf16 convolutions
     run on the matrix units. On this project's AVX512-BF16 CPU without AMX, bf16 measured slower than fp32
-    (README "Speed"), so such CPUs, older ones and CUDA (where --amp opts in) default to fp32."""
+    (docs/speed.md), so such CPUs, older ones and CUDA (where --amp opts in) default to fp32."""
     device = torch.device(device)
     if device.type != "cpu":
         return False

@@ -210,7 +210,24 @@ def make_optimizers(model, cfg, peer=None):
     """§4.1: Adam for the segmentation branch (and CPS's second network), SGD (momentum, weight decay) for the
     classification branch; initial lrs --lr-seg / --lr-cls (both --lr by default)."""
     seg = model.seg_parameters() + (list(peer.parameters()) if peer is not None else [])
-    return {"seg": torch.optim.Adam(seg, lr=cfg.get("lr_seg") or cfg["lr"]),
+    # Adam: the fused kernel (one pass over all parameters; CPU, 25 M parameters: 0.03 instead of 0.10 s) where
+    # torch has it; the same update up to float rounding. A loaded state (e.g. a checkpoint of the unfused
+    # optimizer) keeps it fused: load_state_dict would otherwise take the saved groups' "fused" setting.
+    # SGD stays per-parameter: fused SGD raises when parameters without a momentum buffer get their first
+    # gradient after others (e.g. the ITA modules after --burn-in); it costs 0.03 s per step on CPU.
+    fused = True if seg[0].device.type in ("cpu", "cuda") else None
+
+    def fuse_again(opt):   # after load_state_dict: fused again, Adam's step counts where the fused kernel wants them
+        for g in opt.param_groups:
+            g["fused"] = fused
+            for p in g["params"] if fused else ():
+                st = opt.state.get(p, {})
+                if torch.is_tensor(st.get("step")):
+                    st["step"] = st["step"].to(p.device, torch.float32)
+
+    adam = torch.optim.Adam(seg, lr=cfg.get("lr_seg") or cfg["lr"], fused=fused)
+    adam.register_load_state_dict_post_hook(fuse_again)
+    return {"seg": adam,
             "cls": torch.optim.SGD(model.cls_parameters(), lr=cfg.get("lr_cls") or cfg["lr"],
                                    momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])}
 

@@ -249,9 +249,10 @@ PLANTED = [
     ("dice", "losses.py", "seg_unsupervised_loss", "logits_w.detach().max(1).indices", "logits_w.softmax(1)[:, 1]",
      ("eq9_",)),
     ("dice", "losses.py", "_dice_loss", "p, g = p * w, g * w", "p = p * w", ("dice_",)),
-    ("pixel-contrast", "losses.py", "pixel_contrastive_loss", "keys) / temperature", "keys) / 0.1", ("loss_",)),
-    ("pixel-contrast", "losses.py", "pixel_contrastive_loss", ".logsumexp(1, keepdim=True)",
-     ".logsumexp(0, keepdim=True)", ("loss_",)),
+    ("pixel-contrast", "losses.py", "pixel_contrastive_loss", "(anchors) / temperature", "(anchors) / 0.1",
+     ("loss_",)),
+    ("pixel-contrast", "losses.py", "pixel_contrastive_loss", "F.softplus(nlse - s,", "F.softplus(s - nlse,",
+     ("loss_",)),                                                                                  # ratio inverted
     ("pixel-contrast", "losses.py", "pixel_contrastive_loss", "(L * has_pos).sum() / has_pos.sum().clamp_min(1)",
      "L.mean()", ("loss_",)),
     ("pixel-contrast", "hermes.py", "sample_anchors", "n_hard = min(n - n_easy, len(pool_hard))", "n_hard = n_hard",

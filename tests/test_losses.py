@@ -191,6 +191,55 @@ def test_pixel_contrastive_loss_masks_equal_the_selected_rows(seed):
     none = losses.pixel_contrastive_loss(a, la, k, lk, 0.1, anchor_mask=torch.zeros(13, dtype=torch.bool))
     assert none.item() == 0
 
+def masked_form_pixel_loss(anchors, anchor_labels, keys, key_labels, temperature, anchor_mask=None, key_mask=None):
+    """The earlier losses.pixel_contrastive_loss (before the per-class sums): eq. (11) with (K,M) masks,
+    a masked log-sum-exp over N_i and log(e^s / (e^s + e^nlse)) = s - logaddexp(s, nlse) on every pair."""
+    s = (anchors @ keys.T) / temperature
+    same = anchor_labels.reshape(-1, 1) == key_labels.reshape(1, -1)
+    present = key_mask.reshape(1, -1) if key_mask is not None else torch.ones_like(same[:1])
+    pos, neg = same & present, ~same & present
+    neg_lse = s.masked_fill(~neg, torch.finfo(s.dtype).min).logsumexp(1, keepdim=True)
+    neg_lse = torch.where(neg.any(1, keepdim=True), neg_lse, torch.full_like(neg_lse, float("-inf")))
+    log_ratio = s - torch.logaddexp(s, neg_lse)
+    n_pos = pos.sum(1)
+    L = -(log_ratio * pos).sum(1) / n_pos.clamp_min(1)
+    has_pos = n_pos > 0
+    if anchor_mask is not None:
+        has_pos = has_pos & anchor_mask.reshape(-1)
+    has_pos = has_pos.to(L.dtype)
+    return (L * has_pos).sum() / has_pos.sum().clamp_min(1)
+
+
+@pytest.mark.parametrize("one_hot", [True, False], ids=["one-hot sums (CPU)", "masks (CUDA)"])
+def test_pixel_contrastive_loss_equals_the_masked_form(monkeypatch, one_hot):
+    """Per-class sums + softplus give eq. (11) as the earlier masked log-sum-exp form did, value and gradient,
+    in float64 on random anchors and keys with masks, 1-3 classes, anchors without positives or negatives,
+    τ = 1, 0.07 and 0.01 and vectors of norm 1 and 5 (similarities spanning up to 5000)."""
+    monkeypatch.setattr(losses, "ONE_HOT_DEVICES", ("cpu",) if one_hot else ())
+    worst = 0.0
+    for seed in range(12):
+        g = torch.Generator().manual_seed(seed)
+        K, M = int(torch.randint(1, 30, (1,), generator=g)), int(torch.randint(1, 40, (1,), generator=g))
+        n_cls = 1 + seed % 3
+        la, lk = torch.randint(0, n_cls, (K,), generator=g), torch.randint(0, n_cls, (M,), generator=g)
+        ma, mk = torch.rand(K, generator=g) > 0.3, torch.rand(M, generator=g) > 0.3
+        for T in (1.0, 0.07, 0.01):
+            for norm in (1.0, 5.0):
+                a = norm * F.normalize(torch.randn(K, 6, generator=g, dtype=torch.float64), dim=1)
+                k = norm * F.normalize(torch.randn(M, 6, generator=g, dtype=torch.float64), dim=1)
+                out, grads = [], []
+                for fn in (losses.pixel_contrastive_loss, masked_form_pixel_loss):
+                    x = a.clone().requires_grad_(True)
+                    v = fn(x, la, k, lk, T, anchor_mask=ma, key_mask=mk)
+                    (grad,) = torch.autograd.grad(v, x, allow_unused=True) if v.requires_grad else (None,)
+                    out.append(v.item())
+                    grads.append(torch.zeros_like(a) if grad is None else grad)
+                assert out[0] == pytest.approx(out[1], rel=1e-12, abs=1e-12), (seed, T, norm)
+                assert torch.allclose(grads[0], grads[1], rtol=1e-9, atol=1e-12), (seed, T, norm)
+                worst = max(worst, abs(out[0] - out[1]) / max(abs(out[1]), 1e-300))
+    assert worst < 1e-12
+
+
 # ---------------------------------------------------------------- eq. (12)-(13)
 
 def naive_image_loss(v, lab, wt, T, bank=None, bank_lab=None):

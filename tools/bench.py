@@ -1,18 +1,26 @@
-"""Speed and memory of one training step: SupOnly, full Hermes, and Hermes with each component off.
+"""Speed and memory of one training step: SupOnly, the floor, full Hermes, and Hermes with each component off.
 
     python -m tools.bench                              # CPU, 224 px, 8 labeled + 8 unlabeled (the paper's batch)
-    python -m tools.bench --device cuda --amp-compare  # CUDA, fp32 and bf16 autocast side by side
+    python -m tools.bench --sizes 64 96 --threads 1 2 --precisions fp32 bf16 bf16+cl fp32+cl --pieces
+    python -m tools.bench --device cuda --precisions fp32 bf16  # CUDA, fp32 and bf16 autocast side by side
     python -m tools.bench --dataset busi --data-root ../shared/data/BUSI/Dataset_BUSI_with_GT --no-pretrained
     python -m tools.bench --device cuda --concurrent 2 4 8 # N training processes side by side on one GPU
 
-All variants run in one process on the same networks, the same batches and the same initial weights (restored
-before each variant). A step is what train.py does per iteration (`train.train_step`: `hermes_step`, eq. 15, one
-backward, the two optimizer steps). Reported: median seconds per step over --steps after --warmup, images per
-second (labeled + unlabeled images in the batch), peak memory during the variant's steps (RSS sampled every
-5 ms on CPU, torch.cuda.max_memory_allocated on CUDA), and the ratio to SupOnly; on CPU also the process's CPU
-seconds per step. The memory banks start full (fill_banks), as in a long run. Also: time to load and cache
-the dataset, and the data pipeline's time per step as a share of the Hermes step, for train.py's default (whole
-batches augmented on the device, augment.DeviceBatches) and for the per-image torchvision path (--augment cpu).
+Every variant x precision x thread count of one image size runs in one process, interleaved step by step
+(round r runs step r of each in turn, so a change in the machine's load hits them all alike), on the same batches;
+variants of one memory format share the networks and optimizers (weights do not change the cost of a step).
+A step is what train.py does per iteration (`train.train_step`: `hermes_step`, eq. 15, one backward, the two
+optimizer steps). "Floor" is SupOnly with Hermes' network passes: the 2B labeled + strong images forward and
+backward in one batch and the B weak views forward without gradient, supervised losses only, no saliency: what the
+method cannot avoid; "Floor + SM/ITA" adds the saliency maps (eq. 6) of all 3B images and inter-task attention.
+Reported: median seconds per step over --steps after --warmup, the process's CPU seconds per step (user +
+system, steadier than wall time on a shared machine), images per second (labeled + unlabeled), the
+step's peak memory above its start (RSS sampled every 5 ms on CPU, torch.cuda.max_memory_allocated on CUDA), and
+ratios to SupOnly and to the floor. The memory banks start full (fill_banks), as in a long run. --pieces: CPU time
+per step inside the full Hermes step of saliency maps, the teacher pass, the two contrastive terms, bank writes,
+backward and optimizer steps. Also: time to load and cache the dataset, and the data pipeline's time per step
+as a share of the Hermes step, for train.py's default (whole batches augmented on the device,
+augment.DeviceBatches) and for the per-image torchvision path (--augment cpu).
 
 --concurrent N ...: instead, N processes (and 1, the baseline) each run train.py's steps with on-device batches,
 timed over the same window: s/step per run, aggregate steps/s and images/s, throughput against one run.
@@ -34,18 +42,26 @@ import augment
 import cli
 import data
 import hermes
+import losses
+import models
 import runner
 import train
 from models import HermesNet
 
 TRAIN_DEFAULTS = vars(train.build_parser().parse_args([]))  # lr, momentum, weight decay as train.py uses them
+FLOOR = "Floor"   # SupOnly through Hermes' passes (floor_step)
+FLOOR_SM = "Floor + SM/ITA"   # the same with the saliency maps and inter-task attention of every pass
 VARIANTS = {
     "SupOnly": dict(dtcl=False, ias=False, itcl=False),
+    FLOOR: dict(dtcl=False, ias=False, itcl=False),
+    FLOOR_SM: dict(dtcl=False, ias=True, itcl=False),
     "Hermes": dict(),
     "Hermes w/o DTCL": dict(dtcl=False),
     "Hermes w/o SM/ITA": dict(ias=False),
     "Hermes w/o ITCL": dict(itcl=False),
 }
+PRECISIONS = {"fp32": (False, False), "bf16": (True, False), "fp32+cl": (False, True), "bf16+cl": (True, True)}
+# (bf16 autocast, channels-last model and batches)
 
 
 class PeakRSS:
@@ -91,26 +107,206 @@ def fill_banks(banks, seed=0):
     return banks
 
 
-def time_variant(model, init_state, batches, cfg, device, steps, warmup, amp):
-    model.load_state_dict(init_state)
-    model.train()
-    banks = fill_banks(hermes.make_banks(model, cfg))
-    opts = train.make_optimizers(model, TRAIN_DEFAULTS)
-    times, cpu_times = [], []
+def floor_step(model, opts, batch_l, batch_u, amp, ias=False):
+    """The floor: SupOnly through Hermes' network passes. The B weak views forward without gradient (the teacher's
+    pass), the B labeled + B strong images forward and backward in one batch (the student's), supervised losses on
+    all 2B (the unlabeled images' ground truth stands in for pseudo-labels), both optimizers; no saliency, or
+    (ias) the saliency maps (eq. 6) of all 3B images and inter-task attention, as Hermes computes them."""
+    x, y, z = batch_l
+    x_w, x_s, y_u, z_u = batch_u
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        with torch.no_grad():
+            model(x_w, ias=ias)                                                    # teacher pass
+        out = model(torch.cat([x, x_s]), ias=ias)                                  # student pass, 2B images
+        loss = (losses.seg_supervised_loss(out["seg_logits"], torch.cat([y, y_u]))
+                + losses.cls_supervised_loss(out["cls_logits"], torch.cat([z, z_u])))
+    for o in opts.values():
+        o.zero_grad(set_to_none=True)
+    loss.backward()
+    for o in opts.values():
+        o.step()
+    return loss
+
+
+class Pieces:
+    """Time per step spent inside pieces of the Hermes step, by wrapping their functions while `on` (CPU: the
+    process's CPU seconds; CUDA: wall seconds between synchronisations). Pieces nest: the teacher pass holds the
+    weak views' saliency, the contrastive terms hold their bank writes."""
+
+    def __init__(self, device, opts):
+        self.device, self.on, self.t, self._undo = device, False, {}, []
+        self.wrap(models, "saliency", "saliency maps (eq. 6), all 3B images: cls forward + input gradient")
+        self.wrap(hermes, "_teacher", "teacher pass (B weak views, no gradient; incl. their saliency)")
+        self.wrap(hermes, "_pixel_contrast", "pixel contrast eq. 11 forward (anchors, loss, bank write)")
+        self.wrap(hermes, "_image_contrast", "image contrast eq. 12-13 forward (loss, bank write)")
+        self.wrap(hermes.MemoryBank, "push", "memory-bank writes (both banks)")
+        self.wrap(torch.autograd, "backward", "backward (whole step)")
+        for o in opts.values():
+            pre = o.register_step_pre_hook(lambda *a: self._start("optimizer steps (Adam + SGD)"))
+            post = o.register_step_post_hook(lambda *a: self._stop("optimizer steps (Adam + SGD)"))
+            self._undo += [pre.remove, post.remove]
+        self._open = {}
+
+    def clock(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            return time.perf_counter()
+        return time.process_time()
+
+    def _start(self, name):
+        if self.on:
+            self._open[name] = self.clock()
+
+    def _stop(self, name):
+        if self.on and name in self._open:
+            self.t[name] = self.t.get(name, 0.0) + self.clock() - self._open.pop(name)
+
+    def wrap(self, owner, attr, name):
+        fn = getattr(owner, attr)
+
+        def timed(*a, **k):
+            if not self.on:
+                return fn(*a, **k)
+            c = self.clock()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.t[name] = self.t.get(name, 0.0) + self.clock() - c
+        setattr(owner, attr, timed)
+        self._undo.append(lambda: setattr(owner, attr, fn))
+
+    def remove(self):
+        for undo in reversed(self._undo):
+            undo()
+
+
+def step_memory(fn, device):
+    """Peak tensor memory of one call of fn above its lowest point: CUDA max_memory_allocated above the start; CPU
+    from torch.profiler's
+    allocations and frees (each operator's own, at its start) in time order (RSS cannot say it:
+    train.keep_freed_memory keeps freed blocks)."""
     if device.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-    with PeakRSS() as rss:
-        for i in range(warmup + steps):
-            batch_l, batch_u = batches[i % len(batches)]
-            sync(device)
-            t, c = time.perf_counter(), time.process_time()
-            train.train_step(model, banks, opts, batch_l, batch_u, i, 3000, cfg, amp)
-            sync(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - t)
-                cpu_times.append(time.process_time() - c)
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else rss.peak
-    return statistics.median(times), peak, statistics.median(cpu_times)
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    allocs = sorted((e.time_range.start, e.self_cpu_memory_usage) for e in prof.profiler.function_events)
+    peak = low = now = 0
+    for _, b in allocs:
+        now += b
+        peak, low = max(peak, now), min(low, now)
+    return peak - low   # zero_grad(set_to_none) frees the last step's gradients first: count from the lowest point
+
+
+def side_by_side(args, ds, device):
+    """Every (threads, precision, variant) of one image size, interleaved step by step. Returns rows
+    (threads, precision, variant, median s/step, median CPU s/step, step memory bytes) and the pieces."""
+    split = data.make_split(ds, train.DEFAULT_LABELS.get(args.dataset, 40), args.seed)
+    idx_l, idx_u, _ = data.split_indices(ds, split)
+    make = augment.DeviceBatches(ds, idx_l, idx_u, args.batch_size, args.seed, device)
+    raw = [make(i) for i in range(4)]
+    formats = sorted({PRECISIONS[p][1] for p in args.precisions})
+    batches = {cl: [augment.memory_format(b, cl) for b in raw] for cl in formats}
+    torch.manual_seed(args.seed)
+    base = HermesNet(seg_encoder=args.seg_encoder, pretrained=args.pretrained).to(device)
+    nets, opts = {}, {}
+    for cl in formats:
+        nets[cl] = copy.deepcopy(base).train()
+        if cl:
+            nets[cl] = nets[cl].to(memory_format=torch.channels_last)
+        if args.compile:
+            nets[cl].compile(mode=args.compile)
+        opts[cl] = train.make_optimizers(nets[cl], TRAIN_DEFAULTS)
+    del base
+    banks = {v: fill_banks(hermes.make_banks(nets[formats[0]], hermes.HermesConfig(**VARIANTS[v])))
+             for v in args.variants}
+    runs = [(t, p, v) for t in args.threads for p in args.precisions for v in args.variants]
+    wall, cpu = {r: [] for r in runs}, {r: [] for r in runs}
+    pieces = {cl: Pieces(device, opts[cl]) for cl in formats} if args.pieces else {}
+    piece_t = {}
+    total = 3000
+
+    def step(run, it):
+        threads, prec, variant = run
+        amp, cl = PRECISIONS[prec]
+        bl, bu = batches[cl][it % len(raw)]
+        if variant in (FLOOR, FLOOR_SM):
+            return floor_step(nets[cl], opts[cl], bl, bu, amp, ias=variant == FLOOR_SM)
+        cfg = hermes.HermesConfig(**VARIANTS[variant])
+        return train.train_step(nets[cl], banks[variant], opts[cl], bl, bu, it, total, cfg, amp)[0]
+
+    try:
+        for it in range(args.warmup + args.steps):
+            for run in runs:
+                if device.type == "cpu":
+                    torch.set_num_threads(run[0])
+                timed = it >= args.warmup
+                pc = pieces.get(PRECISIONS[run[1]][1])
+                if pc is not None:
+                    pc.on, pc.t = timed and run[2] == "Hermes", {}
+                sync(device)
+                t, c = time.perf_counter(), time.process_time()
+                step(run, it)
+                sync(device)
+                if timed:
+                    wall[run].append(time.perf_counter() - t)
+                    cpu[run].append(time.process_time() - c)
+                if pc is not None and pc.on:
+                    pc.on = False
+                    for name, sec in pc.t.items():
+                        piece_t.setdefault((run[0], run[1], name), []).append(sec)
+            print(f"  round {it + 1}/{args.warmup + args.steps} done", flush=True)
+        mem = {}
+        for run in runs:
+            if device.type == "cpu":
+                torch.set_num_threads(run[0])
+            mem[run] = step_memory(lambda: step(run, 0), device)
+    finally:
+        for pc in pieces.values():
+            pc.remove()
+    rows = [(*run, statistics.median(wall[run]), statistics.median(cpu[run]), mem[run]) for run in runs]
+    return rows, {k: statistics.median(v) for k, v in piece_t.items()}
+
+
+def print_side_by_side(rows, pieces, args, ds, device, size, load_s):
+    B = args.batch_size
+    what = "peak CUDA memory of a step" if device.type == "cuda" else "peak tensor memory of a step"
+    amx = "yes" if models.native_bf16(device) else "no"
+    dev = (torch.cuda.get_device_name() if device.type == "cuda"
+           else f"cpu ({torch.backends.cpu.get_cpu_capability()}, AMX {amx})")
+    print(f"\n{args.dataset}: {len(ds.labels)} images loaded and cached at {size} px in {load_s:.2f} s")
+    print(f"{dev}, {size} px, batch {B} labeled + {B} unlabeled, seg encoder {args.seg_encoder}, median of "
+          f"{args.steps} steps after {args.warmup} warm-up, all rows interleaved step by step in one process; "
+          f"load average before: {os.getloadavg()[0]:.1f}\n" if hasattr(os, "getloadavg") else "\n")
+    print(f"| threads | precision | variant | s/step | CPU s/step | images/s | {what} (MiB) | time vs SupOnly | "
+          f"time vs floor | CPU time vs SupOnly | CPU time vs floor |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for threads, prec, variant, sec, cpu, mem in rows:
+        ref = {v: next((r for r in rows if r[:3] == (threads, prec, v)), None) for v in ("SupOnly", FLOOR)}
+        ratio = lambda v, i, x: f"{x / ref[v][i]:.2f}×" if ref[v] else "-"
+        print(f"| {threads if device.type == 'cpu' else '-'} | {prec} | {variant} | {sec:.3f} | {cpu:.3f} | "
+              f"{2 * B / sec:.1f} | {mem / 2**20:.0f} | {ratio('SupOnly', 3, sec)} | {ratio(FLOOR, 3, sec)} | "
+              f"{ratio('SupOnly', 4, cpu)} | {ratio(FLOOR, 4, cpu)} |")
+    fp32 = [r for r in rows if r[1] == "fp32"]
+    for threads, prec, variant, sec, cpu, _ in rows:
+        if variant == "Hermes" and prec != "fp32":
+            ref = next((r for r in fp32 if r[0] == threads and r[2] == "Hermes"), None)
+            if ref:
+                print(f"  Hermes, {threads} thread(s): {prec} vs fp32: {ref[3] / sec:.2f}× the speed "
+                      f"(CPU time {ref[4] / cpu:.2f}×)")
+    if pieces:
+        unit = "CPU s" if device.type == "cpu" else "s"
+        print(f"\nPieces of the full Hermes step ({unit} per step, median; they nest, see Pieces):\n")
+        print(f"| threads | precision | piece | {unit}/step | share of the Hermes step |")
+        print("|---|---|---|---|---|")
+        for (threads, prec, name), sec in pieces.items():
+            step_s = next(r[4 if device.type == "cpu" else 3] for r in rows if r[:3] == (threads, prec, "Hermes"))
+            print(f"| {threads if device.type == 'cpu' else '-'} | {prec} | {name} | {sec:.3f} | "
+                  f"{100 * sec / step_s:.0f} % |")
 
 
 def main(argv=None):
@@ -119,18 +315,26 @@ def main(argv=None):
     p.add_argument("--dataset", default="demo")
     p.add_argument("--data-root", default=None)
     p.add_argument("--image-size", type=int, default=224, help="paper §4.1: 224")
+    p.add_argument("--sizes", type=int, nargs="+", default=None, metavar="PX",
+                   help="several image sizes, one after the other (default: --image-size)")
     p.add_argument("--batch-size", type=int, default=8, help="labeled, and as many unlabeled (paper §4.1: 8)")
     p.add_argument("--seg-encoder", default="resnet34", choices=["resnet34", "resnet18"])
     p.add_argument("--pretrained", action=argparse.BooleanOptionalAction, default=False)
-    p.add_argument("--steps", type=int, default=5, help="timed steps per variant (median reported)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed steps per variant first")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per row (median reported)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps per row first")
     p.add_argument("--variants", nargs="*", default=None, choices=list(VARIANTS),
                    help="default: all (--concurrent: SupOnly and Hermes)")
-    p.add_argument("--amp-compare", action="store_true", help="CUDA: time each variant in fp32 and bf16 autocast")
+    p.add_argument("--precisions", nargs="+", default=None, choices=list(PRECISIONS),
+                   help="fp32, bf16 (autocast), fp32+cl / bf16+cl (channels-last model and batches); default fp32")
+    p.add_argument("--amp-compare", action="store_true", help="the same as --precisions fp32 bf16")
+    p.add_argument("--pieces", action="store_true",
+                   help="also the time of each piece of the full Hermes step (saliency, teacher pass, contrastive "
+                        "terms, bank writes, backward, optimizers)")
     p.add_argument("--profile", action="store_true",
                    help="also profile one full Hermes step and print where its time goes")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's choice; --concurrent N: cores / N per run)")
+    p.add_argument("--threads", type=int, nargs="+", default=None,
+                   help="torch CPU threads, one or several (rows for each; default: torch's choice; "
+                        "--concurrent N: cores / N per run, or the first value given)")
     p.add_argument("--concurrent", type=int, nargs="+", default=None, metavar="N",
                    help="instead of the table above: N training processes side by side on the device, for each N "
                         "given and 1; aggregate steps/s and s/step per run")
@@ -144,25 +348,52 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--debug", action="store_true", help=f"show the Python traceback of an error (or {cli.DEBUG_ENV}=1)")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    given_threads = args.threads
+    args.threads = args.threads if (args.threads and device.type == "cpu") else [torch.get_num_threads()]
+    torch.set_num_threads(args.threads[0])
     if device.type == "cpu" and not args.keep_mmap:
         runner.keep_freed_memory()            # as train.py does on CPU
     torch.manual_seed(args.seed)
+    sizes = args.sizes or [args.image_size]
 
-    t = time.perf_counter()
-    ds = data.load_dataset(args.dataset, args.data_root, image_size=args.image_size, seed=args.seed)
-    load_s = time.perf_counter() - t
-    if args.concurrent:
-        print_concurrent(concurrent_runs(args, ds), args, ds)
-        return
-    args.variants = args.variants or list(VARIANTS)
+    for n, size in enumerate(sizes):
+        t = time.perf_counter()
+        ds = data.load_dataset(args.dataset, args.data_root, image_size=size, seed=args.seed)
+        load_s = time.perf_counter() - t
+        if args.concurrent:
+            conc = argparse.Namespace(**{**vars(args), "threads": given_threads[0] if given_threads else None,
+                                         "image_size": size})
+            print_concurrent(concurrent_runs(conc, ds), conc, ds)
+            continue
+        args.variants = args.variants or list(VARIANTS)
+        args.precisions = args.precisions or (["fp32", "bf16"] if args.amp_compare else ["fp32"])
+        rows, pieces = side_by_side(args, ds, device)
+        print_side_by_side(rows, pieces, args, ds, device, size, load_s)
+        if n == 0:
+            data_pipeline(args, ds, device, rows)
+
+    if args.profile and not args.concurrent:
+        model = HermesNet(seg_encoder=args.seg_encoder, pretrained=args.pretrained).to(device)
+        profile_step(model, copy.deepcopy(model.state_dict()), data_batches(args, ds, device)[0], device)
+
+
+def data_batches(args, ds, device, n=4):
+    split = data.make_split(ds, train.DEFAULT_LABELS.get(args.dataset, 40), args.seed)
+    idx_l, idx_u, _ = data.split_indices(ds, split)
+    make = augment.DeviceBatches(ds, idx_l, idx_u, args.batch_size, args.seed, device)
+    return [make(i) for i in range(n)]
+
+
+def data_pipeline(args, ds, device, rows):
+    """The data pipeline's time per step for train.py's two paths, as a share of the Hermes step; on CUDA also
+    the host-device synchronisations of one Hermes step."""
     split = data.make_split(ds, train.DEFAULT_LABELS.get(args.dataset, 40), args.seed)
     idx_l, idx_u, _ = data.split_indices(ds, split)
     B = args.batch_size
     device_batches = augment.DeviceBatches(ds, idx_l, idx_u, B, args.seed, device)   # train.py's default
-    per_image = augment.StepBatches(augment.LabeledSet(ds, idx_l, train=True), augment.UnlabeledSet(ds, idx_u), B, args.seed)
+    per_image = augment.StepBatches(augment.LabeledSet(ds, idx_l, train=True), augment.UnlabeledSet(ds, idx_u), B,
+                                    args.seed)
     n_batches = 4
     device_batches(n_batches)                                                      # warm-up (CUDA context, ...)
     sync(device)
@@ -172,44 +403,11 @@ def main(argv=None):
         times = []
         for i in range(n_batches):
             t = time.perf_counter()
-            batch = make(i)
+            make(i)
             sync(device)
             times.append(time.perf_counter() - t)
         data_s[name] = statistics.median(times)
-    batches = [device_batches(i) for i in range(n_batches)]
-
-    model = HermesNet(seg_encoder=args.seg_encoder, pretrained=args.pretrained).to(device)
-    init_state = copy.deepcopy(model.state_dict())
-    if args.compile:
-        model.compile(mode=args.compile)   # in place: state_dict keys unchanged; warm-up steps absorb compiling
-
-    amps = [False, True] if (args.amp_compare and device.type == "cuda") else [False]
-    rows = []
-    for amp in amps:
-        for name in args.variants:
-            cfg = hermes.HermesConfig(**VARIANTS[name])
-            sec, peak, cpu = time_variant(model, init_state, batches, cfg, device, args.steps, args.warmup, amp)
-            rows.append((name + (" (bf16)" if amp else ""), amp, sec, peak, cpu))
-            print(f"  {rows[-1][0]}: {sec:.3f} s/step", flush=True)
-
-    what = "peak CUDA memory" if device.type == "cuda" else "peak RSS"
-    threads = torch.get_num_threads() if device.type == "cpu" else "-"
-    print(f"\n{args.dataset}: {len(ds.labels)} images loaded and cached at {args.image_size} px in {load_s:.2f} s")
-    print(f"device {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else f'{threads} threads'}), "
-          f"{args.image_size} px, batch {B} labeled + {B} unlabeled, seg encoder {args.seg_encoder}, "
-          f"median of {args.steps} steps after {args.warmup} warm-up\n")
-    # CPU: also the process's CPU seconds per step (user + system), steadier than wall time on a shared machine
-    cpu_col = device.type == "cpu"
-    print(f"| variant | s/step | images/s | {what} (MiB) | time vs SupOnly | memory vs SupOnly |"
-          + (" CPU s/step | CPU time vs SupOnly |" if cpu_col else ""))
-    print("|---|---|---|---|---|---|" + ("---|---|" if cpu_col else ""))
-    base = {amp: next((r for r in rows if r[1] == amp and r[0].startswith("SupOnly")), None) for amp in amps}
-    for name, amp, sec, peak, cpu in rows:
-        b = base[amp]
-        ratio = lambda i, v: f"{v / b[i]:.2f}×" if b else "-"
-        print(f"| {name} | {sec:.3f} | {2 * B / sec:.1f} | {peak / 2**20:.0f} | {ratio(2, sec)} | {ratio(3, peak)} |"
-              + (f" {cpu:.3f} | {ratio(4, cpu)} |" if cpu_col else ""))
-    hermes_sec = next((r[2] for r in rows if r[0] == "Hermes"), None)
+    hermes_sec = next((r[3] for r in rows if r[2] == "Hermes" and r[1] == "fp32"), None)
     share = lambda s: f" = {100 * s / (s + hermes_sec):.1f}% of a Hermes step" if hermes_sec else ""
     print(f"\ndata pipeline, one labeled + one unlabeled batch on {device} (median of {n_batches}):")
     print(f"  on the device, whole batches (train.py --augment device, default): {data_s['device']:.4f} s/step"
@@ -217,13 +415,12 @@ def main(argv=None):
     print(f"  torchvision per image, one process (--augment cpu, --workers 0): {data_s['cpu']:.4f} s/step"
           f"{share(data_s['cpu'])}")
     if device.type == "cuda":
-        syncs = count_syncs(model, init_state, device_batches, amp=False)
+        model = HermesNet(seg_encoder=args.seg_encoder, pretrained=args.pretrained).to(device)
+        syncs = count_syncs(model, copy.deepcopy(model.state_dict()), device_batches, amp=False)
         print(f"\nhost-device synchronisations in one Hermes step as train.py runs it (batch, step, backward, "
               f"optimizers; torch.cuda sync debug mode): {len(syncs)}")
         for s in sorted(set(syncs))[:5]:
             print(f"  {s}")
-    if args.profile:
-        profile_step(model, init_state, batches[0], device)
 
 
 def count_syncs(model, init_state, batches, amp):

@@ -484,7 +484,7 @@ def score(d, name):
     return report.total(grader.grade(str(d), name))
 
 
-def test_experiment_copies_and_their_visible_settings(tmp_path):
+def test_experiment_copies_and_their_visible_settings(tmp_path, monkeypatch):
     for name in ("fig1", "ablation"):
         a = ASSIGNMENTS[name]
         info = handout.assign([name], str(tmp_path / name))
@@ -493,7 +493,10 @@ def test_experiment_copies_and_their_visible_settings(tmp_path):
             assert os.path.isfile(tmp_path / name / rel)
         md = open(tmp_path / name / "ASSIGNMENT.md").read()
         assert "| answer | expected range |" in md and "## Questions (answers.md)" in md
-        spec = importlib.util.spec_from_file_location(f"visible_{a.slug}", a.visible_path)
+        # the visible tests as the student runs them: from the copy's tests/, with the helper written next to them
+        monkeypatch.syspath_prepend(str(tmp_path / name / "tests"))
+        monkeypatch.delitem(sys.modules, "assignment_runs", raising=False)
+        spec = importlib.util.spec_from_file_location(f"visible_{a.slug}", tmp_path / name / a.test_file)
         vis = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(vis)
         runs = getattr(a.module, "RUNS", None) or {a.module.RUN: (a.module.RUN, a.module.CONFIG)}

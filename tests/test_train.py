@@ -28,6 +28,16 @@ def read_log(out, kind="train"):
         return [r for r in csv.DictReader(f) if r["kind"] == kind]
 
 
+def resumed_like_full(full, part, rel):
+    """Check that the resumed run `part` logged steps 1-4 with the losses of `full` (to `rel`); returns the final
+    model weights of both (full, part)."""
+    a, b = read_log(full), read_log(part)
+    assert [r["iter"] for r in b] == ["1", "2", "3", "4"]
+    for ra, rb in zip(a, b):
+        assert float(ra["loss"]) == pytest.approx(float(rb["loss"]), rel=rel, abs=1e-6), ra["iter"]
+    return tuple(torch.load(os.path.join(d, "checkpoint.pt"), weights_only=True)["model"] for d in (full, part))
+
+
 def test_three_steps_write_every_output(tmp_path):
     out, result = run(tmp_path, "--iters", "3", "--eval-every", "3")
     for f in ["config.json", "split.json", "log.csv", "checkpoint.pt", "best.pt", "metrics.json"]:
@@ -64,12 +74,7 @@ def test_resume_continues_as_if_never_stopped(tmp_path, augment):
         del ckpt["config"]["augment"]
         torch.save(ckpt, ckpt_path)
     train.train(["--out", part, "--resume", "--workers", "1"])  # batches do not depend on the workers
-    a, b = read_log(full), read_log(part)
-    assert [r["iter"] for r in b] == ["1", "2", "3", "4"]
-    for ra, rb in zip(a, b):
-        assert float(ra["loss"]) == pytest.approx(float(rb["loss"]), rel=1e-5, abs=1e-6), ra["iter"]
-    wa = torch.load(os.path.join(full, "checkpoint.pt"), weights_only=True)["model"]
-    wb = torch.load(os.path.join(part, "checkpoint.pt"), weights_only=True)["model"]
+    wa, wb = resumed_like_full(full, part, rel=1e-5)
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6, msg=k)
 
@@ -96,12 +101,7 @@ def test_resume_loads_the_state_of_unfused_optimizers(tmp_path, monkeypatch):
     train.train(["--out", part, "--resume"])
     assert all(g["fused"] for g in made[0]["seg"].param_groups)
     assert all(torch.is_tensor(s["step"]) for s in made[0]["seg"].state.values())
-    a, b = read_log(full), read_log(part)
-    assert [r["iter"] for r in b] == ["1", "2", "3", "4"]
-    for ra, rb in zip(a, b):
-        assert float(ra["loss"]) == pytest.approx(float(rb["loss"]), rel=1e-4, abs=1e-6), ra["iter"]
-    wa = torch.load(os.path.join(full, "checkpoint.pt"), weights_only=True)["model"]
-    wb = torch.load(os.path.join(part, "checkpoint.pt"), weights_only=True)["model"]
+    wa, wb = resumed_like_full(full, part, rel=1e-4)
     # Adam moves a weight by about lr (1e-4) per step whatever the size of its gradient, so a rounding difference
     # that flips the sign of a near-zero gradient moves that weight by up to 2 lr per step after the resume
     diffs = torch.cat([(wa[k].float() - wb[k].float()).abs().flatten() for k in wa if wa[k].is_floating_point()])

@@ -146,6 +146,15 @@ def unit(g, n, d, dtype):
     return torch.nn.functional.normalize(torch.randn(n, d, generator=g, dtype=dtype), dim=1)
 
 
+def expect_loss_and_finite_grad(ctx, out, leaf, what, atol):
+    """Record the loss `out` (`what`), then backpropagate it and record whether the gradient reaching the input
+    `leaf` is finite or absent: the edge cases whose loss is 0 (nothing kept, no positive pair)."""
+    ctx.expect(out, what, atol=atol)
+    if torch.is_tensor(out) and out.requires_grad:
+        out.backward()
+    ctx.expect(leaf.grad is None or bool(torch.isfinite(leaf.grad).all()), "the gradient is finite (or absent)")
+
+
 def run_check(c, index, M, emit, folder=None):
     """Run check `c` (number `index`) on modules M, emitting start, its records and end (with the error, if any).
 

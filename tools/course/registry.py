@@ -5,7 +5,8 @@ A folder holds
     TASK.md                    the task and hints (copied into the student's ASSIGNMENT.md)
     test_assignment_<name>.py  the visible tests: a real pytest file, copied to the student's tests/
     checks.py                  the graded checks, each a function decorated with @check(points) in that module
-and, for an experiment, the answer templates it names in meta.toml. Adding an assignment is adding a folder.
+and, for an experiment, the answer templates and the shared helper of its visible tests (tools/course/
+assignment_runs.py) it names in meta.toml [files]. Adding an assignment is adding a folder.
 
 This module is light (no torch): the student's grading process imports it from a temporary copy.
 """
@@ -59,7 +60,8 @@ class Assignment:
     hand_in: str
     cuts: tuple = ()         # ((file, qualname, "eq. (N)"), ...)
     wrappers: tuple = ()     # functions that only call a cut one: their project tests are removed too
-    files: dict = field(default_factory=dict)  # {path in the copy: file in the folder} (answer templates)
+    files: dict = field(default_factory=dict)  # {path in the copy: file, relative to the folder} (answer
+                                               # templates, a helper the visible tests import)
     _checks: list = None
 
     @property

@@ -2,24 +2,12 @@
 
 They check that the runs exist with the assignment's settings and that answers.txt has every value. The grader
 also checks your numbers against your own log.csv / metrics.json and against the ranges in ASSIGNMENT.md."""
-import json
 import os
 
+from assignment_runs import EXP_CONFIG, assert_answers_filled_in, assert_runs_have_settings  # tests/ next to this
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUNS = {'runs/fig1': {'dataset': 'demo',
-                     'iters': 60,
-                     'image_size': 64,
-                     'seg_encoder': 'resnet18',
-                     'labels': 40,
-                     'batch_size': 8,
-                     'demo_size': 240,
-                     'pretrained': False,
-                     'task': 'joint',
-                     'log_every': 2,
-                     'threshold': 'dual',
-                     'dtcl': True,
-                     'ias': True,
-                     'itcl': True}}
+RUNS = {"runs/fig1": dict(EXP_CONFIG, log_every=2, threshold="dual", dtcl=True, ias=True, itcl=True)}
 KEYS = ('pix_acc_all',
        'pix_acc_conf',
        'pix_kept_conf',
@@ -29,28 +17,9 @@ KEYS = ('pix_acc_all',
        'kappa_binds_from')
 
 
-def read_answers():
-    out = {}
-    with open(os.path.join(ROOT, "answers.txt"), encoding="utf-8") as f:
-        for line in f:
-            line = line.split("#", 1)[0].strip()
-            if "=" in line:
-                k, v = line.split("=", 1)
-                out[k.strip()] = v.strip()
-    return out
-
-
 def test_runs_exist_with_the_assignment_settings():
-    for run, want in RUNS.items():
-        path = os.path.join(ROOT, run, "config.json")
-        assert os.path.isfile(path), f"{path} is missing: run the training command of ASSIGNMENT.md"
-        with open(path) as f:
-            cfg = json.load(f)
-        wrong = {k: cfg.get(k) for k, v in want.items() if cfg.get(k) != v}
-        assert not wrong, f"{run}: settings differ from the assignment's: {wrong}"
+    assert_runs_have_settings(ROOT, RUNS)
 
 
 def test_every_answer_is_filled_in():
-    answers = read_answers()
-    missing = [k for k in KEYS if not answers.get(k)]
-    assert not missing, f"answers.txt: no value for {missing}"
+    assert_answers_filled_in(ROOT, KEYS)

@@ -10,7 +10,7 @@ import tomllib
 
 import torch
 
-from tools.course.observe import Fail, gen, unit
+from tools.course.observe import Fail, expect_loss_and_finite_grad, gen, unit
 from tools.course.registry import check
 
 with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "meta.toml"), "rb") as _f:
@@ -76,10 +76,7 @@ def loss_degenerate_zero(ctx, M):
         with ctx.part(what):
             x = a.clone().requires_grad_(True)
             out = M.losses.pixel_contrastive_loss(x, la, k, lk, 0.07)
-            ctx.expect(out, f"eq. 11 with {what}", atol=1e-7)
-            if torch.is_tensor(out) and out.requires_grad:
-                out.backward()
-            ctx.expect(x.grad is None or bool(torch.isfinite(x.grad).all()), "the gradient is finite (or absent)")
+            expect_loss_and_finite_grad(ctx, out, x, f"eq. 11 with {what}", atol=1e-7)
 
 
 @check(1)

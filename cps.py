@@ -15,6 +15,7 @@ Evaluation uses the model's own U-Net, as the CPS paper infers with one network.
 import torch
 import torch.nn as nn
 
+import hermes
 from losses import cls_supervised_loss, cross_pseudo_supervision_loss, seg_supervised_loss, total_loss
 from models import SegDecoder, SegEncoder, check_input
 
@@ -43,7 +44,6 @@ def cps_step(model, peer, batch_l, batch_u, it, total, cfg):
     unlabeled images. Logged as seg_l (both L_s), seg_u (L_cps), cls_l; pl_acc_pix_all = accuracy of the
     peer's pseudo-labels on the unlabeled images (ground truth held aside), kept_pix = 1 (no threshold).
     """
-    import hermes   # PARTS / STAT_KEYS / schedules, one definition for both methods
     x, y, z = batch_l
     x_w, _, y_gt, _ = batch_u
     y, z, B_l = y.long(), z.long(), x.shape[0]

@@ -282,13 +282,11 @@ def resolve_device(cfg):
 
 def build_networks(cfg, hcfg, device):
     """-> (HermesNet, its memory banks, CPS's second segmentation network or None), on `device`."""
-    model = build_model(cfg).to(device)
-    if cfg["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
+    fmt = torch.channels_last if cfg["channels_last"] else torch.preserve_format
+    model = build_model(cfg).to(device, memory_format=fmt)
     banks = hermes.make_banks(model, hcfg)
-    peer = cps.PeerSegNet(cfg["seg_encoder"], cfg["pretrained"]).to(device) if cfg["method"] == "cps" else None
-    if peer is not None and cfg["channels_last"]:
-        peer = peer.to(memory_format=torch.channels_last)
+    peer = (cps.PeerSegNet(cfg["seg_encoder"], cfg["pretrained"]).to(device, memory_format=fmt)
+            if cfg["method"] == "cps" else None)
     return model, banks, peer
 
 

@@ -405,7 +405,7 @@ class Progress:
                 self._announce(done, sum(self.t_measure) / len(self.t_measure))
         if self.lines and self.every_s is not None and time.perf_counter() - self.t_line >= self.every_s:
             sps = sum(self.since_line) / len(self.since_line)
-            print(f"step {done}/{self.total}  loss {float(loss):.4f}  {sps:.3g} s/step  "
+            print(f"step {done}/{self.total}  loss {float(loss.detach()):.4f}  {sps:.3g} s/step  "
                   f"ETA {duration(sps * (self.total - done))}", flush=True)
             self.t_line, self.since_line = time.perf_counter(), []
 

@@ -382,6 +382,34 @@ def test_cheats_score_nothing_in_real_student_processes(tmp_path):
         g["results"][0]["msg"]          # the forged records on the pipe are seen for what they are
 
 
+def test_a_virtual_environment_inside_the_checkout_is_not_handed_to_student_code(tmp_path, monkeypatch):
+    """A .venv made inside the checkout: the students' interpreter, its prefix, the modules it imports from the
+    environment and PATH name a throwaway folder, not the checkout; the environment's packages still import."""
+    checkout, tmp = tmp_path / "checkout", tmp_path / "grading"
+    checkout.mkdir(), tmp.mkdir()
+    venv = checkout / ".venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    site = subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    with open(os.path.join(site, "only_in_the_venv.py"), "w") as f:
+        f.write("X = 1\n")
+    monkeypatch.setattr(grader, "ROOT", str(checkout))
+    monkeypatch.setattr(sys, "prefix", str(venv))
+    monkeypatch.setattr(sys, "executable", str(venv / "bin" / "python"))
+    monkeypatch.setenv("PATH", f"{venv / 'bin'}{os.pathsep}/usr/bin")
+    python = grader.child_python(str(tmp))
+    out = subprocess.run([python, "-E", "-c", "import sys, only_in_the_venv as m, os; "
+                          "print(sys.executable); print(sys.prefix); print(m.__file__); print(os.environ['PATH'])"],
+                         capture_output=True, text=True, env=grader._child_env(str(tmp)), check=True).stdout
+    lines = out.splitlines()
+    assert len(lines) == 4 and all(str(checkout) not in ln for ln in lines), lines
+    assert lines[0] == python and lines[1].startswith(str(tmp)) and lines[2].startswith(str(tmp))
+    assert grader.child_python(str(tmp_path / "other")) and sys.prefix == str(venv)   # no state kept between calls
+    monkeypatch.setattr(sys, "prefix", str(checkout / "conda-env"))                   # not relocatable: refused
+    with pytest.raises(RuntimeError, match="inside the project checkout"):
+        grader.child_python(str(tmp_path / "third"))
+
+
 def test_a_copy_relabelled_as_another_assignment_is_graded_as_the_teacher_says(tmp_path):
     """(d) .assignment.json of an attention copy edited to 'dice': graded as attention, with a warning; and the
     copy holds no dice reference to score with anyway."""

@@ -97,7 +97,8 @@ def main(argv=None):
         raise SystemExit(f"tools.course grade: unknown assignment {', '.join(unknown)}; known: {', '.join(ASSIGNMENTS)}")
     if sys.prefix and os.path.abspath(sys.prefix).startswith(grader.ROOT + os.sep):
         print(f"warning: the Python environment {sys.prefix} is inside the reference checkout; the students' "
-              f"processes see its path (COURSE.md, 'Grading')", file=sys.stderr)
+              f"processes get it under a throwaway path, but a resolved path (os.path.realpath) still leads "
+              f"there (COURSE.md, 'What grading protects')", file=sys.stderr)
     commit = grader.git_commit()
     jobs = [(d, os.path.abspath(d), n) for d, n in jobs]
     csv_path = os.path.abspath(args.csv) if args.csv else None

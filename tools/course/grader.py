@@ -104,7 +104,8 @@ def records_in_process(a, student_dir):
 
 @contextlib.contextmanager
 def runner_copy(a):
-    """A temporary folder with only the runner and this assignment's checks.py (see child.py)."""
+    """A temporary folder with only the runner, this assignment's checks.py (see child.py) and, where needed, the
+    relocated environment of child_python."""
     tmp = tempfile.mkdtemp(prefix="course-grader-")
     try:
         os.makedirs(os.path.join(tmp, "tools", "course"))
@@ -149,10 +150,42 @@ class _Lines:
                 self.buf += chunk
 
 
+def _inside(path, folder):
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder + os.sep)
+
+
 def _child_env(tmp):
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": tmp, "OMP_NUM_THREADS": "1",
-           "MKL_NUM_THREADS": "1", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONHASHSEED": "0"}
-    return env
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep)
+                           if p and not _inside(p, ROOT))          # an activated .venv/bin names the checkout
+    return {"PATH": path or "/usr/bin:/bin", "HOME": tmp, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+            "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONHASHSEED": "0"}
+
+
+def child_python(tmp):
+    """The interpreter path for students' processes, one that does not lead into the checkout.
+
+    A virtual environment made inside the checkout (`python -m venv .venv`) would hand its folder to student code
+    as sys.executable and sys.prefix, two folders below the reference. Such an environment is stood up again in
+    `tmp` (its pyvenv.cfg, bin/python and lib/ as links), so that both name `tmp`: Python finds pyvenv.cfg beside
+    the path it was started by, not beside the file the link points to. Paths resolved with realpath still lead
+    back (COURSE.md: no sandbox)."""
+    if not _inside(sys.prefix, ROOT):
+        return sys.executable
+    cfg = os.path.join(sys.prefix, "pyvenv.cfg")
+    if not os.path.isfile(cfg):
+        raise RuntimeError(f"the Python environment {sys.prefix} lies inside the project checkout {ROOT} and is not "
+                           f"a virtual environment the grader can relocate: student code would find the reference "
+                           f"through it. Grade with a Python installed outside the checkout (COURSE.md)")
+    env = os.path.join(tmp, "python")
+    os.makedirs(os.path.join(env, "bin"))
+    shutil.copy(cfg, env)
+    for name in ("lib", "lib64", "include"):
+        if os.path.isdir(os.path.join(sys.prefix, name)):
+            os.symlink(os.path.join(sys.prefix, name), os.path.join(env, name))
+    exe = os.path.join(env, "bin", os.path.basename(sys.executable))
+    os.symlink(sys.executable, exe)
+    return exe
 
 
 def _kill(p):
@@ -171,14 +204,14 @@ def _tail(path):
     return ""
 
 
-def _one_process(tmp, a, student_dir, start, got, reasons, check_timeout, import_timeout):
+def _one_process(tmp, python, a, student_dir, start, got, reasons, check_timeout, import_timeout):
     """Run the checks from `start` in one student process; fill got/reasons; return the next check to start
     from (len(checks) when done)."""
     checks, n = a.checks, len(a.checks)
     rfd, wfd = os.pipe()
     err_path = os.path.join(tmp, f"stderr-{start}.txt")
     with open(err_path, "wb") as err:
-        p = subprocess.Popen([sys.executable, "-E", "-B", os.path.join(tmp, "run_child.py"), str(wfd), str(start)],
+        p = subprocess.Popen([python, "-E", "-B", os.path.join(tmp, "run_child.py"), str(wfd), str(start)],
                              cwd=student_dir, pass_fds=(wfd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                              stderr=err, env=_child_env(tmp), start_new_session=True)
     os.close(wfd)
@@ -273,8 +306,9 @@ def student_records(a, student_dir, check_timeout=CHECK_TIMEOUT_S, import_timeou
     """({check index: records}, {check index: reason it has none}) from the student's own process(es)."""
     got, reasons, start = {}, {}, 0
     with runner_copy(a) as tmp:
+        python = child_python(tmp)
         while start < len(a.checks):
-            start = _one_process(tmp, a, os.path.abspath(student_dir), start, got, reasons, check_timeout,
+            start = _one_process(tmp, python, a, os.path.abspath(student_dir), start, got, reasons, check_timeout,
                                  import_timeout)
     return got, reasons
 

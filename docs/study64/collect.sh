@@ -11,7 +11,7 @@ for r in "$RUNS"/*/; do
 done
 g() { local out=""; for s in 0 1 2; do [ -f "$D/$1-s$s/metrics.json" ] && out="$out,$D/$1-s$s"; done; [ -n "$out" ] && echo "$2=${out#,}"; true; }
 PAPER="$(g suponly SupOnly) $(g cps CPS) $(g hermes Hermes)"
-RECIPE="$(g suponlyR SupOnly+R) $(g cpsR CPS+R) $(g hermesR Hermes+R)"
+RECIPE="$(g suponlyR SupOnly+R) $(g cpsR CPS+R) $(g hermesR Hermes+R) $(g hermesRB Hermes+R+sepBN)"
 {
   echo "## paper settings, Δ to SupOnly"; python evaluate.py --compare $PAPER --baseline SupOnly
   echo; echo "## recipe, Δ to SupOnly+R"; python evaluate.py --compare $RECIPE --baseline SupOnly+R

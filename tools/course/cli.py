@@ -95,7 +95,7 @@ def main(argv=None):
     unknown = sorted({n for _, n in jobs if n not in ASSIGNMENTS})
     if unknown:
         raise SystemExit(f"tools.course grade: unknown assignment {', '.join(unknown)}; known: {', '.join(ASSIGNMENTS)}")
-    if sys.prefix and os.path.abspath(sys.prefix).startswith(grader.ROOT + os.sep):
+    if grader.inside(sys.prefix, grader.ROOT):
         print(f"warning: the Python environment {sys.prefix} is inside the reference checkout; the students' "
               f"processes get it under a throwaway path, but a resolved path (os.path.realpath) still leads "
               f"there (COURSE.md, 'What grading protects')", file=sys.stderr)

@@ -150,14 +150,15 @@ class _Lines:
                 self.buf += chunk
 
 
-def _inside(path, folder):
+def inside(path, folder):
+    """path is folder or lies below it (links resolved)."""
     path, folder = os.path.realpath(path), os.path.realpath(folder)
     return path == folder or path.startswith(folder + os.sep)
 
 
 def _child_env(tmp):
     path = os.pathsep.join(p for p in os.environ.get("PATH", "/usr/bin:/bin").split(os.pathsep)
-                           if p and not _inside(p, ROOT))          # an activated .venv/bin names the checkout
+                           if p and not inside(p, ROOT))          # an activated .venv/bin names the checkout
     return {"PATH": path or "/usr/bin:/bin", "HOME": tmp, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
             "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "PYTHONHASHSEED": "0"}
 
@@ -170,7 +171,7 @@ def child_python(tmp):
     `tmp` (its pyvenv.cfg, bin/python and lib/ as links), so that both name `tmp`: Python finds pyvenv.cfg beside
     the path it was started by, not beside the file the link points to. Paths resolved with realpath still lead
     back (COURSE.md: no sandbox)."""
-    if not _inside(sys.prefix, ROOT):
+    if not inside(sys.prefix, ROOT):
         return sys.executable
     cfg = os.path.join(sys.prefix, "pyvenv.cfg")
     if not os.path.isfile(cfg):

@@ -6,8 +6,8 @@ set -euo pipefail
 RUNS=${1:-runs/study64}
 D=docs/study64
 for r in "$RUNS"/*/; do
-  n=$(basename "$r"); [ -f "$r/log.csv" ] || continue
-  mkdir -p "$D/$n"; cp "$r"/{log.csv,config.json} "$D/$n/"; [ -f "$r/metrics.json" ] && cp "$r/metrics.json" "$D/$n/"
+  n=$(basename "$r"); [ -f "$r/metrics.json" ] || continue     # finished runs only
+  mkdir -p "$D/$n"; cp "$r"/{log.csv,config.json,metrics.json} "$D/$n/"
 done
 g() { local out=""; for s in 0 1 2; do [ -f "$D/$1-s$s/metrics.json" ] && out="$out,$D/$1-s$s"; done; [ -n "$out" ] && echo "$2=${out#,}"; true; }
 PAPER="$(g suponly SupOnly) $(g cps CPS) $(g hermes Hermes)"
@@ -16,6 +16,9 @@ RECIPE="$(g suponlyR SupOnly+R) $(g cpsR CPS+R) $(g hermesR Hermes+R) $(g hermes
   echo "## paper settings, Δ to SupOnly"; python evaluate.py --compare $PAPER --baseline SupOnly
   echo; echo "## recipe, Δ to SupOnly+R"; python evaluate.py --compare $RECIPE --baseline SupOnly+R
   echo; echo "## recipe against the paper's SupOnly"; python evaluate.py --compare $(g suponly SupOnly) $RECIPE --baseline SupOnly
+  echo; echo "## Hermes with the recipe against Hermes with the paper's settings"
+  python evaluate.py --compare $(g hermes Hermes) $(g hermesR Hermes+R) $(g hermesRB Hermes+R+sepBN) --baseline Hermes
+  echo; echo "## Hermes against CPS, the paper's settings"; python evaluate.py --compare $(g cps CPS) $(g hermes Hermes) --baseline CPS
 } > $D/table.md
 {
   python -m tools.figures curves $PAPER $RECIPE --out docs/study64_dice.png

@@ -510,7 +510,12 @@ def group_runs(paths):
     for p in paths:
         name, sep, dirs = p.partition("=")
         if sep and not os.path.isdir(p):
-            groups.setdefault(name, []).extend(d for d in dirs.split(",") if d)
+            dirs = [d for d in dirs.split(",") if d]
+            missing = [d for d in dirs if not os.path.isdir(d)]
+            if missing or not dirs:
+                raise cli.DataError(f"evaluate.py --compare: group {name!r}: "
+                                    + (f"no run folder {', '.join(missing)}" if missing else "no run folders given"))
+            groups.setdefault(name, []).extend(dirs)
         else:
             cfg_path = os.path.join(p, "config.json")
             if not os.path.isfile(cfg_path):

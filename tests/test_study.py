@@ -7,6 +7,8 @@ import shlex
 
 import numpy as np
 import pytest
+
+import cli
 from PIL import Image
 
 import evaluate as E
@@ -141,6 +143,8 @@ def test_compare_final_best_and_paired_delta_by_hand(tmp_path, capsys):
     assert "| H | +3.00 ± 2.83 (n=2) | +2.00 ± 8.49 (n=2) |" in md and (tmp_path / "c.md").read_text() == md
     with pytest.raises(Exception, match="no group 'Nope'"):
         E.compare_groups({"H": runs[2:]}, "Nope")
+    with pytest.raises(cli.DataError, match="group 'H': no run folder .*missing-run"):   # a typo is named, not skipped
+        E.group_runs([f"H={runs[2]},{tmp_path / 'missing-run'}"])
 
 
 # ----------------------------------------------------------------- figures.py: kept vs all, grouped by method

@@ -4,6 +4,7 @@
 # Run from the repository root: bash docs/study64/collect.sh [RUNS]
 set -euo pipefail
 RUNS=${1:-runs/study64}
+[ -d "$RUNS" ] || { echo "collect.sh: no run folder $RUNS (nothing was changed)" >&2; exit 1; }
 D=docs/study64
 for r in "$RUNS"/*/; do
   n=$(basename "$r"); [ -f "$r/metrics.json" ] || continue     # finished runs only

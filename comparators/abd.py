@@ -13,7 +13,8 @@ Patch confidence = the mean over the patch of the pixels' max softmax probabilit
 The classification branch trains as SupOnly's (Hermes eq. 2). Evaluation uses the model's own U-Net.
 
 Equation numbers refer to the ABD paper as we read it (its text was not at hand when this was written: check
-them against the PDF). Where the paper is silent, the authors' train_ACDC_Cross_Teaching.py decides (SETTINGS).
+them against the PDF). Where the paper is silent, the authors' train_ACDC_Cross_Teaching.py decides
+(SETTINGS).
 """
 import torch
 import torch.nn.functional as F
@@ -101,7 +102,8 @@ def abd_r_choice(logits1, logits2, g, k):
     """ABD-R's choice of patches (ABD eq. (3)-(5)) for views 1 and 2 of the same images.
 
     b, d: the least confident patch of view 1, view 2 (replaced); c: among view 2's k most confident patches,
-    the one with the smallest KL(output of view 1's patch b || its output) (moved into view 1 at b); a: likewise
+    the one with the smallest KL(output of view 1's patch b || its output) (moved into view 1 at b); a:
+    likewise
     among view 1's k most confident patches against view 2's patch d (moved into view 2 at d).
     logits (B,C,S,S) -> (b, c, d, a) each (B,) long."""
     logits1, logits2 = common.hi(logits1.detach()), common.hi(logits2.detach())
@@ -169,9 +171,10 @@ def step(model, extra, batch_l, batch_u, it, total, cfg):
 
     loss = λ_seg (seg_l + seg_u) + λ_cls cls_l (ABD eq. (8) on the seg side) with
       seg_l = ABD eq. (1) on the labeled images (weak view for network 1, a strong photometric view for
-              network 2) + abd_i_weight · ABD eq. (1) on ABD-I's displaced labeled images (both networks; dropped
-              after abd_i_stop of the run),
-      seg_u = w(t) · [ABD eq. (2) on the unlabeled weak/strong pair + ABD eq. (2) on ABD-R's displaced images],
+              network 2) + abd_i_weight · ABD eq. (1) on ABD-I's displaced labeled images (both networks;
+              dropped after abd_i_stop of the run),
+      seg_u = w(t) · [ABD eq. (2) on the unlabeled weak/strong pair + ABD eq. (2) on ABD-R's displaced
+              images],
     w(t) = abd_cons_weight · sigmoid ramp. Burn-in drops seg_u and the unlabeled images (ABD-I stays).
     pl_acc_pix_*: accuracy of network 2's pseudo-labels on the unlabeled weak/strong pair.
     """

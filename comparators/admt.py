@@ -1,8 +1,9 @@
-"""AD-MT: Alternate Diverse Teaching (Zhao, Wang, Wang, Yuan, Zhou; ECCV 2024; code: github.com/ZhenZHAO/AD-MT).
+"""AD-MT: Alternate Diverse Teaching (Zhao, Wang, Wang, Yuan, Zhou; ECCV 2024;
+code: github.com/ZhenZHAO/AD-MT).
 
-Not part of Hermes; a comparator of the paper's Table 1. One student (the model's U-Net) and two mean teachers
-(EMA copies of it, `build_extra`). Random Periodic Alternate (RPA) updating: only one teacher is updated by EMA
-at a time (AD-MT eq. (2)), for a period drawn uniformly from 1..P steps, then the other (AD-MT eq. (3)); the
+Not part of Hermes; a comparator of the paper's Table 1. One student (the model's U-Net) and two mean
+teachers (EMA copies of it, `build_extra`). Random Periodic Alternate (RPA) updating: only one teacher
+is updated by EMA at a time (AD-MT eq. (2)), for a period drawn uniformly from 1..P steps, then the other (AD-MT eq. (3)); the
 data path alternates with it: while teacher 1 is active the student sees the strong view of the unlabeled
 images, while teacher 2 is active a CutMix of the weak views (diverse teaching). Conflict Combating (CC): the
 teachers' softmax outputs on the weak view are ensembled (AD-MT eq. (4)); where the teachers disagree and the
@@ -54,7 +55,8 @@ class Teachers(nn.Module):
 
 
 def build_extra(model, cfg_dict):
-    """The two teachers, both copies of the student at the start (the code's α = 0 steps make them so), and the
+    """The two teachers, both copies of the student at the start (the code's α = 0 steps make them so), and
+    the
     alternation state. No parameter here is trained by an optimizer (requires_grad False): after_step moves
     them."""
     t = Teachers(cfg_dict.get("seg_encoder", "resnet34"), cfg_dict.get("pretrained", False),
@@ -73,7 +75,8 @@ def entropy(p, eps=1e-10):
 
 
 def ensemble(p1, p2, kind="mean"):
-    """AD-MT eq. (4): the teachers' ensemble, normalised over classes. 'entropy': exp(-H_1) p_1 + exp(-H_2) p_2;
+    """AD-MT eq. (4): the teachers' ensemble, normalised over classes.
+    'entropy': exp(-H_1) p_1 + exp(-H_2) p_2;
     'mean': the code's exp(-(H_1 + H_2)) (p_1 + p_2), the same weight for both, i.e. (p_1 + p_2) / 2."""
     if kind == "entropy":
         q = torch.exp(-entropy(p1)).unsqueeze(1) * p1 + torch.exp(-entropy(p2)).unsqueeze(1) * p2
@@ -171,7 +174,7 @@ def step(model, extra, batch_l, batch_u, it, total, cfg):
         mix = None
         if t1_active:
             x_u = x_s                                                               # strong view
-        elif float(torch.rand(())) < cfg.admt_cutmix_prob:                           # CutMix of the weak views
+        elif float(torch.rand(())) < cfg.admt_cutmix_prob:                # CutMix of the weak views
             mix = (torch.randperm(x_w.shape[0]).to(x.device), rand_boxes(x_w.shape[0], x_w.shape[-1]))
             x_u, pl, conf, disagree = cutmix([x_w, pl, conf, disagree], *mix)
         else:

@@ -1,8 +1,8 @@
 """Helpers shared by the comparator plug-ins (not part of any one method).
 
-SegNet: a second U-Net of the model's architecture (encoder + decoder, all-zero saliency input), as cps.PeerSegNet.
+SegNet: a second U-Net of the model's architecture (encoder + decoder, zero saliency), as cps.PeerSegNet.
 seg_logits: the model's U-Net alone. ema_update: teacher <- α teacher + (1-α) student, parameters and floating
-buffers. sigmoid_rampup: the ramp of Laine & Aila used by all four code bases. class_dice_loss: the SSL4MIS Dice
+buffers. sigmoid_rampup: the ramp of Laine & Aila of the code bases. class_dice_loss: the SSL4MIS Dice
 (mean over the two classes, squared denominators, over the whole batch) that ABD and AD-MT use for their
 unlabeled terms. strong_view: the data path's strong photometric ops (augment.strong_views) on a normalised
 batch, for methods that need a strong view of the labeled images. make_stats: the statistics cps_step returns.
@@ -74,7 +74,7 @@ def sigmoid_rampup(current, length):
 
 
 def class_dice_loss(probs, target, weight=None, smooth=1e-5):
-    """SSL4MIS's Dice loss: (1/C) Σ_c [1 - (2 Σ w p_c t_c + ε) / (Σ w p_c² + Σ w t_c² + ε)], sums over the whole
+    """SSL4MIS's Dice loss: (1/C) Σ_c [1 - (2 Σ w p_c t_c + ε) / (Σ w p_c² + Σ w t_c² + ε)], sums over all
     batch. probs (B,C,H,W) softmax, target (B,H,W) int, weight (B,H,W) 0/1 (w = 0: ignored) -> 0-d."""
     C = probs.shape[1]
     t = F.one_hot(target.long(), C).permute(0, 3, 1, 2).to(probs.dtype)        # (B,C,H,W)
@@ -85,7 +85,7 @@ def class_dice_loss(probs, target, weight=None, smooth=1e-5):
 
 
 def strong_view(x):
-    """A strong photometric view (augment.draw_strong / strong_views: colour jitter, blur) of a normalised batch
+    """A strong photometric view (augment.draw_strong / strong_views: jitter, blur) of a normalised batch
     x (B,3,S,S), drawn from torch's global RNG; geometry unchanged, so masks stay aligned."""
     mean, std = augment._imagenet_stats(x.device)
     raw = ((x * std + mean) * 255).clamp(0, 255)
@@ -95,7 +95,8 @@ def strong_view(x):
 
 
 def make_stats(L, loss, it, total, cfg, pl=None, y_gt=None, kept=None):
-    """The statistics cps_step returns (log.csv's columns): the seven parts, PL_STAT_KEYS, n_kept_*, loss, kappa,
+    """The statistics cps_step returns (log.csv's columns): the seven parts, PL_STAT_KEYS, n_kept_*, loss,
+    kappa,
     tau, n_anchors, bank_pix, bank_img. pl (B_u,S,S): the pseudo-labels the method trains on, scored against
     y_gt where it is 0/1 (NaN without ground truth); kept: fraction of pixels they cover (1 if None)."""
     zero = L["cls_l"].detach().float() * 0.0

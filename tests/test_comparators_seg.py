@@ -79,7 +79,8 @@ def test_abd_patch_confidence_and_kl_by_hand():
     pa = [1 / (1 + math.e), math.e / (1 + math.e)]
     pb = [1 / (1 + math.exp(-1)), math.exp(-1) / (1 + math.exp(-1))]
     want = sum(u * math.log(u / v) for u, v in zip(pa, pb))
-    got = abd.patch_kl(torch.tensor([0.0, 1.0], dtype=torch.float64), torch.tensor([0.0, -1.0], dtype=torch.float64))
+    f64 = torch.float64
+    got = abd.patch_kl(torch.tensor([0.0, 1.0], dtype=f64), torch.tensor([0.0, -1.0], dtype=f64))
     assert float(got) == pytest.approx(want, rel=1e-12)
 
 
@@ -87,10 +88,11 @@ def test_abd_cross_teaching_loss_is_its_equation():
     from comparators import abd
     torch.manual_seed(0)
     a, b = torch.randn(2, 2, 4, 4, dtype=torch.float64), torch.randn(2, 2, 4, 4, dtype=torch.float64)
-    want = common.class_dice_loss(a.softmax(1), b.argmax(1)) + common.class_dice_loss(b.softmax(1), a.argmax(1))
+    dice = common.class_dice_loss
+    want = dice(a.softmax(1), b.argmax(1)) + dice(b.softmax(1), a.argmax(1))
     assert float(abd.cross_teaching_loss(a, b)) == pytest.approx(float(want), rel=1e-12)
     a.requires_grad_(True)
-    abd.cross_teaching_loss(a, b).backward()        # the pseudo-labels carry no gradient: a's grad = its Dice's
+    abd.cross_teaching_loss(a, b).backward()   # no gradient through the pseudo-labels
     a2 = a.detach().clone().requires_grad_(True)
     common.class_dice_loss(a2.softmax(1), b.argmax(1)).backward()
     torch.testing.assert_close(a.grad, a2.grad)
@@ -299,7 +301,7 @@ def test_two_steps_finite_and_resume_exact(name):
     loss1, stats1 = _train_step(mod, model, extra, opts, _batches(1), 1, total, cfg)
     assert torch.isfinite(loss1) and float(stats1["seg_u"]) > 0.0
     after = {k: v.clone() for k, v in extra.state_dict().items()}
-    torch.manual_seed(123)                                 # fresh networks: nothing carried over but the files
+    torch.manual_seed(123)          # fresh networks: only the files carry over
     model2 = HermesNet(seg_encoder="resnet18")
     extra2 = mod.build_extra(model2, {"seg_encoder": "resnet18"})
     model2.load_state_dict(snap["model"])

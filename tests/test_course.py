@@ -508,8 +508,11 @@ def write_answers(d, values):
         f.write("".join(f"{k} = {v}\n" for k, v in values.items()))
 
 
+NO_RERUN = grader.Settings(rerun=False)     # fake run folders: the re-run is tested on its own
+
+
 def score(d, name):
-    return report.total(grader.grade(str(d), name))
+    return report.total(grader.grade(str(d), name, settings=NO_RERUN))
 
 
 def test_experiment_copies_and_their_visible_settings(tmp_path, monkeypatch):
@@ -573,7 +576,7 @@ def test_ablation_grading(tmp_path):
     assert score(d, "ablation") == (top - 3, top)                     # wrong zero terms (1), disagrees with metrics (2)
     cfg = json.load(open(os.path.join(d, run2, "config.json")))
     json.dump(dict(cfg, unsup_weight=0.1), open(os.path.join(d, run2, "config.json"), "w"))  # not the paper's
-    g = grader.grade(d, "ablation")
+    g = grader.grade(d, "ablation", settings=NO_RERUN)
     assert report.total(g)[0] < top - 3 and any("unsup_weight is 0.1" in r["msg"] for r in g["results"])
 
 
@@ -584,7 +587,7 @@ def test_grade_from_a_roster(tmp_path, capsys):
     roster = tmp_path / "roster.csv"
     roster.write_text(f"student,assignment\n{d},fig1\n{d},ablation\n")
     cwd = os.getcwd()
-    assert main(["grade", "--roster", str(roster), "--json", "--csv", str(tmp_path / "g.csv")]) == 1
+    assert main(["grade", "--roster", str(roster), "--json", "--csv", str(tmp_path / "g.csv"), "--no-rerun"]) == 1
     assert os.getcwd() == cwd
     out = json.loads(capsys.readouterr().out)
     assert [g["assignment"] for g in out["grades"]] == ["fig1", "ablation"]

@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from . import docs, grader, report
+from . import docs, grader, handin, kit, report, sandbox
 from .registry import ASSIGNMENTS
 
 
@@ -50,6 +50,14 @@ def main(argv=None):
     pg.add_argument("--check-timeout", type=float, default=grader.CHECK_TIMEOUT_S, help="seconds per check")
     pg.add_argument("--import-timeout", type=float, default=grader.IMPORT_TIMEOUT_S,
                     help="seconds to start Python and import a student's modules")
+    pg.add_argument("--time-budget", type=float, default=grader.BUDGET_S,
+                    help="seconds for everything of one student and assignment (imports, checks, restarts)")
+    pg.add_argument("--memory-mb", type=int, default=sandbox.Limits.memory_mb,
+                    help="address space of each student process, MB")
+    pg.add_argument("--no-rerun", action="store_true",
+                    help="experiments: do not re-run the first steps of each run folder to check its log.csv")
+    pg.add_argument("--no-sandbox", action="store_true",
+                    help="run students' code without bubblewrap, with your permissions (only for code you trust)")
     pd = sub.add_parser("docs", help="COURSE.md's generated tables")
     pd.add_argument("--write", action="store_true", help="rewrite COURSE.md's generated blocks")
     args = p.parse_args(argv)
@@ -95,11 +103,28 @@ def main(argv=None):
     unknown = sorted({n for _, n in jobs if n not in ASSIGNMENTS})
     if unknown:
         raise SystemExit(f"tools.course grade: unknown assignment {', '.join(unknown)}; known: {', '.join(ASSIGNMENTS)}")
-    if grader.inside(sys.prefix, grader.ROOT):
+    settings = grader.Settings(args.check_timeout, args.import_timeout, args.time_budget,
+                               sandbox.Limits(memory_mb=args.memory_mb), sandboxed=not args.no_sandbox,
+                               rerun=not args.no_rerun)
+    names = list(dict.fromkeys(n for _, n in jobs))
+    if any(ASSIGNMENTS[n].kind == "code" or settings.rerun for n in names):
+        if args.no_sandbox:
+            print(f"warning: {grader.NO_SANDBOX_WARNING.replace('this', 'every')}", file=sys.stderr)
+        else:
+            why = sandbox.check()
+            if why:
+                raise SystemExit(f"tools.course grade: {why}")
+            try:
+                sandbox.refuse_exposed([grader.ROOT] + [d for d, _ in jobs])
+            except RuntimeError as e:
+                raise SystemExit(f"tools.course grade: {e}")
+    if args.no_sandbox and grader.inside(sys.prefix, grader.ROOT):
         print(f"warning: the Python environment {sys.prefix} is inside the reference checkout; the students' "
               f"processes get it under a throwaway path, but a resolved path (os.path.realpath) still leads "
-              f"there (COURSE.md, 'What grading protects')", file=sys.stderr)
+              f"there (COURSE.md, 'The sandbox')", file=sys.stderr)
     commit = grader.git_commit()
+    prepare_kit(names)                    # every check and reference value, before any student code runs
+    before = kit.snapshot()
     jobs = [(d, os.path.abspath(d), n) for d, n in jobs]
     csv_path = os.path.abspath(args.csv) if args.csv else None
     cwd = os.getcwd()
@@ -107,17 +132,29 @@ def main(argv=None):
     grades = []
     try:
         for shown, d, n in jobs:
-            g = dict(grader.grade(d, n, args.check_timeout, args.import_timeout, commit=commit), student=shown)
+            try:
+                g = grader.grade(d, n, commit=commit, settings=settings)
+            except Exception as e:                       # one student cannot stop the class
+                g = {"student": d, "assignment": n, "warnings": [f"grading failed: {type(e).__name__}: {e}"[:300]],
+                     "results": grader.error_results(ASSIGNMENTS[n], f"grading failed: {type(e).__name__}: {e}"[:300])}
+            g = dict(g, student=shown)
             grades.append(g)
+            kit.verify(before)                           # KitChanged: stop loudly, keep the rows so far
+            grader.flag_identical_runs(grades)
+            if csv_path:
+                write_atomically(csv_path, report.to_csv(grades))
             if not args.json:
                 print(report.text(g, ASSIGNMENTS[n].what), flush=True)
                 print()
+    except kit.KitChanged as e:
+        if csv_path:
+            write_atomically(csv_path, report.to_csv(grades))
+        raise SystemExit(f"tools.course grade: STOPPED: {e}")
     finally:
         os.chdir(cwd)
     summ = report.summary(grades)
     if csv_path:
-        with open(csv_path, "w", encoding="utf-8", newline="") as f:
-            f.write(report.to_csv(grades))
+        write_atomically(csv_path, report.to_csv(grades))
     if args.json:
         print(json.dumps({"grades": grades, "summary": summ}, indent=1, ensure_ascii=False))
     else:
@@ -125,3 +162,25 @@ def main(argv=None):
         if args.csv:
             print(f"wrote {args.csv}")
     return 0 if all(report.total(g)[0] == report.total(g)[1] for g in grades) else 1
+
+
+def prepare_kit(names):
+    """Load every check, compute every reference value and make every pristine copy the grading needs."""
+    from . import experiments
+    for n in names:
+        a = ASSIGNMENTS[n]
+        a.checks  # noqa: B018 - loads checks.py
+        handin.pristine(a)
+        if a.kind == "code":
+            grader.reference_records(a)
+        else:
+            experiments.first_binding_step(60)          # imports the project's hermes.py now
+
+
+def write_atomically(path, text):
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

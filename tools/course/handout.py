@@ -19,9 +19,10 @@ TEACHER_FILES = {"COURSE.md", "tests/test_course.py", "course.py"}
 
 
 def project_files(root=ROOT):
-    """Paths (relative, '/'-separated) of the project's tracked files, without the teacher's files and run outputs."""
+    """Paths (relative, '/'-separated) of the project's files (tracked, and new ones git does not ignore: the
+    reference imports them too), without the teacher's files and run outputs."""
     try:
-        out = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, text=True, check=True,
+        out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=root, capture_output=True, text=True, check=True,
                              timeout=30).stdout
         files = [f for f in out.split("\0") if f]
     except (OSError, subprocess.SubprocessError):  # not a git checkout: every file but caches, runs, hidden ones
@@ -30,7 +31,8 @@ def project_files(root=ROOT):
             dirs[:] = [x for x in dirs if not x.startswith(".") and x not in ("runs", "__pycache__")]
             files += [os.path.relpath(os.path.join(d, n), root).replace(os.sep, "/") for n in names
                       if not n.startswith(".") and not n.endswith(".pyc")]
-    return sorted(f for f in files if f not in TEACHER_FILES and not f.startswith(NOT_COPIED)
+    teacher = lambda f: f in TEACHER_FILES or f.startswith("tests/test_course")
+    return sorted(f for f in set(files) if not teacher(f) and not f.startswith(NOT_COPIED)
                   and "/__pycache__/" not in f and os.path.isfile(os.path.join(root, f)))
 
 

@@ -70,7 +70,7 @@ def run_two_steps_and_resume(module, **over):
         opt_s.step()
         if hasattr(module, "after_step"):
             module.after_step(model, extra, it, 10, cfg)
-        results.append((float(loss), {k: float(v) for k, v in stats.items()}))
+        results.append((float(loss.detach()), {k: float(v) for k, v in stats.items()}))
     # resume from the state before step 1
     torch.manual_seed(123)                     # a different RNG state until restored
     model2 = HermesNet(seg_encoder="resnet18", ias=False)
@@ -185,7 +185,8 @@ def test_shrinkmatch_fixmatch_term_and_ratio_by_hand():
     batch_l, batch_u = tiny_batches(0)
     loss, stats = shrinkmatch.step(model, extra, batch_l, batch_u, 0, 10, cfg)
     x, y, z = batch_l
-    f, logits = cls_common.cls_forward(model, torch.cat([x, batch_u[0], batch_u[1]]))
+    with torch.no_grad():
+        f, logits = cls_common.cls_forward(model, torch.cat([x, batch_u[0], batch_u[1]]))
     p_w = logits[2:4].softmax(1)
     want_u = -(p_w * logits[4:].log_softmax(1)).sum(1).mean()           # soft target, all kept
     assert float(stats["cls_u"]) == pytest.approx(float(want_u), rel=1e-5)
@@ -193,7 +194,7 @@ def test_shrinkmatch_fixmatch_term_and_ratio_by_hand():
     assert float(stats["cls_c"]) == 0.0 and float(stats["kept_img"]) == 1.0
     assert float(extra.ratio) == 1.0 and bool(extra.ratio_set)
     want = 0.5 * float(stats["seg_l"]) + float(stats["cls_l"]) + float(stats["cls_u"])
-    assert float(loss) == pytest.approx(want, rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(want, rel=1e-6)
     # principle 2: r <- .999 r + .001 fraction
     extra.update_ratio(torch.tensor(0.0), 0.999)
     assert float(extra.ratio) == pytest.approx(0.999)
@@ -214,3 +215,159 @@ def test_shrinkmatch_burn_in_is_suponly():
 def test_shrinkmatch_two_steps_and_exact_resume():
     results, _, extra = run_two_steps_and_resume(shrinkmatch)
     assert bool(extra.ratio_set)
+
+
+# ---------------------------------------------------------------------------------------------- PEFAT
+from comparators import pefat  # noqa: E402
+
+
+def naive_gmm(xs, iters=50, reg=5e-4):
+    xs = sorted(xs)
+    n = len(xs)
+    q = lambda a: xs[int(math.floor(a * (n - 1)))] + (a * (n - 1) % 1) * (
+        xs[min(int(math.floor(a * (n - 1))) + 1, n - 1)] - xs[int(math.floor(a * (n - 1)))])
+    mu = [q(0.25), q(0.75)]
+    m = sum(xs) / n
+    v = [sum((x - m) ** 2 for x in xs) / n + reg] * 2
+    w = [0.5, 0.5]
+    for _ in range(iters):
+        R = []
+        for x in xs:
+            a = [w[k] * math.exp(-0.5 * (x - mu[k]) ** 2 / v[k]) / math.sqrt(2 * math.pi * v[k])
+                 for k in (0, 1)]
+            R.append([a[0] / sum(a), a[1] / sum(a)])
+        nk = [sum(r[k] for r in R) + 1e-10 for k in (0, 1)]
+        w = [nk[k] / sum(nk) for k in (0, 1)]
+        mu = [sum(r[k] * x for r, x in zip(R, xs)) / nk[k] for k in (0, 1)]
+        v = [sum(r[k] * (x - mu[k]) ** 2 for r, x in zip(R, xs)) / nk[k] + reg for k in (0, 1)]
+    return mu, v, w
+
+
+def test_pefat_gmm_matches_a_naive_em_and_separates_two_clusters():
+    g = torch.Generator().manual_seed(0)
+    v = torch.cat([0.1 + 0.05 * torch.randn(30, generator=g), 0.8 + 0.1 * torch.randn(10, generator=g)])
+    v = v.double()
+    mean, var, weight = pefat.fit_gmm(v)
+    mu, vv, w = naive_gmm(v.tolist())
+    torch.testing.assert_close(mean, torch.tensor(mu, dtype=torch.float64))
+    torch.testing.assert_close(var, torch.tensor(vv, dtype=torch.float64))
+    torch.testing.assert_close(weight, torch.tensor(w, dtype=torch.float64))
+    assert abs(float(mean[0]) - 0.1) < 0.03 and abs(float(mean[1]) - 0.8) < 0.08
+    assert float(weight[0]) == pytest.approx(0.75, abs=0.05)
+
+
+def test_pefat_pseudo_loss_and_trust_selection_against_a_loop():
+    # eq. (2) by hand on two rows
+    lg1 = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 0.5]])
+    lg2 = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 3.0]])
+    ell, y1, y2 = pefat.pseudo_loss(lg1, lg2)
+    sp = lambda d: math.log1p(math.exp(d))              # CE of a 2-class row = softplus(other - own)
+    l12 = [sp(-1.0), sp(1.0), sp(3.0)]                  # CE(lg2, y1 = [0, 1, 0])
+    l21 = [sp(-2.0), sp(1.0), sp(0.5)]                  # CE(lg1, y2 = [0, 0, 1])
+    mm = lambda v: [(a - min(v)) / (max(v) - min(v)) for a in v]
+    want = [0.5 * a + 0.5 * b for a, b in zip(mm(l12), mm(l21))]
+    torch.testing.assert_close(ell, torch.tensor(want))
+    assert y1.tolist() == [0, 1, 0] and y2.tolist() == [0, 0, 1]
+    # eq. (3): posterior of the low-mean component, > 0.7, against a loop
+    mean, var, weight = torch.tensor([0.7, 0.1]), torch.tensor([0.02, 0.01]), torch.tensor([0.4, 0.6])
+    post = pefat.clean_posterior(ell, mean, var, weight)
+    for i, e in enumerate(ell.tolist()):
+        a = [w * math.exp(-0.5 * (e - m) ** 2 / s) / math.sqrt(2 * math.pi * s)
+             for m, s, w in zip(mean.tolist(), var.tolist(), weight.tolist())]
+        assert float(post[i]) == pytest.approx(a[1] / sum(a), rel=1e-4)
+    assert ((post > 0.7) == torch.tensor([a < 0.4 for a in ell.tolist()])).all()
+
+
+def test_pefat_info_nce_by_hand():
+    f1 = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    f2 = torch.tensor([[1.0, 1.0], [0.0, 1.0]])
+    T = 0.5
+    c = 1 / math.sqrt(2)
+    s = [[c, 0.0], [c, 1.0]]                             # cosine(f1_i, f2_j)
+    want = -0.5 * sum(math.log(math.exp(s[i][i] / T) / sum(math.exp(s[i][j] / T) for j in (0, 1)))
+                      for i in (0, 1))
+    assert float(pefat.info_nce(f1, f2, T)) == pytest.approx(want, rel=1e-6)
+
+
+def test_pefat_adversarial_direction_is_a_per_image_power_iteration():
+    torch.manual_seed(0)
+    head = torch.nn.Linear(6, 2).double()
+    feats = torch.randn(4, 6, dtype=torch.float64)
+    labels = torch.tensor([0, 1, 1, 0])
+    div = lambda lg: F.cross_entropy(lg, labels, reduction="none")
+    torch.manual_seed(1)
+    r = pefat.adversarial_direction(head, feats, div, xi=1e-3, eps=0.5, iters=3)
+    # naive: the same random start, then each image alone
+    torch.manual_seed(1)
+    d0 = torch.randn(4, 6, dtype=torch.float64)
+    for i in range(4):
+        d = d0[i] / d0[i].norm()
+        for _ in range(3):
+            di = (1e-3 * d).requires_grad_(True)
+            loss = F.cross_entropy(head(feats[i] + di)[None], labels[i:i + 1])
+            g, = torch.autograd.grad(loss, di)
+            d = g / g.norm()
+        torch.testing.assert_close(r[i], 0.5 * d)
+    assert torch.allclose(r.norm(dim=1), torch.full((4,), 0.5, dtype=torch.float64))
+    # adversarial: a larger loss than any of 20 random perturbations of the same norm
+    with torch.no_grad():
+        adv = div(head(feats + r))
+        for _ in range(20):
+            rnd = 0.5 * F.normalize(torch.randn_like(feats), dim=1)
+            assert (adv >= div(head(feats + rnd))).all()
+
+
+def test_pefat_stages_and_gmm_fit_once():
+    torch.manual_seed(0)
+    model = HermesNet(seg_encoder="resnet18", ias=False)
+    extra = pefat.build_extra(model, {"pefat_queue": 8})
+    cfg = settings_cfg(pefat, pefat_warmup=0.2, pefat_queue=8)
+    # warm-up (it < 0.2 * 10): labeled CE + InfoNCE of the unlabeled pairs, no pseudo-label
+    batch_l, batch_u = tiny_batches(0)
+    loss, stats = pefat.step(model, extra, batch_l, batch_u, 0, 10, cfg)
+    with torch.no_grad():
+        f, logits = cls_common.cls_forward(model, torch.cat([batch_l[0], batch_u[0], batch_u[1]]))
+    assert float(stats["cls_c"]) == pytest.approx(float(pefat.info_nce(f[2:4], f[4:], 0.05)), rel=1e-5)
+    assert float(stats["cls_u"]) == 0.0 and not bool(extra.fitted) and int(extra.n_seen) == 2
+    # after it: the GMM is fitted once, on the queue, and kept
+    pefat.step(model, extra, batch_l, batch_u, 2, 10, cfg)
+    assert bool(extra.fitted)
+    first = extra.gmm_mean.clone()
+    pefat.step(model, extra, *tiny_batches(1), 3, 10, cfg)
+    assert torch.equal(extra.gmm_mean, first) and int(extra.n_seen) == 6
+    # burn-in: SupOnly
+    _, stats = pefat.step(model, extra, batch_l, batch_u, 0, 10, settings_cfg(pefat, burn_in=1))
+    assert float(stats["cls_c"]) == 0.0 and float(stats["cls_u"]) == 0.0
+
+
+def test_pefat_loss_is_its_equation_when_all_are_trusted_or_uncertain():
+    torch.manual_seed(0)
+    model = HermesNet(seg_encoder="resnet18", ias=False)
+    for trust, name in ((-1.0, "trusted"), (1.1, "uncertain")):
+        extra = pefat.build_extra(model)
+        cfg = settings_cfg(pefat, pefat_warmup=0.0, pefat_trust=trust)
+        batch_l, batch_u = tiny_batches(0)
+        torch.manual_seed(5)
+        _, stats = pefat.step(model, extra, batch_l, batch_u, 0, 10, cfg)
+        with torch.no_grad():
+            f, lg = cls_common.cls_forward(model, torch.cat([batch_l[0], batch_u[0], batch_u[1]]))
+        z = batch_l[2]
+        y1, y2 = lg[2:4].argmax(1), lg[4:].argmax(1)
+        if name == "trusted":
+            n = 2 + 4
+            ce_l = F.cross_entropy(lg[:2], z, reduction="sum")
+            assert float(stats["cls_l"]) == pytest.approx(float(ce_l) / n, rel=1e-5)
+            ce_u = (F.cross_entropy(lg[2:4], y2, reduction="sum")
+                    + F.cross_entropy(lg[4:], y1, reduction="sum"))
+            assert float(stats["cls_u"]) == pytest.approx(float(ce_u) / n, rel=1e-5)
+            assert float(stats["kept_img"]) == 1.0
+        else:
+            assert float(stats["cls_u"]) == 0.0 and float(stats["kept_img"]) == 0.0
+            assert float(stats["cls_l"]) == pytest.approx(float(F.cross_entropy(lg[:2], z)), rel=1e-5)
+            assert float(stats["cls_c"]) > 0.0
+
+
+def test_pefat_two_steps_and_exact_resume():
+    _, _, extra = run_two_steps_and_resume(pefat, pefat_warmup=0.0)
+    assert bool(extra.fitted)
+    run_two_steps_and_resume(pefat, pefat_warmup=0.15)      # warm-up step 0, GMM fitted at step 1

@@ -13,7 +13,7 @@ import hermes
 from comparators import common
 from models import HermesNet
 
-METHODS = ("abd", "admt")
+METHODS = ("abd", "admt", "ssnet")
 # run-test overrides: random networks are never 95 % sure, so AD-MT's threshold would leave no pixel
 RUN_CFG = {"admt": {"admt_threshold": 0.0}}
 S, B = 32, 2
@@ -260,6 +260,78 @@ def test_admt_teachers_alternate_on_their_schedule_and_update_as_emas():
     assert admt.ema_alpha(10, _cfg(admt)) == 0.0                       # the code's copy phase
     assert admt.ema_alpha(2 * 60, _cfg(admt)) == pytest.approx(1 - 1 / 11)
     assert admt.ema_alpha(10 ** 6, _cfg(admt)) == 0.99
+
+
+# ----------------------------------------------------------------------------------------------------------
+# SS-Net
+
+def test_ssnet_soft_dice_by_hand():
+    from comparators import ssnet
+    p = torch.tensor([0.8, 0.3], dtype=torch.float64)
+    q = torch.tensor([0.6, 0.1], dtype=torch.float64)
+    P, Q = torch.stack([1 - p, p]).view(1, 2, 1, 2), torch.stack([1 - q, q]).view(1, 2, 1, 2)
+    bg = 1 - 2 * (0.2 * 0.4 + 0.7 * 0.9) / (0.2 ** 2 + 0.7 ** 2 + 0.4 ** 2 + 0.9 ** 2)
+    fg = 1 - 2 * (0.8 * 0.6 + 0.3 * 0.1) / (0.8 ** 2 + 0.3 ** 2 + 0.6 ** 2 + 0.1 ** 2)
+    assert float(ssnet.soft_dice(P, Q)) == pytest.approx((bg + fg) / 2, rel=1e-9)
+
+
+def test_ssnet_perturbation_is_the_normalised_gradient_of_the_distance():
+    from comparators import ssnet
+    torch.manual_seed(6)
+    net = torch.nn.Conv2d(3, 2, 3, padding=1).double()
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        p = net(x).softmax(1)
+    xi = 0.5
+    torch.manual_seed(7)
+    d = ssnet.adversarial_direction(net, x, p, xi)
+    torch.manual_seed(7)
+    d0 = ssnet.l2_normalize(torch.rand(x.shape, dtype=torch.float64) - 0.5)
+    dist = lambda dd: float(ssnet.soft_dice(net(x + xi * dd).softmax(1), p))
+    g = torch.zeros_like(d0)
+    h = 1e-6
+    with torch.no_grad():
+        for idx in range(d0.numel()):           # central differences, one coordinate at a time
+            e = torch.zeros(d0.numel(), dtype=torch.float64)
+            e[idx] = h
+            e = e.view_as(d0)
+            g.view(-1)[idx] = (dist(d0 + e) - dist(d0 - e)) / (2 * h)
+    want = g / (g.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + 1e-8)
+    torch.testing.assert_close(d, want, rtol=1e-4, atol=1e-6)
+    assert torch.allclose(d.flatten(1).norm(dim=1), torch.ones(2, dtype=torch.float64), atol=1e-3)
+    assert all(p_.grad is None for p_ in net.parameters())           # only the input was differentiated
+
+
+def test_ssnet_prototypes_and_class_separation_against_loops():
+    from comparators import ssnet
+    torch.manual_seed(8)
+    extra = ssnet.SSNetHeads(16, 8, memory=3).double()
+    feats = torch.randn(7, 8, dtype=torch.float64)
+    labels = torch.tensor([1, 0, 1, 1, 1, 0, 1])
+    ssnet.update_memory(extra, feats, labels)
+    rank = lambda head, t: float(head(t).detach())
+    fg = [i for i in range(7) if labels[i] == 1]
+    score = {i: rank(extra.rank_feature[1], feats[i:i + 1]) for i in fg}
+    keep = sorted(fg, key=lambda i: -score[i])[:3]
+    assert int(extra.filled[1]) == 3 and int(extra.filled[0]) == 0    # no background prototypes
+    assert {tuple(r.tolist()) for r in extra.memory[1]} == {tuple(feats[i].tolist()) for i in keep}
+    # the loss: class 1 only (class 0 has no prototypes)
+    q = torch.randn(5, 8, dtype=torch.float64)
+    ql = torch.tensor([1, 1, 0, 1, 0])
+    got = float(ssnet.class_separation_loss(extra, q, ql).detach())
+    mem = extra.memory[1]
+    rows = [i for i in range(5) if ql[i] == 1]
+    sig = lambda t: 1 / (1 + math.exp(-t))
+    w = [sig(rank(extra.rank_feature[1], q[i:i + 1])) for i in rows]
+    v = [sig(rank(extra.rank_memory[1], mem[j:j + 1])) for j in range(3)]
+    w = [u * len(w) / sum(w) for u in w]
+    v = [u * len(v) / sum(v) for u in v]
+    tot = 0.0
+    for a, i in enumerate(rows):
+        for j in range(3):
+            cos = float(torch.dot(q[i], mem[j]) / (q[i].norm() * mem[j].norm()))
+            tot += w[a] * v[j] * (1 - cos)
+    assert got == pytest.approx(tot / (len(rows) * 3) / 2, rel=1e-9)
 
 
 # ----------------------------------------------------------------------------------------------------------

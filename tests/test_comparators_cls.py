@@ -83,7 +83,7 @@ def run_two_steps_and_resume(module, **over):
     torch.set_rng_state(snapshot[2])
     batch_l, batch_u = tiny_batches(1)
     loss2, stats2 = module.step(model2, extra2, batch_l, batch_u, 1, 10, cfg)
-    assert float(loss2) == results[1][0]
+    assert float(loss2.detach()) == results[1][0]
     for k, v in stats2.items():
         a, b = float(v), results[1][1][k]
         assert (a == b) or (math.isnan(a) and math.isnan(b)), k
@@ -371,3 +371,73 @@ def test_pefat_two_steps_and_exact_resume():
     _, _, extra = run_two_steps_and_resume(pefat, pefat_warmup=0.0)
     assert bool(extra.fitted)
     run_two_steps_and_resume(pefat, pefat_warmup=0.15)      # warm-up step 0, GMM fitted at step 1
+
+
+# ---------------------------------------------------------------------------------------------- InterLUDE
+from comparators import interlude  # noqa: E402
+
+
+def test_interlude_interleave_and_fusion_against_a_loop():
+    order, groups = interlude.interleave_order(2, 4)
+    # rows: x^w 0..1, u^w 2..5, x^s 6..7, u^s 8..11
+    assert order.tolist() == [0, 2, 3, 6, 8, 9, 1, 4, 5, 7, 10, 11]
+    assert [g.tolist() for g in groups] == [[0, 1], [2, 3]]
+    h = torch.randn(12, 3, 2, 2, dtype=torch.float64)
+    got = interlude.fuse(h, order, 0.1)
+    seq = order.tolist()
+    for pos, row in enumerate(seq):
+        nxt = seq[(pos + 1) % len(seq)]
+        torch.testing.assert_close(got[row], 0.9 * h[row] + 0.1 * h[nxt])
+    # a labeled weak image is mixed with its first unlabeled weak partner; the last row wraps to the first
+    torch.testing.assert_close(got[11], 0.9 * h[11] + 0.1 * h[0])
+
+
+def test_interlude_delta_consistency_by_hand():
+    p_lw = torch.tensor([[0.8, 0.2], [0.6, 0.4]])
+    p_ls = torch.tensor([[0.7, 0.3], [0.6, 0.4]])          # Δ^l = (.1, -.1), (0, 0)
+    p_uw = torch.tensor([[0.5, 0.5], [0.9, 0.1], [0.3, 0.7]])
+    p_us = torch.tensor([[0.4, 0.6], [0.6, 0.4], [0.3, 0.7]])
+    groups = [torch.tensor([0, 1]), torch.tensor([2])]     # Δ^u = mean((.1,-.1),(.3,-.3)) = (.2,-.2); (0, 0)
+    want = ((0.2 - 0.1) ** 2 + (-0.2 + 0.1) ** 2) / 2 / 2  # image 0: .01, image 1: 0; mean over 2 images
+    assert float(interlude.delta_consistency(p_lw, p_ls, p_uw, p_us, groups)) == pytest.approx(want)
+    # an image without a partner is left out
+    lonely = [torch.tensor([0, 1]), torch.tensor([], dtype=torch.long)]
+    got = interlude.delta_consistency(p_lw, p_ls, p_uw, p_us, lonely)
+    assert float(got) == pytest.approx(0.01)
+    # the labeled delta is a target: no gradient reaches it
+    a = p_lw.clone().requires_grad_(True)
+    b = p_uw.clone().requires_grad_(True)
+    interlude.delta_consistency(a, p_ls, b, p_us, groups).backward()
+    assert a.grad is None or float(a.grad.abs().sum()) == 0.0
+    assert float(b.grad.abs().sum()) > 0.0
+
+
+def test_interlude_step_is_its_equation():
+    torch.manual_seed(0)
+    model = HermesNet(seg_encoder="resnet18", ias=False)
+    cfg = settings_cfg(interlude, interlude_tau=0.0)
+    (x, y, z), batch_u = tiny_batches(0)
+    torch.manual_seed(7)
+    loss, stats = interlude.step(model, None, (x, y, z), batch_u, 0, 10, cfg)
+    torch.manual_seed(7)
+    x_ls = cls_common.strong_view(x)
+    order, groups = interlude.interleave_order(2, 2)
+    with torch.no_grad():
+        _, lg = cls_common.cls_forward(model, torch.cat([x, batch_u[0], x_ls, batch_u[1]]),
+                                       mix=lambda h: interlude.fuse(h, order, 0.1))
+        _, plain = cls_common.cls_forward(model, torch.cat([x, batch_u[0], x_ls, batch_u[1]]))
+    assert not torch.allclose(lg, plain)                  # the fusion changes the logits
+    lw, uw, ls, us = lg[:2], lg[2:4], lg[4:6], lg[6:]
+    assert float(stats["cls_l"]) == pytest.approx(float(F.cross_entropy(lw, z)), rel=1e-5)
+    want_u = F.cross_entropy(us, uw.argmax(1))           # τ = 0: all kept
+    assert float(stats["cls_u"]) == pytest.approx(float(want_u), rel=1e-5)
+    d_l, d_u = lw.softmax(1) - ls.softmax(1), uw.softmax(1) - us.softmax(1)   # one partner each
+    assert float(stats["cls_c"]) == pytest.approx(float(((d_u - d_l) ** 2).mean()), rel=1e-4)
+    assert float(loss.detach()) == pytest.approx(
+        0.5 * float(stats["seg_l"]) + float(stats["cls_l"] + stats["cls_u"] + stats["cls_c"]), rel=1e-6)
+    _, stats = interlude.step(model, None, (x, y, z), batch_u, 0, 10, settings_cfg(interlude, burn_in=1))
+    assert float(stats["cls_u"]) == 0.0 and float(stats["cls_c"]) == 0.0
+
+
+def test_interlude_two_steps_and_exact_resume():
+    run_two_steps_and_resume(interlude)

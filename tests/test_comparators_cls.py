@@ -441,3 +441,106 @@ def test_interlude_step_is_its_equation():
 
 def test_interlude_two_steps_and_exact_resume():
     run_two_steps_and_resume(interlude)
+
+
+# ---------------------------------------------------------------------------------------------- InfoMatch
+from comparators import infomatch  # noqa: E402
+
+
+def test_infomatch_entropy_estimate_against_a_loop():
+    g = torch.Generator().manual_seed(0)
+    p1 = torch.randn(5, 2, generator=g, dtype=torch.float64).softmax(1)
+    p2 = torch.randn(5, 2, generator=g, dtype=torch.float64).softmax(1)
+    T = 0.5
+    loss, h = infomatch.info_nce_entropy(p1, p2, T)
+    cos = lambda a, b: float((a * b).sum() / (a.norm() * b.norm()))
+    total = 0.0
+    for i in range(5):
+        for a, b in ((p1, p2), (p2, p1)):
+            row = [cos(a[i], b[j]) / T for j in range(5)]
+            total += -(row[i] - math.log(sum(math.exp(v) for v in row)))
+    want = total / 10
+    assert float(loss) == pytest.approx(want, rel=1e-9)
+    assert float(h) == pytest.approx(math.log(5) - want, rel=1e-9)
+    # the bound: at most log N; near it when the two views agree and the images differ
+    sharp = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    _, h = infomatch.info_nce_entropy(sharp, sharp, 0.05)
+    assert float(h) <= math.log(2) and float(h) == pytest.approx(math.log(2), abs=1e-6)
+
+
+def test_infomatch_code_form_is_flat_for_two_classes():
+    # the code's entropy term, MSE of z-scored logits, has no gradient with 2 classes (why we use InfoNCE)
+    a = torch.randn(6, 2, requires_grad=True)
+    b = torch.randn(6, 2)
+    z = lambda t: (t - t.mean(1, keepdim=True)) / t.std(1, keepdim=True)
+    F.mse_loss(z(a), z(b)).backward()
+    assert float(a.grad.abs().max()) < 1e-6
+    p = torch.randn(6, 2, requires_grad=True)
+    infomatch.info_nce_entropy(p.softmax(1), b.softmax(1), 0.5)[0].backward()
+    assert float(p.grad.abs().max()) > 1e-4
+
+
+def test_infomatch_threshold_and_cutmix_by_hand():
+    extra = infomatch.InfoExtra(2)
+    probs = torch.tensor([[0.9, 0.1], [0.3, 0.7]])
+    extra.update(probs, 0.9)
+    assert float(extra.time_p) == pytest.approx(0.9 * 0.5 + 0.1 * 0.8)
+    torch.testing.assert_close(extra.p_model, torch.tensor([0.9 * 0.5 + 0.1 * 0.6, 0.9 * 0.5 + 0.1 * 0.4]))
+    thr = extra.thresholds(torch.tensor([0, 1]))
+    pm = extra.p_model.tolist()
+    assert thr.tolist() == pytest.approx([0.53 * pm[0] / max(pm), 0.53 * pm[1] / max(pm)])
+    torch.manual_seed(3)
+    inside, lam = infomatch.cutmix_boxes(4, 8)
+    x = torch.randn(4, 3, 8, 8)
+    perm = torch.tensor([1, 2, 3, 0])
+    mixed = infomatch.cutmix(x, perm, inside)
+    for i in range(4):
+        n_in = 0
+        for r in range(8):
+            for c in range(8):
+                src = x[perm[i]] if inside[i, r, c] else x[i]
+                assert torch.equal(mixed[i, :, r, c], src[:, r, c])
+                n_in += int(inside[i, r, c])
+        assert float(lam[i]) == pytest.approx(1 - n_in / 64)
+        rows, cols = inside[i].any(1), inside[i].any(0)       # a box: the inside set is rows x cols
+        assert torch.equal(inside[i], rows[:, None] & cols[None, :])
+
+
+def test_infomatch_step_is_its_equation():
+    torch.manual_seed(0)
+    model = HermesNet(seg_encoder="resnet18", ias=False)
+    extra = infomatch.build_extra(model)
+    cfg = settings_cfg(infomatch)
+    (x, y, z), batch_u = tiny_batches(0)
+    x_w, x_s = batch_u[0], batch_u[1]
+    torch.manual_seed(9)
+    loss, stats = infomatch.step(model, extra, (x, y, z), batch_u, 0, 10, cfg)
+    torch.manual_seed(9)
+    x_s2 = cls_common.strong_view(x_w)
+    perm = torch.randperm(2)
+    inside, lam = infomatch.cutmix_boxes(2, 32)
+    with torch.no_grad():
+        x_mix = infomatch.cutmix(x_w, perm, inside)
+        _, lg = cls_common.cls_forward(model, torch.cat([x, x_w, x_mix, x_s, x_s2]))
+    lw, lm, l1, l2 = lg[2:].split(2)
+    p = lw.softmax(1)
+    conf, pl = p.max(1)
+    time_p = 0.999 * 0.5 + 0.001 * float(conf.mean())
+    p_model = 0.999 * 0.5 + 0.001 * p.mean(0)
+    m = (conf >= time_p * p_model[pl] / p_model.max()).float()
+    ce = lambda a, t: F.cross_entropy(a, t, reduction="none")
+    l_mix = (lam * ce(lm, pl) * m + (1 - lam) * ce(lm, pl[perm]) * m[perm]).mean()
+    want_u = 2.0 * (0.5 * l_mix + 0.25 * (ce(l1, pl) * m).mean() + 0.25 * (ce(l2, pl) * m).mean())
+    assert float(stats["cls_u"]) == pytest.approx(float(want_u), rel=1e-4, abs=1e-7)
+    want_c = 0.1 * infomatch.info_nce_entropy(l1.softmax(1), l2.softmax(1), 0.5)[0]
+    assert float(stats["cls_c"]) == pytest.approx(float(want_c), rel=1e-4)
+    assert float(stats["kept_img"]) == float(m.mean())
+    assert float(loss.detach()) == pytest.approx(
+        0.5 * float(stats["seg_l"]) + float(stats["cls_l"] + stats["cls_u"] + stats["cls_c"]), rel=1e-6)
+    _, stats = infomatch.step(model, extra, (x, y, z), batch_u, 0, 10, settings_cfg(infomatch, burn_in=1))
+    assert float(stats["cls_u"]) == 0.0 and float(stats["cls_c"]) == 0.0
+
+
+def test_infomatch_two_steps_and_exact_resume():
+    _, _, extra = run_two_steps_and_resume(infomatch)
+    assert float(extra.time_p) != 0.5

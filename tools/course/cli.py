@@ -149,7 +149,8 @@ def main(argv=None):
     except kit.KitChanged as e:
         if csv_path:
             write_atomically(csv_path, report.to_csv(grades))
-        raise SystemExit(f"tools.course grade: STOPPED: {e}")
+        print(f"tools.course grade: STOPPED: {e}", file=sys.stderr)
+        return 3
     finally:
         os.chdir(cwd)
     summ = report.summary(grades)

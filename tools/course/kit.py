@@ -1,8 +1,8 @@
 """The kit cannot be changed by what it grades: its files are hashed before any student code runs and verified
 after every student; a mismatch stops the grading loudly (KitChanged).
 
-The kit is tools/course/ (the runner, the checks, the reference values' code) and the project's modules the
-reference runs (every top-level *.py of the checkout)."""
+The kit is tools/course/: the runner, the checks and the code of the reference values. (The project's modules
+the reference runs are imported, and the pristine copies made, before any student code runs.)"""
 import hashlib
 import os
 
@@ -19,7 +19,6 @@ def kit_files(root=ROOT, here=HERE):
     for d, dirs, files in os.walk(here):
         dirs[:] = sorted(x for x in dirs if x != "__pycache__")
         out += [os.path.join(d, f) for f in sorted(files) if not f.endswith(".pyc")]
-    out += [os.path.join(root, f) for f in sorted(os.listdir(root)) if f.endswith(".py")]
     return out
 
 

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-INSTALL = ("bubblewrap (bwrap) is needed to grade students' code in a sandbox: install it (Debian/Ubuntu: "
+INSTALL = ("bwrap not found: bubblewrap grades students' code in a sandbox; install it (Debian/Ubuntu: "
            "sudo apt-get install bubblewrap; Fedora: sudo dnf install bubblewrap) or, only for code you trust, "
            "grade with --no-sandbox")
 SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
@@ -69,7 +69,7 @@ def check():
     """None when bwrap is installed and can create its namespaces here, else one line saying why not."""
     exe = bwrap()
     if not exe:
-        return f"bwrap not found: {INSTALL}"
+        return INSTALL
     if exe not in _WORKS:
         try:
             p = subprocess.run([exe] + base_args() + ["--", "/bin/true"], capture_output=True, text=True,

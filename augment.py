@@ -2,7 +2,7 @@
 (weak + blur and colour jitter), pixel-aligned, for labeled and unlabeled images.
 
 Two paths give the same views: `LabeledSet` / `UnlabeledSet` augment one image at a time with torchvision
-(`make_loaders` for notebooks, `StepBatches` for train.py --augment cpu); `DeviceBatches` augments whole batches
+(`StepBatches` for train.py --augment cpu); `DeviceBatches` augments whole batches
 on the training device (train.py's default). Both make every batch a pure function of (seed, step), so a
 resumed run draws exactly the batches of the uninterrupted one.
 """
@@ -12,12 +12,12 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, RandomSampler, default_collate
+from torch.utils.data import DataLoader, Dataset, default_collate
 from torchvision import tv_tensors
 from torchvision.transforms import v2
 
 from cli import DataError
-from data import IMAGENET_MEAN, IMAGENET_STD, split_indices
+from data import IMAGENET_MEAN, IMAGENET_STD
 
 
 def blur_kernel(S):
@@ -93,34 +93,6 @@ class UnlabeledSet(Dataset):
             strong = self.photometric(image)
         return (normalise(image), normalise(strong), mask.as_subclass(torch.Tensor).long(),
                 torch.tensor(int(self.ds.labels[i])))
-
-
-def _train_loader(dataset, batch_size, num_workers, seed):
-    """Shuffled, seeded, drop-last loader; a set smaller than the batch is drawn with replacement so every
-    batch is full (one batch per pass)."""
-    if len(dataset) == 0:
-        raise DataError(f"cannot build a training loader over an empty {type(dataset).__name__} "
-                        f"(the labeled budget leaves no images of this kind)")
-    g = torch.Generator().manual_seed(seed)
-    sampler = (RandomSampler(dataset, generator=g) if len(dataset) >= batch_size else
-               RandomSampler(dataset, replacement=True, num_samples=batch_size, generator=g))
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, drop_last=True, num_workers=num_workers,
-                      persistent_workers=num_workers > 0, pin_memory=torch.cuda.is_available())
-
-
-def make_loaders(ds, split, batch_size=8, num_workers=0, seed=0):
-    """(loader_l, loader_u, loader_eval) of a split.
-
-    loader_l: (x (B,3,S,S), y (B,S,S), z (B,)); loader_u: (x_w, x_s (B,3,S,S), y_gt (B,S,S), z_gt (B,));
-    loader_eval: like loader_l without augmentation, in split order, last batch kept. Train loaders reshuffle
-    (generators seeded from seed) and re-augment every pass. For notebooks and custom loops; train.py draws
-    its batches with StepBatches instead, which makes every batch a pure function of the step (exact resume)."""
-    idx_l, idx_u, idx_eval = split_indices(ds, split)
-    loader_l = _train_loader(LabeledSet(ds, idx_l, train=True), batch_size, num_workers, seed)
-    loader_u = _train_loader(UnlabeledSet(ds, idx_u), batch_size, num_workers, seed + 1)
-    loader_eval = DataLoader(LabeledSet(ds, idx_eval, train=False), batch_size=batch_size, shuffle=False,
-                             num_workers=num_workers, pin_memory=torch.cuda.is_available())
-    return loader_l, loader_u, loader_eval
 
 
 # ------------------------------------------------------------------- step batches (train.py)

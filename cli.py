@@ -21,6 +21,15 @@ class MissingFileError(DataError, FileNotFoundError):
     """A file or folder the input needs is not there."""
 
 
+# ----------------------------------------------------------------------------------------------- numbers
+def mean_std(values):
+    """Mean and sample std (ddof=1; 0.0 for a single value) of the finite values; NaN, NaN when none."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0
+
+
 # ------------------------------------------------------------------------------------- run-folder files
 def atomic_write(path, write, binary=False, newline=None):
     """The project's one atomic writer: write(f) fills a temporary file in the same folder (unique name), which

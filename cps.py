@@ -6,7 +6,7 @@ networks, data path and optimisers, so that "does any semi-supervised method bea
 Two segmentation networks of different initialisation (the model's U-Net and a `PeerSegNet` of the same
 architecture) see the same images (labeled and weak unlabeled views); each is supervised by eq. (1) on the
 labeled images and by the other's hard pseudo-labels on all images (`losses.cross_pseudo_supervision_loss`,
-weight λ_cps, no threshold). The classification branch is trained as SupOnly's (eq. 2, no ITA, no saliency).
+weight λ_cps, no threshold). The classification branch is trained as SupOnly's (eq. (2), no ITA, no saliency).
 Evaluation uses the model's own U-Net, as the CPS paper infers with one network.
 
     >>> peer = PeerSegNet("resnet18"); cfg = HermesConfig(method="cps", dtcl=False, ias=False, itcl=False)
@@ -40,7 +40,7 @@ def cps_step(model, peer, batch_l, batch_u, it, total, cfg):
     """One CPS step; returns (loss, stats) like hermes.hermes_step (log.csv's columns). Does not call backward.
 
     loss = λ_seg (L_s(f_1) + L_s(f_2) + λ_cps L_cps) + λ_cls L^l_cls, with L_s = eq. (1) on the labeled
-    images and L_cps over labeled + unlabeled images (CPS eq. 4); burn-in (cfg.burn_in) drops L_cps and the
+    images and L_cps over labeled + unlabeled images (Chen et al. eq. (4)); burn-in (cfg.burn_in) drops L_cps and the
     unlabeled images. Logged as seg_l (both L_s), seg_u (L_cps), cls_l; pl_acc_pix_all = accuracy of the
     peer's pseudo-labels on the unlabeled images (ground truth held aside), kept_pix = 1 (no threshold).
     """
@@ -53,7 +53,7 @@ def cps_step(model, peer, batch_l, batch_u, it, total, cfg):
     L = dict.fromkeys(hermes.PARTS, f1.new_zeros(()).float())
     L["seg_l"] = seg_supervised_loss(f1[:B_l], y) + seg_supervised_loss(f2[:B_l], y)   # eq. (1), both networks
     if unlabeled_on:
-        L["seg_u"] = cfg.cps_weight * cross_pseudo_supervision_loss(f1, f2)         # CPS eq. (2)-(4)
+        L["seg_u"] = cfg.cps_weight * cross_pseudo_supervision_loss(f1, f2)         # Chen et al. eqs. (2)–(4)
     L["cls_l"] = cls_supervised_loss(model.forward_cls(x)["cls_logits"], z)         # eq. (2), SupOnly's branch
     coefficients = {**dict.fromkeys(hermes.PARTS, 0.0), "seg_l": cfg.lambda_seg, "seg_u": cfg.lambda_seg,
                     "cls_l": cfg.lambda_cls}                                        # eq. (15) with CPS's terms

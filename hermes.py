@@ -1,5 +1,5 @@
-"""The Hermes method (paper Sec. 3.3-3.6, supplementary Sec. 6): pseudo-label selection (eq. 7-8),
-threshold schedules (eq. 16-17), anchor sampling, memory banks and `hermes_step`, one training step that
+"""The Hermes method (paper Sec. 3.3-3.6, supplementary Sec. 6): pseudo-label selection (eqs. (7)–(8)),
+threshold schedules (eqs. (16)–(17)), anchor sampling, memory banks and `hermes_step`, one training step that
 returns the total loss of eq. (15) and its statistics. Where training runs a fast form (sample_anchor_slots,
 MemoryBank.push: no host sync), the readable one the paper describes stands beside it as the reference
 (sample_anchors, MemoryBank.push_one_by_one), and tests/test_hermes.py checks that both give the same result.
@@ -18,68 +18,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from config import HermesConfig  # the step's settings, declared with every other setting
 from losses import (PARTS, cls_supervised_loss, cls_unsupervised_loss, image_contrastive_loss,
                     inter_task_consistency_loss, pixel_contrastive_loss, seg_supervised_loss,
                     seg_unsupervised_ce_loss, seg_unsupervised_loss, total_loss, weighted_terms)
 
-# The statistics hermes_step returns, in log.csv's column order (PARTS: the seven terms of eq. 15).
+# The statistics hermes_step returns, in log.csv's column order (PARTS: the seven terms of eq. (15)).
 PL_STAT_KEYS = ("kept_pix", "kept_img", "pl_acc_pix_all", "pl_acc_pix_kept", "pl_acc_img_all", "pl_acc_img_kept",
                 "kept_pix_conf", "pl_acc_pix_conf", "kept_img_conf", "pl_acc_img_conf")
 STAT_KEYS = ("loss",) + PARTS + ("kappa", "tau") + PL_STAT_KEYS
 
 
-@dataclass
-class HermesConfig:
-    """Switches and weights of one Hermes step: the one source of these defaults (train.py's flags read them).
-
-    Paper defaults: §4.1, §3.4 and supplementary §6. The last block holds switches that are NOT in
-    the paper (docs/when-does-hermes-help.md); their defaults leave the paper's objective unchanged.
-    """
-    dtcl: bool = True            # dual-threshold contrastive learning + unlabeled losses (Table 3)
-    ias: bool = True             # inter-task attention + saliency (Table 3)
-    itcl: bool = True            # inter-task consistency learning, eq. (14) (Table 3)
-    task: str = "joint"          # "joint" | "seg" | "cls"
-    threshold: str = "dual"      # "dual" (eq. 7) | "confidence" (max p >= tau) | "none" (keep all)
-    lambda_seg: float = 0.5      # eq. (15), §4.1
-    lambda_cls: float = 1.0      # eq. (15), §4.1
-    alpha: float = 0.8           # eq. (15), §4.1 (pixel contrast weight)
-    beta: float = 0.2            # eq. (15), §4.1 (image contrast weight)
-    gamma: float = 0.1           # eq. (15), §4.1 (consistency weight)
-    temperature: float = 0.07    # eq. (11)-(12), §3.4
-    n_anchors: int = 256         # anchors per class per step (n of §3.4's anchor sampling)
-    pixel_bank_size: int = 4096  # pixel memory bank entries per class (§3.4; size not given in the paper)
-    image_bank_size: int = 256   # image memory bank entries per class (§3.4; size not given in the paper)
-    eta_max: float = 0.75        # eq. (16), supplementary §6
-    eta_min: float = 0.25        # eq. (16), supplementary §6
-    # --- not in the paper (diagnosis switches; the defaults are the paper's objective) ---
-    unlabeled_bn: str = "shared"   # "shared": one BN batch of labeled + strong, teacher updates running stats;
-                                   # "separate": unlabeled passes use their own batch stats, never the running ones
-    unsup_seg_loss: str = "dice"   # eq. (9) "dice" | "ce" (pixel CE over kept pixels) | "dice+ce"
-    unsup_weight: float = 1.0      # factor on L^u_seg and L^u_cls (the authors' code: 0.1)
-    contrast_warmup: int = 0       # steps before L^seg_c, L^cls_c count (the authors' code: 10 epochs)
-    gamma_ramp: int = 0            # γ·exp(-5(1 - it/R)²) until step R (the authors' code: R = 4000); 0 = off
-    burn_in: int = 0               # steps trained as SupOnly (no teacher pass, no unlabeled term) before the
-                                   # full objective (Unbiased Teacher's burn-in stage); 0 = off
-    # --- the control method (cps.py), not Hermes ---
-    method: str = "hermes"         # "hermes" | "cps" (cross pseudo supervision, Chen et al. 2021)
-    cps_weight: float = 1.5        # λ of CPS (its paper: 1.5 on PASCAL VOC, 6 on Cityscapes)
-
-    def __post_init__(self):
-        for name, allowed in (("task", ("joint", "seg", "cls")), ("threshold", ("dual", "confidence", "none")),
-                              ("unlabeled_bn", ("shared", "separate")),
-                              ("unsup_seg_loss", ("dice", "ce", "dice+ce")), ("method", ("hermes", "cps"))):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"HermesConfig.{name} must be one of {', '.join(allowed)}, "
-                                 f"got {getattr(self, name)!r}")
-        if self.burn_in < 0:
-            raise ValueError(f"HermesConfig.burn_in must be >= 0 steps, got {self.burn_in}")
-
-
 # ----------------------------------------------------------------------------------------------------------
-# Pseudo-label selection (eq. 7, 8) and threshold schedules (eq. 16, 17)
+# Pseudo-label selection (eqs. (7), (8)) and threshold schedules (eqs. (16), (17))
 
 def uncertainty(probs, eps=1e-8):
-    """Eq. (8): u(p) = -Σ_c p_c log(p_c + eps), in nats; the paper's Σ_{j=1..M} is read as a sum over classes.
+    """eq. (8): u(p) = -Σ_c p_c log(p_c + eps), in nats; the paper's Σ_{j=1..M} is read as a sum over classes.
 
     probs (B,C,...) -> (B,...) (dim 1 summed out).
     """
@@ -88,7 +42,7 @@ def uncertainty(probs, eps=1e-8):
 
 @torch.no_grad()
 def dual_threshold_mask(probs, kappa, tau):
-    """Eq. (7): w = 1[u(p) <= kappa] · 1[max_c p_c >= tau].
+    """eq. (7): w = 1[u(p) <= kappa] · 1[max_c p_c >= tau].
 
     probs (B,C,...) float -> w (B,...) float 0/1 of probs' dtype (no gradient).
     """
@@ -103,12 +57,12 @@ def _progress(it, total):
 
 
 def uncertainty_threshold(it, total, eta_max=HermesConfig.eta_max, eta_min=HermesConfig.eta_min):
-    """Eq. (16): kappa = eta_min + ½ (eta_max - eta_min)(cos(π it/total) + 1); 0.75 -> 0.25 nats. -> float"""
+    """eq. (16): kappa = eta_min + ½ (eta_max - eta_min)(cos(π it/total) + 1); 0.75 -> 0.25 nats. -> float"""
     return eta_min + 0.5 * (eta_max - eta_min) * (math.cos(math.pi * _progress(it, total)) + 1.0)  # eq. (16)
 
 
 def confidence_threshold(it, total):
-    """Eq. (17), literally: tau = 0.75 + 0.25 exp(-½ (1 - it/total)²) ln 2, i.e. 0.8551 -> 0.9233. -> float"""
+    """eq. (17), literally: tau = 0.75 + 0.25 exp(-½ (1 - it/total)²) ln 2, i.e. 0.8551 -> 0.9233. -> float"""
     return 0.75 + 0.25 * math.exp(-0.5 * (1.0 - _progress(it, total)) ** 2) * math.log(2.0)  # eq. (17)
 
 
@@ -334,7 +288,7 @@ def config_from(mapping):
 
 
 # ----------------------------------------------------------------------------------------------------------
-# One training step (eq. 15)
+# One training step (eq. (15))
 
 def _forward(model, x, cfg):
     if cfg.task == "seg":
@@ -360,7 +314,7 @@ def _frozen_bn_stats(model, on=True):
 
 
 def _select(p, kappa, tau, rule):
-    """w for probs p (B,C,...) under the configured rule (eq. 7 for "dual")."""
+    """w for probs p (B,C,...) under the configured rule (eq. (7) for "dual")."""
     if rule == "dual":
         return dual_threshold_mask(p, kappa, tau)                                  # eq. (7)
     if rule == "confidence":
@@ -374,7 +328,7 @@ class TeacherOutputs:
     task="cls", the image fields None for task="seg".
 
     seg_logits (B_u,2,S,S), pixel_emb (B_u,D,h,w); p_pix (B_u,2,S,S) softmax, pl_pix (B_u,S,S) pseudo-labels
-    (argmax), w_pix (B_u,S,S) 0/1 selection (eq. 7 under the "dual" rule).
+    (argmax), w_pix (B_u,S,S) 0/1 selection (eq. (7) under the "dual" rule).
     cls_logits (B_u,2), image_emb (B_u,D'); p_img (B_u,2), pl_img (B_u,), w_img (B_u,): the same per image.
     """
     seg_logits: torch.Tensor = None
@@ -435,7 +389,7 @@ def _split_rows(out, B_l):
 
 
 def _pixel_contrast(out, t, y, bank, cfg):
-    """Eq. (11) on the pixel_emb grid with §3.4's anchors, then the bank update.
+    """eq. (11) on the pixel_emb grid with §3.4's anchors, then the bank update.
 
     Anchors: labeled (ground truth, w = 1) and strong unlabeled (pseudo-labels, w) student embeddings, drawn
     from one map of all the student's rows (`out`, labeled first). Keys: the pixel bank + the weak-view
@@ -464,13 +418,13 @@ def _pixel_contrast(out, t, y, bank, cfg):
 
 
 def _image_contrast(out_l, out_u, t, z, bank, cfg):
-    """Eq. (12)-(13): rows i and i+B_u are the strong (student) and weak (teacher) views of unlabeled image i,
+    """eqs. (12)–(13): rows i and i+B_u are the strong (student) and weak (teacher) views of unlabeled image i,
     with the image bank; afterwards the kept weak embeddings (pseudo-label) and the labeled ones are pushed."""
     emb_s, emb_w = out_u["image_emb"], t.image_emb.detach()                        # (B_u,D) each
     bank_f, bank_l, filled = bank.slots()
     loss = image_contrastive_loss(torch.cat([emb_s, emb_w]), t.pl_img.repeat(2), t.w_img.repeat(2),
                                   cfg.temperature, bank_feats=bank_f, bank_labels=bank_l,
-                                  bank_mask=filled)                                # eq. (12)-(13)
+                                  bank_mask=filled)                                # eqs. (12)–(13)
     bank.push(torch.cat([emb_w, out_l["image_emb"].detach()]), torch.cat([t.pl_img, z]),
               torch.cat([t.w_img > 0.5, torch.ones_like(z, dtype=torch.bool)]))  # kept weak + labeled
     return loss
@@ -519,14 +473,14 @@ def _pseudo_label_stats(p, pl, w, gt, tau, kind):
 
 
 def hermes_step(model, banks, batch_l, batch_u, it, total, cfg, keep_terms=False):
-    """All losses of one Hermes step; returns (loss (eq. 15), stats). Does not call backward.
+    """All losses of one Hermes step; returns (loss (eq. (15)), stats). Does not call backward.
 
     batch_l = (x (B_l,3,S,S), y (B_l,S,S) int, z (B_l,) int)
     batch_u = (x_w, x_s (B_u,3,S,S), y_gt (B_u,S,S), z_gt (B_u,)): weak and strong views (pixel aligned);
               y_gt / z_gt only measure pseudo-label accuracy, they never enter a loss.
     banks: MemoryBanks (make_banks); pushed to in place.
 
-    Teacher (weak view, no gradient; skipped without dtcl) -> pseudo-labels and w (eq. 7, 16, 17); student
+    Teacher (weak view, no gradient; skipped without dtcl) -> pseudo-labels and w (eqs. (7), (16), (17)); student
     (labeled + strong unlabeled; labeled only for SupOnly) -> one line per term of eq. (15). task="seg"/"cls"
     use one branch (no ITA, no saliency, itc = 0). A switched-off term is an exact 0 without gradient.
 
@@ -562,7 +516,7 @@ def hermes_step(model, banks, batch_l, batch_u, it, total, cfg, keep_terms=False
         L["seg_c"], n_anchors = _pixel_contrast(out, t, y, banks.pixel, cfg)       # eq. (11)
     if t is not None and cls_on:
         L["cls_u"] = cls_unsupervised_loss(out_u["cls_logits"], t.cls_logits, t.w_img)  # eq. (10)
-        L["cls_c"] = _image_contrast(out_l, out_u, t, z, banks.image, cfg)         # eq. (12)-(13)
+        L["cls_c"] = _image_contrast(out_l, out_u, t, z, banks.image, cfg)         # eqs. (12)–(13)
     if itc_on:
         L["itc"] = inter_task_consistency_loss(out_u["itc_cls"], out_u["itc_seg"])  # eq. (14)
 

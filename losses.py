@@ -12,7 +12,7 @@ Example:
 import torch
 import torch.nn.functional as F
 
-DICE_SMOOTH = 1e-5  # the Dice smoothing of eq. (1) and (9) (README "Paper ↔ code", eq. 1)
+DICE_SMOOTH = 1e-5  # the Dice smoothing of eq. (1) and (9) (README "Paper ↔ code", eq. (1))
 # The seven terms of eq. (15): L^l_seg, L^u_seg, L^seg_c, L^l_cls, L^u_cls, L^cls_c, L^u_itc (log.csv's order).
 PARTS = ("seg_l", "seg_u", "seg_c", "cls_l", "cls_u", "cls_c", "itc")
 
@@ -53,7 +53,7 @@ def _dice_loss(p, g, w=None):
 
 
 def seg_supervised_loss(logits, mask):
-    """Eq. (1): L^l_seg = mean_i ½ (CE_i + Dice_i).
+    """eq. (1): L^l_seg = mean_i ½ (CE_i + Dice_i).
 
     CE_i is the pixel-mean cross-entropy of image i; Dice_i = 1 - (2Σpg + 1e-5)/(Σp + Σg + 1e-5) on the
     lesion-channel softmax p = softmax(logits)[:, 1].
@@ -71,14 +71,14 @@ def seg_supervised_loss(logits, mask):
 
 
 def cls_supervised_loss(logits, labels):
-    """Eq. (2): L^l_cls = mean_i CE(logits_i, labels_i).  logits (B,C), labels (B,) int -> 0-d tensor."""
+    """eq. (2): L^l_cls = mean_i CE(logits_i, labels_i).  logits (B,C), labels (B,) int -> 0-d tensor."""
     if logits.shape[0] == 0:
         return _zero_like(logits)
     return F.cross_entropy(_hi(logits), labels.long())                             # eq. (2)
 
 
 def seg_unsupervised_loss(logits_s, logits_w, w):
-    """Eq. (9): L^u_seg = (1/B) Σ_j Dice_w(strong_j, argmax weak_j).
+    """eq. (9): L^u_seg = (1/B) Σ_j Dice_w(strong_j, argmax weak_j).
 
     Per image j, Dice as in eq. (1) between the strong view's lesion probability and the pseudo-mask
     (argmax of the weak logits), over the pixels with w = 1 (w multiplies every sum); an image with no
@@ -100,7 +100,7 @@ def seg_unsupervised_loss(logits_s, logits_w, w):
 def seg_unsupervised_ce_loss(logits_s, logits_w, w):
     """Not in the paper (`--unsup-seg-loss ce`, docs/when-does-hermes-help.md): the pixel form of FixMatch's
     loss, Σ_pixels w · CE(strong, argmax weak) / (number of pixels), so few kept pixels give a small loss
-    (eq. 9's Dice over the kept pixels weighs an image by its kept set, however small or lesion-free).
+    (eq. (9)'s Dice over the kept pixels weighs an image by its kept set, however small or lesion-free).
 
     logits_s, logits_w (B,2,H,W), w (B,H,W) float 0/1 -> 0-d tensor. No gradient reaches logits_w.
     """
@@ -113,7 +113,7 @@ def seg_unsupervised_ce_loss(logits_s, logits_w, w):
 
 
 def cls_unsupervised_loss(logits_s, logits_w, w):
-    """Eq. (10): L^u_cls = (1/B) Σ_j w_j CE(strong_j, argmax weak_j).
+    """eq. (10): L^u_cls = (1/B) Σ_j w_j CE(strong_j, argmax weak_j).
 
     logits_s, logits_w (B,C), w (B,) float 0/1 -> 0-d tensor. No gradient reaches logits_w.
     """
@@ -127,7 +127,7 @@ def cls_unsupervised_loss(logits_s, logits_w, w):
 
 
 def pixel_contrastive_loss(anchors, anchor_labels, keys, key_labels, temperature, anchor_mask=None, key_mask=None):
-    """Eq. (11): pixel InfoNCE with one negative set per positive.
+    """eq. (11): pixel InfoNCE with one negative set per positive.
 
     For anchor i with positives P_i (keys of its label) and negatives N_i (keys of another label):
         L_i = -(1/|P_i|) Σ_{p∈P_i} log( e^{i·p/τ} / (e^{i·p/τ} + Σ_{n∈N_i} e^{i·n/τ}) )
@@ -185,12 +185,12 @@ def pixel_contrastive_loss(anchors, anchor_labels, keys, key_labels, temperature
 
 
 def image_contrastive_loss(features, labels, weights, temperature, bank_feats=None, bank_labels=None, bank_mask=None):
-    """Eq. (12)-(13): class-aware image contrast with pair weights.
+    """eqs. (12)–(13): class-aware image contrast with pair weights.
 
     features (2N,D) unit vectors, rows i and i+N the two views of image i; labels (2N,) (or (N,), repeated);
     weights (2N,) float 0/1 (or (N,), repeated). Positives P(i) = {p ≠ i with the same label}; pair weight
-    w_ip = 1 for the other view of the same image (eq. 13, j = i), else weights_i · weights_p. With s = v·v/τ:
-        L_i = -Σ_p w_ip log( e^{s_ip} / Σ_{j≠i} e^{s_ij} ) / Σ_p w_ip          (eq. 12)
+    w_ip = 1 for the other view of the same image (eq. (13), j = i), else weights_i · weights_p. With s = v·v/τ:
+        L_i = -Σ_p w_ip log( e^{s_ip} / Σ_{j≠i} e^{s_ij} ) / Σ_p w_ip          (eq. (12))
     and the loss is the mean of L_i over the i with Σ_p w_ip > 0 (0 if none).
 
     bank_feats (Mb,D), bank_labels (Mb,): optional memory-bank entries (detached; only reliable entries are
@@ -241,14 +241,14 @@ def image_contrastive_loss(features, labels, weights, temperature, bank_feats=No
 
 
 def inter_task_consistency_loss(f_cls, f_seg):
-    """Eq. (14): L^u_itc = mean_j (1 - cos(F_cls_j, F_seg_j)).  f_cls, f_seg (B,D) -> 0-d tensor."""
+    """eq. (14): L^u_itc = mean_j (1 - cos(F_cls_j, F_seg_j)).  f_cls, f_seg (B,D) -> 0-d tensor."""
     if f_cls.shape[0] == 0:
         return _zero_like(f_cls, f_seg)
     return (1.0 - F.cosine_similarity(_hi(f_cls), _hi(f_seg), dim=1, eps=1e-8)).mean()  # eq. (14)
 
 
 def cross_pseudo_supervision_loss(logits_a, logits_b):
-    """CPS (Chen et al., CVPR 2021, eq. 2-3), the control method, not Hermes: each network learns the other's
+    """CPS (Chen et al., CVPR 2021, eqs. (2)–(3)), the control method, not Hermes: each network learns the other's
     hard pseudo-labels with pixel cross-entropy, no threshold, no gradient through the pseudo-labels:
         L_cps = 1/|D| Σ_x 1/(W·H) Σ_i [ CE(p_1i, argmax p_2i) + CE(p_2i, argmax p_1i) ].
 
@@ -258,7 +258,7 @@ def cross_pseudo_supervision_loss(logits_a, logits_b):
         return _zero_like(logits_a, logits_b)
     logits_a, logits_b = _hi(logits_a), _hi(logits_b)
     y_a, y_b = logits_a.detach().argmax(1), logits_b.detach().argmax(1)            # (B,H,W) one-hot labels
-    return F.cross_entropy(logits_a, y_b) + F.cross_entropy(logits_b, y_a)          # CPS eq. (2)-(3)
+    return F.cross_entropy(logits_a, y_b) + F.cross_entropy(logits_b, y_a)          # Chen et al. eqs. (2)–(3)
 
 
 def weighted_terms(parts, coefficients):
@@ -271,7 +271,7 @@ def weighted_terms(parts, coefficients):
 
 
 def total_loss(parts, coefficients):
-    """Eq. (15): L_total = λ_seg (L^l_seg + L^u_seg + α L^seg_c) + λ_cls (L^l_cls + L^u_cls + β L^cls_c) + γ L^u_itc,
+    """eq. (15): L_total = λ_seg (L^l_seg + L^u_seg + α L^seg_c) + λ_cls (L^l_cls + L^u_cls + β L^cls_c) + γ L^u_itc,
     the weighted sum of its seven terms, added up in the equation's three groups.
 
     parts: {part: tensor or number} with part in PARTS; a missing part (or None) counts as 0.

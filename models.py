@@ -1,8 +1,8 @@
-"""Hermes networks: segmentation U-Net, classification ResNet-18, inter-task attention (eq. 3-5),
-saliency (eq. 6) and the projection heads (paper Sec. 3.1-3.2, supplementary Tables 5-6).
+"""Hermes networks: segmentation U-Net, classification ResNet-18, inter-task attention (eqs. (3)–(5)),
+saliency (eq. (6)) and the projection heads (paper Sec. 3.1-3.2, supplementary Tables 5-6).
 
     seg branch   x -> ResNet encoder (stem /2, layer1 /4, layer2 /8, layer3 /16, layer4 /32)
-                   -> decoder up1 /16, up2 /8, up3 /4 (+ saliency, eq. 6), up4 /2 -> full-resolution 2-class head
+                   -> decoder up1 /16, up2 /8, up3 /4 (+ saliency, eq. (6)), up4 /2 -> full-resolution 2-class head
     cls branch   x -> ResNet-18: stem, layer1, ITA(up3), layer2, ITA(up2), layer3, ITA(up1), layer4 -> fc (2 classes)
     saliency     |d max_c f_c(x) / dx| of the cls ResNet *without* ITA, so there is no cycle
                  (saliency -> seg -> ITA -> cls)
@@ -13,13 +13,10 @@ Example:
     >>> out["seg_logits"].shape, out["cls_logits"].shape, out["pixel_emb"].shape
     (torch.Size([2, 2, 224, 224]), torch.Size([2, 2]), torch.Size([2, 256, 14, 14]))
 
-`python models.py [--seg-encoder resnet18] [--time]` prints parameter counts (and CPU timings).
+Parameter counts and timings: `python -m tools.bench --params`, `python -m tools.bench` (README: Speed).
 """
-import argparse
 import os
 import re
-import statistics
-import time
 
 import torch
 import torch.nn as nn
@@ -87,27 +84,6 @@ def build_resnet(name, pretrained):
     return net
 
 
-def pick_device(name):
-    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU -> a clear error."""
-    if isinstance(name, torch.device):
-        return name
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if str(name).startswith("cuda") and not torch.cuda.is_available():
-        raise cli.DataError("--device cuda asked for, but torch sees no CUDA device (use --device cpu)")
-    return torch.device(name)
-
-
-def native_bf16(device):
-    """Whether bf16 autocast is the default on `device`: only a CPU with AMX tiles, where bf16 convolutions
-    run on the matrix units. On this project's AVX512-BF16 CPU without AMX, bf16 measured slower than fp32
-    (docs/speed.md), so such CPUs, older ones and CUDA (where --amp opts in) default to fp32."""
-    device = torch.device(device)
-    if device.type != "cpu":
-        return False
-    return bool(getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", lambda: False)())
-
-
 def check_input(x):
     """Raise a ValueError unless x is (B,3,H,W) with H and W divisible by 32."""
     if x.dim() != 4 or x.shape[1] != 3:
@@ -167,7 +143,7 @@ class DecoderBlock(nn.Module):
 
 
 class SegDecoder(nn.Module):
-    """U-Net decoder with the saliency map fused at up3 (eq. 6, Table 6's best: 56 px at 224).
+    """U-Net decoder with the saliency map fused at up3 (eq. (6), Table 6's best: 56 px at 224).
 
     forward: encoder features (see SegEncoder), sal (B,1,H/4,W/4) saliency at up3's resolution
         -> logits (B,n_classes,H,W), {"up1": (B,256,H/16,W/16), "up2": (B,128,H/8,W/8),
@@ -180,7 +156,7 @@ class SegDecoder(nn.Module):
         d1, d2, d3, d4, d5 = channels
         self.up1 = DecoderBlock(c4, c3, d1)      # /32 -> /16, + layer3
         self.up2 = DecoderBlock(d1, c2, d2)      # /16 -> /8, + layer2
-        self.up3 = DecoderBlock(d2, c1 + 1, d3)  # /8 -> /4, + layer1 and the saliency map (eq. 6)
+        self.up3 = DecoderBlock(d2, c1 + 1, d3)  # /8 -> /4, + layer1 and the saliency map (eq. (6))
         self.up4 = DecoderBlock(d3, c0, d4)      # /4 -> /2, + stem
         self.up5 = DecoderBlock(d4, 0, d5)       # /2 -> /1, no skip
         self.head = nn.Conv2d(d5, n_classes, 1)
@@ -196,14 +172,14 @@ class SegDecoder(nn.Module):
 
 
 class InterTaskAttention(nn.Module):
-    """Inter-task attention, eq. 3-5 (channel attention, then spatial attention, on the cls feature).
+    """Inter-task attention, eqs. (3)–(5) (channel attention, then spatial attention, on the cls feature).
 
     x_seg is first brought to c_cls channels by a 1x1 conv (adapter). Then
-        M_c   = sigma(W_1 ReLU(W_0 AvgPool(W_c * [x_cls; x_seg] + b_c)))       (3)
-        x_m   = M_c (x) x_cls                                                   (5)
-        M_s   = sigma(W_s * [AvgPool_c(x_m); MaxPool_c(x_m)] + b_s)             (4)
-        x_out = M_s (x) x_m                                                     (5)
-    W_c: 3x3 conv 2C -> C with bias b_c; W_0: C -> max(1, C/4), W_1: back to C (no biases, as eq. 3 writes them);
+        M_c   = sigma(W_1 ReLU(W_0 AvgPool(W_c * [x_cls; x_seg] + b_c)))       eq. (3)
+        x_m   = M_c (x) x_cls                                                   eq. (5)
+        M_s   = sigma(W_s * [AvgPool_c(x_m); MaxPool_c(x_m)] + b_s)             eq. (4)
+        x_out = M_s (x) x_m                                                     eq. (5)
+    W_c: 3x3 conv 2C -> C with bias b_c; W_0: C -> max(1, C/4), W_1: back to C (no biases, as eq. (3) writes them);
     W_s: 3x3 conv 2 -> 1 with bias b_s; AvgPool_c / MaxPool_c are over channels; padding 1 keeps h x w.
 
     forward: x_cls (B,C,h,w), x_seg (B,c_seg_in,h,w) -> x_out (B,C,h,w), M_c (B,C,1,1), M_s (B,1,h,w)
@@ -224,18 +200,18 @@ class InterTaskAttention(nn.Module):
                              f"{tuple(x_seg.shape)} differ in spatial size")
         x_seg = self.adapter(x_seg)                                        # (B,C,h,w)
         a = self.W_c(torch.cat([x_cls, x_seg], dim=1)).mean(dim=(2, 3))   # (B,C)
-        M_c = torch.sigmoid(self.W_1(F.relu(self.W_0(a))))[:, :, None, None]  # (B,C,1,1)   (3)
-        x_m = M_c * x_cls                                                   # (5)
+        M_c = torch.sigmoid(self.W_1(F.relu(self.W_0(a))))[:, :, None, None]  # (B,C,1,1)   eq. (3)
+        x_m = M_c * x_cls                                                   # eq. (5)
         pooled = torch.cat([x_m.mean(dim=1, keepdim=True), x_m.amax(dim=1, keepdim=True)], dim=1)  # (B,2,h,w)
-        M_s = torch.sigmoid(self.W_s(pooled))                              # (B,1,h,w)   (4)
-        x_out = M_s * x_m                                                   # (5)
+        M_s = torch.sigmoid(self.W_s(pooled))                              # (B,1,h,w)   eq. (4)
+        x_out = M_s * x_m                                                   # eq. (5)
         if self.residual:
             x_out = x_cls + x_out
         return x_out, M_c, M_s
 
 
 def saliency(cls_net, x):
-    """Saliency map D(x, f_c(x)) of eq. 6: |d max_c f_c(x) / dx|, max over RGB, min-max normalised per image.
+    """Saliency map D(x, f_c(x)) of eq. (6): |d max_c f_c(x) / dx|, max over RGB, min-max normalised per image.
 
     cls_net: any module mapping (B,3,H,W) -> logits (B,K); in HermesNet the plain classification ResNet
     (no inter-task attention). It runs in eval mode (BN running statistics, so images do not interact);
@@ -277,7 +253,7 @@ class HermesNet(nn.Module):
             reach the seg branch. The saliency map is always detached.
         contrast_level: seg-encoder level (1..4 = layer1..layer4, Table 5's Conv1..Conv4) of the pixel head.
         pixel_dim, image_dim, itc_dim: output sizes of the pixel, image and inter-task consistency heads.
-        ita_form: "paper" (eq. 5: x_out = M_s ⊗ M_c ⊗ x_cls) or "residual" (x_cls + that; not in the paper).
+        ita_form: "paper" (eq. (5): x_out = M_s ⊗ M_c ⊗ x_cls) or "residual" (x_cls + that; not in the paper).
 
     ias off: the seg decoder receives an all-zero saliency map (same parameter shapes) and ITA is skipped;
     ITA modules exist either way, so a model built with ias can be run with ias=False and vice versa
@@ -376,7 +352,7 @@ class HermesNet(nn.Module):
                 "itc_cls": self.itc_cls_head(f), "M_c": M_c, "M_s": M_s}
 
     def forward(self, x, ias=None):
-        """Joint forward: saliency (eq. 6) -> seg (saliency at up3) -> cls with ITA (eq. 3-5). See class docstring."""
+        """Joint forward: saliency (eq. (6)) -> seg (saliency at up3) -> cls with ITA (eqs. (3)–(5)). See class docstring."""
         check_input(x)
         ias = self.ias if ias is None else ias
         sal = saliency(self.cls_net, x) if ias else None
@@ -433,68 +409,3 @@ def load_resnet_init(model, state, branch, what="ResNet file"):
     _check_state(own, state, what)
     target.load_state_dict(state, strict=False)
     return sorted(state)
-
-
-def count(params):
-    return sum(p.numel() for p in params)
-
-
-def _time(fn, reps):
-    fn()  # warm-up
-    ts = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
-def main():
-    ap = argparse.ArgumentParser(description="Parameter counts (and CPU timings) of the Hermes networks.")
-    ap.add_argument("--seg-encoder", default="resnet34", choices=sorted(ENCODERS))
-    ap.add_argument("--time", action="store_true", help="forward+backward time per batch on CPU")
-    ap.add_argument("--batch", type=int, default=8, help="batch size for --time (paper §4.1: 8)")
-    ap.add_argument("--size", type=int, default=224, help="image side for --time (paper: 224)")
-    ap.add_argument("--reps", type=int, default=3, help="timed repetitions after one warm-up (median reported)")
-    args = ap.parse_args()
-
-    net = HermesNet(seg_encoder=args.seg_encoder)
-    rows = [("seg encoder (" + args.seg_encoder + ")", count(net.seg_encoder.parameters())),
-            ("seg decoder + head", count(net.seg_decoder.parameters())),
-            ("pixel head", count(net.pixel_head.parameters())),
-            ("itc_seg head", count(net.itc_seg_head.parameters())),
-            ("cls ResNet-18 (2-class fc)", count(net.cls_net.parameters())),
-            ("ITA x3 (incl. adapters)", count(net.ita.parameters())),
-            ("image head", count(net.image_head.parameters())),
-            ("itc_cls head", count(net.itc_cls_head.parameters())),
-            ("seg branch total", count(net.seg_parameters())),
-            ("cls branch total", count(net.cls_parameters())),
-            ("total", count(net.parameters()))]
-    for name, n in rows:
-        print(f"{name:30s} {n:>12,d}  ({n / 1e6:.2f} M)")
-    if not args.time:
-        return
-    torch.manual_seed(0)
-    x = torch.randn(args.batch, 3, args.size, args.size)
-    net.train()
-
-    def step(out_keys, fn):
-        def run():
-            net.zero_grad(set_to_none=True)
-            out = fn()
-            sum(out[k].float().mean() for k in out_keys).backward()
-        return run
-
-    cases = [("seg alone (forward_seg)", step(("seg_logits", "pixel_emb", "itc_seg"), lambda: net.forward_seg(x))),
-             ("cls alone (forward_cls)", step(("cls_logits", "image_emb", "itc_cls"), lambda: net.forward_cls(x))),
-             ("joint, ias on (forward)", step(("seg_logits", "cls_logits", "pixel_emb", "image_emb"), lambda: net(x))),
-             ("joint, ias off", step(("seg_logits", "cls_logits", "pixel_emb", "image_emb"),
-                                     lambda: net(x, ias=False)))]
-    print(f"\nforward+backward, batch {args.batch}, {args.size} px, CPU, {torch.get_num_threads()} threads, "
-          f"median of {args.reps} after a warm-up:")
-    for name, fn in cases:
-        print(f"{name:30s} {_time(fn, args.reps):8.2f} s")
-
-
-if __name__ == "__main__":
-    main()

@@ -25,25 +25,16 @@ import torch
 from tqdm import tqdm
 
 import cli
+import config
 import data
 import hermes
 
 EVAL_KEYS = ["dice_mean", "iou_mean", "hd95_mean", "accuracy", "auc", "area_ratio"]
 LOG_COLUMNS = ["kind", "iter", *hermes.STAT_KEYS, "lr_seg", "lr_cls", "sec_per_step", *EVAL_KEYS]
-# Arguments that may differ between a run and its resumption (they do not change the trained weights); the
-# resumed part uses the values given on its command line.
-RESUME_OVERRIDABLE = {"resume", "device", "data_root", "stop_after", "out", "workers", "debug", "eval_every",
-                      "ckpt_every", "log_every", "ckpt_minutes", "progress_seconds", "keep_optimizer"}
-# A run made before an argument existed resumes with the behaviour it was made with.
-RESUME_MISSING = {"augment": "cpu", "unlabeled_dir": None, "channels_last": False, "burn_in": 0, "method": "hermes",
-                  "cps_weight": 1.5}
-# Taken from the resuming command line whether given or not (their defaults apply to old runs too).
-RESUME_FROM_COMMAND = ("device", "stop_after", "workers", "ckpt_minutes", "progress_seconds", "keep_optimizer")
+# The resume rules are the settings' own (config.py: each field's `resume` and `missing`).
+RESUME_OVERRIDABLE, RESUME_MISSING, RESUME_FROM_COMMAND = (config.RESUME_OVERRIDABLE, config.RESUME_MISSING,
+                                                            config.RESUME_FROM_COMMAND)
 RESUMABLE_KEYS = {"model", "opt_seg", "opt_cls", "iter", "rng", "config"}
-
-
-def _flag(k):
-    return "--" + k.replace("_", "-")
 
 
 def git_commit():
@@ -74,6 +65,29 @@ def continue_command(out):
 
 def signal_name(signum):
     return signal.Signals(signum).name
+
+
+# ---------------------------------------------------------------------------------------------- device
+def pick_device(name):
+    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU -> a clear error."""
+    if isinstance(name, torch.device):
+        return name
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if str(name).startswith("cuda") and not torch.cuda.is_available():
+        raise cli.DataError("--device cuda asked for, but torch sees no CUDA device (use --device cpu)")
+    return torch.device(name)
+
+
+def native_bf16(device):
+    """Whether bf16 autocast is the default on `device`: only a CPU with AMX tiles, where bf16 convolutions
+    run on the matrix units. On this project's AVX512-BF16 CPU without AMX, bf16 measured slower than fp32
+    (docs/speed.md), so such CPUs, older ones and CUDA (where --amp opts in) default to fp32."""
+    device = torch.device(device)
+    if device.type != "cpu":
+        return False
+    return bool(getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", lambda: False)())
+
 
 
 # ------------------------------------------------------------------------------------------- run folder
@@ -109,11 +123,11 @@ def open_run(args, given):
         new = vars(args)
         changed = [k for k in sorted(given) if k not in RESUME_OVERRIDABLE and k in cfg and new[k] != cfg[k]]
         if changed:
-            both = "; ".join(f"{_flag(k)} {cfg[k]} (the run) vs {new[k]} (given)" for k in changed)
+            both = "; ".join(f"{config.flag(k)} {cfg[k]} (the run) vs {new[k]} (given)" for k in changed)
             raise cli.DataError(f"--resume: {out} was trained with other settings: {both}. Drop them to "
                                  f"continue the run, or train into a new --out")
+        cfg.update({k: new[k] for k in RESUME_OVERRIDABLE if k in given})
         cfg.update(resume=True, **{k: new.get(k) for k in RESUME_FROM_COMMAND})
-        cfg.update({k: new[k] for k in ("data_root", "eval_every", "ckpt_every", "log_every") if k in given})
         return cfg, ckpt
     cfg = dict(vars(args))
     if os.path.isdir(out) and os.listdir(out):
@@ -412,7 +426,7 @@ class Progress:
     def _announce(self, done, sps):
         self.announced = True
         left = sps * (self.total - done)
-        hint = (f"; for a quick look try --image-size 96 --iters 250" if left > self.LONG else "")
+        hint = ("; for a quick look try --image-size 96 --iters 250" if left > self.LONG else "")
         line = (f"{self.total - done:,} more steps at ~{sps:.3g} s/step on {self.device.type}: ~{duration(left)} "
                 f"(evaluations not counted){hint}")
         if self.lines:

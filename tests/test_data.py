@@ -462,41 +462,6 @@ def test_strong_is_photometric_on_top_of_weak():
     assert augment.blur_kernel(224) == 23 and augment.blur_kernel(96) == 9 and augment.blur_kernel(16) == 3
 
 
-# --------------------------------------------------------------------------------------------- loaders
-def test_make_loaders_batches_small_sets_and_eval_order():
-    ds = fake_set(20, 14, S=16)
-    sp = data.make_split(ds, 2, seed=0)  # 1 + 1 labeled: smaller than the batch
-    loader_l, loader_u, loader_e = augment.make_loaders(ds, sp, batch_size=4, seed=0)
-    x, y, z = next(iter(loader_l))
-    assert x.shape == (4, 3, 16, 16) and y.shape == (4, 16, 16) and z.shape == (4,)
-    assert type(x) is torch.Tensor and type(y) is torch.Tensor and y.dtype == torch.int64
-    assert len(loader_l) == 1
-    w, s, yg, zg = next(iter(loader_u))
-    assert w.shape == s.shape == (4, 3, 16, 16) and yg.shape == (4, 16, 16) and zg.shape == (4,)
-    assert len(loader_u) == len(sp["train_unlabeled"]) // 4  # drop_last
-    _, _, idx_e = data.split_indices(ds, sp)
-    z_eval = torch.cat([b[2] for b in loader_e])
-    assert z_eval.tolist() == ds.labels[idx_e].tolist()
-    assert sum(len(b[0]) for b in loader_e) == len(idx_e)  # last batch kept
-
-
-def test_make_loaders_seeded():
-    ds = fake_set(20, 14, S=8)
-    sp = data.make_split(ds, 8, seed=0)
-    firsts = []
-    for _ in range(2):
-        torch.manual_seed(0)
-        _, loader_u, _ = augment.make_loaders(ds, sp, batch_size=4, seed=7)
-        firsts.append(next(iter(loader_u)))
-    for a, b in zip(*firsts):
-        assert torch.equal(a, b)
-    ds = fake_set(10, 10, S=8)
-    sp = data.make_split(ds, 12, seed=0)
-    all_labeled = dict(sp, train_labeled=sp["train_labeled"] + sp["train_unlabeled"], train_unlabeled=[])
-    with pytest.raises(ValueError, match="empty"):
-        augment.make_loaders(ds, all_labeled, batch_size=4)  # 7 + 7 train, all labeled: no unlabeled set
-
-
 # ----------------------------------------------------------------------------------------------- preview
 def test_preview_cli(tmp_path, capsys):
     out = tmp_path / "demo.png"

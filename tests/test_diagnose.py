@@ -64,7 +64,7 @@ def test_term_gradient_norms_vs_naive_backward(setup):
                      if p.grad is not None)
             assert got[k][g] == pytest.approx(sq ** 0.5, rel=1e-4, abs=1e-9), (k, g)
     model.zero_grad(set_to_none=True)
-    assert got["seg_l"]["seg encoder"] > 0 and got["seg_l"]["cls network"] == 0   # eq. 1 stays in its branch
+    assert got["seg_l"]["seg encoder"] > 0 and got["seg_l"]["cls network"] == 0   # eq. (1) stays in its branch
     assert got["cls_l"]["cls network"] > 0 and got["seg_c"]["seg encoder"] > 0
 
 

@@ -12,6 +12,7 @@ from PIL import Image
 
 import data
 import evaluate as E
+from tools import tables as T
 import models
 
 
@@ -152,7 +153,7 @@ def test_summarize_mean_sample_std_and_nan():
     ({"task": "seg", "threshold": "confidence"}, "DTCL only (SS, conf. threshold)"),
 ])
 def test_method_name(cfg, name):
-    assert E.method_name(cfg) == name
+    assert T.method_name(cfg) == name
 
 
 # ------------------------------------------------------------------------------------------- summary table
@@ -199,10 +200,13 @@ def test_summary_skips_single_task_metric_and_flags_mixed_configs(tmp_path):
     runs = [_fake_run(tmp_path, "ss", {"dice_mean": 0.7, "accuracy": 0.5}, task="seg"),
             _fake_run(tmp_path, "a", {"dice_mean": 0.7, "accuracy": 0.8}, contrast_level=3),
             _fake_run(tmp_path, "b", {"dice_mean": 0.7, "accuracy": 0.8}, contrast_level=2, seed=5)]
-    md = E.summary_markdown(runs)
+    md = T.summary_markdown(runs)
     acc = md[md.index("### Accuracy"):]
     assert "| DTCL only (SS) | – |" in acc  # the SS run's untrained cls head is not reported
-    assert "Hermes, BUSI 72 labels: runs differ in contrast_level" in md  # seed is not flagged
+    # runs that differ in a setting that changes results are never one row; a seed is no such setting
+    assert "| Hermes [contrast_level 2] | 70.00 ± 0.00 (n=1) |" in md
+    assert "| Hermes [contrast_level 3] | 70.00 ± 0.00 (n=1) |" in md
+    assert "seed 5" not in md and "[seed" not in md
 
 
 class FakeNet(nn.Module):

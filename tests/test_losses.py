@@ -1,4 +1,4 @@
-"""losses.py (eq. 1, 2, 9-15) and the pure parts of hermes.py (eq. 7, 8, 16, 17) against hand-worked numbers,
+"""losses.py (eqs. (1), (2), (9)–(15)) and the pure parts of hermes.py (eqs. (7), (8), (16), (17)) against hand-worked numbers,
 naive-loop twins of the vectorised contrastive losses, edge cases and autograd."""
 import math
 
@@ -96,7 +96,7 @@ def test_uncertainty_threshold_schedule():
 
 
 def test_confidence_threshold_schedule():
-    # 0.75 + 0.25 e^{-0.5} ln2 = 0.8551 ; 0.75 + 0.25 ln2 = 0.9233 (eq. 17 read literally)
+    # 0.75 + 0.25 e^{-0.5} ln2 = 0.8551 ; 0.75 + 0.25 ln2 = 0.9233 (eq. (17) read literally)
     assert hermes.confidence_threshold(0, 3000) == pytest.approx(0.8551, abs=1e-3)
     assert hermes.confidence_threshold(3000, 3000) == pytest.approx(0.9233, abs=1e-3)
     assert hermes.confidence_threshold(0, 3000) == pytest.approx(0.75 + 0.25 * math.exp(-0.5) * math.log(2), abs=1e-12)
@@ -240,7 +240,7 @@ def test_pixel_contrastive_loss_equals_the_masked_form(monkeypatch, one_hot):
     assert worst < 1e-12
 
 
-# ---------------------------------------------------------------- eq. (12)-(13)
+# ---------------------------------------------------------------- eqs. (12)–(13)
 
 def naive_image_loss(v, lab, wt, T, bank=None, bank_lab=None):
     n2 = v.shape[0]

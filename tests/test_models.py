@@ -1,4 +1,4 @@
-"""Tests for models.py: shapes, eq. 3-5 by hand, eq. 6 against finite differences, branch isolation,
+"""Tests for models.py: shapes, eqs. (3)–(5) by hand, eq. (6) against finite differences, branch isolation,
 parameter partition, offline pretrained error. CPU, resnet18 seg encoder, small sides."""
 import copy
 import math
@@ -147,16 +147,16 @@ def test_inter_task_attention_by_hand():
         conv = _conv3x3_by_hand(cat, ita.W_c.weight.detach(), ita.W_c.bias.detach())
         pooled = [float(conv[c].sum()) / (h * w) for c in range(C)]
         hidden = [max(0.0, sum(float(W0[r, c]) * pooled[c] for c in range(C))) for r in range(W0.shape[0])]
-        mc = [sig(sum(float(W1[c, r]) * hidden[r] for r in range(W0.shape[0]))) for c in range(C)]  # eq. 3
-        xm = torch.stack([mc[c] * x_cls[n, c] for c in range(C)])  # eq. 5
+        mc = [sig(sum(float(W1[c, r]) * hidden[r] for r in range(W0.shape[0]))) for c in range(C)]  # eq. (3)
+        xm = torch.stack([mc[c] * x_cls[n, c] for c in range(C)])  # eq. (5)
         avg_max = torch.zeros(2, h, w, dtype=torch.float64)
         for i in range(h):
             for j in range(w):
                 vals = [float(xm[c, i, j]) for c in range(C)]
                 avg_max[0, i, j], avg_max[1, i, j] = sum(vals) / C, max(vals)
         s = _conv3x3_by_hand(avg_max, ita.W_s.weight.detach(), ita.W_s.bias.detach())
-        ms = s.apply_(sig)  # eq. 4
-        out = torch.stack([ms[0] * xm[c] for c in range(C)])  # eq. 5
+        ms = s.apply_(sig)  # eq. (4)
+        out = torch.stack([ms[0] * xm[c] for c in range(C)])  # eq. (5)
         torch.testing.assert_close(M_c[n, :, 0, 0], torch.tensor(mc, dtype=torch.float64))
         torch.testing.assert_close(M_s[n], ms)
         torch.testing.assert_close(x_out[n], out)
@@ -194,7 +194,7 @@ def test_saliency_matches_finite_differences():
 
     ref = copy.deepcopy(net).eval()
     eps = 1e-6
-    for n in range(2):  # eq. 6 by central differences on the max logit of image n alone
+    for n in range(2):  # eq. (6) by central differences on the max logit of image n alone
         k = int(ref(x[n:n + 1]).argmax())
         g = torch.zeros(3, 4, 4, dtype=torch.float64)
         for c in range(3):

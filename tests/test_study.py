@@ -12,6 +12,7 @@ import cli
 from PIL import Image
 
 import evaluate as E
+from tools import tables as T
 import train
 from tools import figures as Fg
 from tools import reproduce as R
@@ -84,7 +85,7 @@ def test_tiny_real_study_writes_table_and_figures(tmp_path, capsys):
     assert "Paired difference to SupOnly" in table and "| CPS | " in table.split("Paired difference")[1]
     for png in ("study_dice.png", "study_accuracy.png", "study_pseudo_labels.png"):
         assert os.path.getsize(os.path.join(out, png)) > 1000, png
-    assert E.method_name(json.load(open(os.path.join(
+    assert T.method_name(json.load(open(os.path.join(
         out, "busi-72-hermes-lrseg1e-3-burnin1-seed0", "config.json")))) == "Hermes (seg lr 0.001, burn-in 1)"
 
 
@@ -98,8 +99,8 @@ def test_tiny_real_study_writes_table_and_figures(tmp_path, capsys):
     ({"lr": 1e-3, "lr_seg": 1e-3, "lr_cls": 1e-3}, "Hermes (lr 0.001)"),  # --lr alone sets both
 ])
 def test_method_name_cps_and_recipe(cfg, name):
-    assert E.method_name(cfg) == name
-    assert E._method_key("CPS")[0] == E.ORDER.index("SupOnly") + 1
+    assert T.method_name(cfg) == name
+    assert T._method_key("CPS")[0] == T.ORDER.index("SupOnly") + 1
 
 
 def _run(root, name, seed, final, evals, **cfg):
@@ -125,7 +126,7 @@ def test_compare_final_best_and_paired_delta_by_hand(tmp_path, capsys):
             _run(tmp_path, "h0", 0, (0.55, 0.60), {1: (0.58, 0.66), 2: (0.55, 0.60)}),
             _run(tmp_path, "h1", 1, (0.61, 0.62), {1: (0.50, 0.62), 2: (0.61, 0.62)}),
             _run(tmp_path, "h2", 2, None, {1: (0.70, 0.50)})]           # unfinished, no SupOnly seed 2: no pair
-    rows = {r["group"]: r for r in E.compare_groups(E.group_runs(runs[2:] + runs[:2]), "SupOnly")}
+    rows = {r["group"]: r for r in T.compare_groups(T.group_runs(runs[2:] + runs[:2]), "SupOnly")}
     assert list(rows) == ["SupOnly", "Hermes"] and rows["Hermes"]["n"] == 3  # ORDER, whatever the paths' order
     h = rows["Hermes"]
     np.testing.assert_allclose(h["final_dice_mean"], (0.58, 0.03 * 2 ** 0.5, 2))   # 0.55, 0.61
@@ -142,9 +143,9 @@ def test_compare_final_best_and_paired_delta_by_hand(tmp_path, capsys):
     assert "| H | 3 | 58.00 ± 4.24 (n=2) | 63.00 ± 6.24 (n=3) |" in md
     assert "| H | +3.00 ± 2.83 (n=2) | +2.00 ± 8.49 (n=2) |" in md and (tmp_path / "c.md").read_text() == md
     with pytest.raises(Exception, match="no group 'Nope'"):
-        E.compare_groups({"H": runs[2:]}, "Nope")
+        T.compare_groups({"H": runs[2:]}, "Nope")
     with pytest.raises(cli.DataError, match="group 'H': no run folder .*missing-run"):   # a typo is named, not skipped
-        E.group_runs([f"H={runs[2]},{tmp_path / 'missing-run'}"])
+        T.group_runs([f"H={runs[2]},{tmp_path / 'missing-run'}"])
 
 
 # ----------------------------------------------------------------- figures.py: kept vs all, grouped by method

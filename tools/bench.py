@@ -9,10 +9,10 @@
 Every variant x precision x thread count of one image size runs in one process, interleaved step by step
 (round r runs step r of each in turn, so a change in the machine's load hits them all alike), on the same batches;
 variants of one memory format share the networks and optimizers (weights do not change the cost of a step).
-A step is what train.py does per iteration (`train.train_step`: `hermes_step`, eq. 15, one backward, the two
+A step is what train.py does per iteration (`train.train_step`: `hermes_step`, eq. (15), one backward, the two
 optimizer steps). "Floor" is SupOnly with Hermes' network passes: the 2B labeled + strong images forward and
 backward in one batch and the B weak views forward without gradient, supervised losses only, no saliency: what the
-method cannot avoid; "Floor + SM/ITA" adds the saliency maps (eq. 6) of all 3B images and inter-task attention.
+method cannot avoid; "Floor + SM/ITA" adds the saliency maps (eq. (6)) of all 3B images and inter-task attention.
 Reported: median seconds per step over --steps after --warmup, the process's CPU seconds per step (user +
 system, steadier than wall time on a shared machine), images per second (labeled + unlabeled), the
 step's peak memory above its start (RSS sampled every 5 ms on CPU, torch.cuda.max_memory_allocated on CUDA), and
@@ -111,7 +111,7 @@ def floor_step(model, opts, batch_l, batch_u, amp, ias=False):
     """The floor: SupOnly through Hermes' network passes. The B weak views forward without gradient (the teacher's
     pass), the B labeled + B strong images forward and backward in one batch (the student's), supervised losses on
     all 2B (the unlabeled images' ground truth stands in for pseudo-labels), both optimizers; no saliency, or
-    (ias) the saliency maps (eq. 6) of all 3B images and inter-task attention, as Hermes computes them."""
+    (ias) the saliency maps (eq. (6)) of all 3B images and inter-task attention, as Hermes computes them."""
     x, y, z = batch_l
     x_w, x_s, y_u, z_u = batch_u
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
@@ -135,10 +135,10 @@ class Pieces:
 
     def __init__(self, device, opts):
         self.device, self.on, self.t, self._undo = device, False, {}, []
-        self.wrap(models, "saliency", "saliency maps (eq. 6), all 3B images: cls forward + input gradient")
+        self.wrap(models, "saliency", "saliency maps (eq. (6)), all 3B images: cls forward + input gradient")
         self.wrap(hermes, "_teacher", "teacher pass (B weak views, no gradient; incl. their saliency)")
-        self.wrap(hermes, "_pixel_contrast", "pixel contrast eq. 11 forward (anchors, loss, bank write)")
-        self.wrap(hermes, "_image_contrast", "image contrast eq. 12-13 forward (loss, bank write)")
+        self.wrap(hermes, "_pixel_contrast", "pixel contrast eq. (11) forward (anchors, loss, bank write)")
+        self.wrap(hermes, "_image_contrast", "image contrast eqs. (12)–(13) forward (loss, bank write)")
         self.wrap(hermes.MemoryBank, "push", "memory-bank writes (both banks)")
         self.wrap(torch.autograd, "backward", "backward (whole step)")
         for o in opts.values():
@@ -275,7 +275,7 @@ def side_by_side(args, ds, device):
 def print_side_by_side(rows, pieces, args, ds, device, size, load_s):
     B = args.batch_size
     what = "peak CUDA memory of a step" if device.type == "cuda" else "peak tensor memory of a step"
-    amx = "yes" if models.native_bf16(device) else "no"
+    amx = "yes" if runner.native_bf16(device) else "no"
     dev = (torch.cuda.get_device_name() if device.type == "cuda"
            else f"cpu ({torch.backends.cpu.get_cpu_capability()}, AMX {amx})")
     print(f"\n{args.dataset}: {len(ds.labels)} images loaded and cached at {size} px in {load_s:.2f} s")
@@ -307,6 +307,20 @@ def print_side_by_side(rows, pieces, args, ds, device, size, load_s):
             step_s = next(r[4 if device.type == "cpu" else 3] for r in rows if r[:3] == (threads, prec, "Hermes"))
             print(f"| {threads if device.type == 'cpu' else '-'} | {prec} | {name} | {sec:.3f} | "
                   f"{100 * sec / step_s:.0f} % |")
+
+
+def print_parameter_counts(net):
+    """Parameters of each part of a HermesNet, in millions."""
+    count = lambda params: sum(p.numel() for p in params)
+    rows = [("seg encoder", net.seg_encoder.parameters()), ("seg decoder + head", net.seg_decoder.parameters()),
+            ("pixel head", net.pixel_head.parameters()), ("itc_seg head", net.itc_seg_head.parameters()),
+            ("cls ResNet-18 (2-class fc)", net.cls_net.parameters()), ("ITA x3 (incl. adapters)", net.ita.parameters()),
+            ("image head", net.image_head.parameters()), ("itc_cls head", net.itc_cls_head.parameters()),
+            ("seg branch total", net.seg_parameters()), ("cls branch total", net.cls_parameters()),
+            ("total", net.parameters())]
+    for name, params in rows:
+        n = count(params)
+        print(f"{name:30s} {n:>12,d}  ({n / 1e6:.2f} M)")
 
 
 def main(argv=None):
@@ -345,9 +359,12 @@ def main(argv=None):
     p.add_argument("--keep-mmap", action="store_true",
                    help="CPU: leave glibc's malloc as it is (blocks > 32 MiB mmapped and page-faulted anew every "
                         "step) instead of train.py's runner.keep_freed_memory()")
+    p.add_argument("--params", action="store_true", help="only print the networks' parameter counts")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--debug", action="store_true", help=f"show the Python traceback of an error (or {cli.DEBUG_ENV}=1)")
     args = p.parse_args(argv)
+    if args.params:
+        return print_parameter_counts(HermesNet(seg_encoder=args.seg_encoder))
     device = torch.device(args.device)
     given_threads = args.threads
     args.threads = args.threads if (args.threads and device.type == "cpu") else [torch.get_num_threads()]

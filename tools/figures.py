@@ -101,9 +101,9 @@ def _bars(values, width, height):
 
 
 def attention_maps(model, x, device="cpu", ias=None):
-    """Saliency (eq. 6), M_s (eq. 4), M_c (eq. 3) and the M_c-weighted energy for a batch x (B,3,S,S).
+    """Saliency (eq. (6)), M_s (eq. (4)), M_c (eq. (3)) and the M_c-weighted energy for a batch x (B,3,S,S).
 
-    The energy E = mean_c |M_c,c · x_cls,c| (the channel mean of |x_m|, eq. 5) is read by forward hooks on
+    The energy E = mean_c |M_c,c · x_cls,c| (the channel mean of |x_m|, eq. (5)) is read by forward hooks on
     the model's InterTaskAttention modules; it is shown because M_c (B,C,1,1) has no spatial extent itself.
     Returns one dict per image: "saliency" (S,S) or None, "M_s" [(h,w)]*L, "M_c" [(C,)]*L, "energy" [(h,w)]*L.
     """
@@ -138,8 +138,8 @@ def attention_maps(model, x, device="cpu", ias=None):
 def attention_panel(image, pred, gt, maps, tile=192):
     """Figure-7-style panel, uint8 (3·(tile+16), 4·tile, 3); every tile has a title bar.
 
-    row 1: image | overlay (red GT, green prediction, yellow overlap) | saliency (eq. 6) | M_c bars (3 levels)
-    row 2: M_s of the ITA after layer1, layer2, layer3 (eq. 4, upsampled bilinear) | colour scale
+    row 1: image | overlay (red GT, green prediction, yellow overlap) | saliency (eq. (6)) | M_c bars (3 levels)
+    row 2: M_s of the ITA after layer1, layer2, layer3 (eq. (4), upsampled bilinear) | colour scale
     row 3: M_c-weighted feature energy mean_c|M_c·x_cls| per level (see attention_maps)
     Heat maps are min-max normalised per map (the title gives the raw range) and blended over the image;
     the M_c bars use the absolute [0,1] scale. Missing maps (IAS off) give an empty tile saying so.
@@ -151,7 +151,7 @@ def attention_panel(image, pred, gt, maps, tile=192):
              (np.asarray(Image.fromarray(overlay_rgb(image, pred, gt)).resize((tile, tile), Image.NEAREST)),
               "red GT, green pred, yellow both")]
     if maps.get("saliency") is not None:
-        tiles.append((_blend_heat(grey, _resize(maps["saliency"], tile)), "saliency (eq. 6)"))
+        tiles.append((_blend_heat(grey, _resize(maps["saliency"], tile)), "saliency (eq. (6))"))
     else:
         tiles.append((blank, "saliency: n/a (IAS off)"))
     if maps.get("M_c"):
@@ -371,7 +371,7 @@ def plot_pseudo_labels(run_dirs, out_png, smooth=5):
 
     Two columns, segmentation pixels | classification images. Upper axes: accuracy of all pseudo-labels (no
     threshold), of those confidence alone keeps (max p >= τ) and of those the run's rule keeps (the dual
-    threshold, eq. 7, by default; config.json's "threshold"); bold = centred moving average over `smooth`
+    threshold, eq. (7), by default; config.json's "threshold"); bold = centred moving average over `smooth`
     logged rows (1 = none), faint = the run-averaged values. Lower axes: the fraction each rule keeps.
     Points where nothing was kept are not drawn.
     Returns {"png", "curves" (pseudo_label_curves), "table" (pseudo_label_table rows), "text" (markdown)}.
@@ -419,8 +419,8 @@ def plot_pseudo_labels(run_dirs, out_png, smooth=5):
 
 def load_eval_log(run_dir, key="dice_mean"):
     """(iters (n,), values (n,)) of the eval rows of RUN_DIR/log.csv (a repeated iteration keeps its last row)."""
-    import evaluate
-    rows = evaluate.eval_log(run_dir)
+    from tools.tables import eval_log
+    rows = eval_log(run_dir)
     its = np.array(sorted(rows), dtype=np.int64)
     return its, np.array([rows[i].get(key, np.nan) for i in its], dtype=np.float64)
 

@@ -39,6 +39,7 @@ if __package__ in (None, ""):  # run by path (python tools/NAME.py): the project
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cli
+import config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository: train.py is there
 TRAIN = os.path.join(ROOT, "train.py")
@@ -48,9 +49,8 @@ DATASET_TITLES = {"demo": "demo", "busi": "BUSI", "udiat": "UDIAT", "sztus": "SZ
 # train.py options reproduce.py sets for each run: never passed on from the command line.
 PER_RUN = {"dataset", "labels", "seed", "out", "resume", "data_root", "split"}
 # config.json keys that may differ between a run folder and a new sweep over it (they do not change the final
-# metrics); any other difference stops the sweep before it starts.
-NEUTRAL = {"out", "resume", "device", "data_root", "workers", "stop_after", "eval_every", "ckpt_every",
-           "log_every", "ckpt_minutes", "progress_seconds", "keep_optimizer"}
+# metrics; config.py); any other difference stops the sweep before it starts.
+NEUTRAL = config.NEUTRAL_KEYS
 TAIL_LINES = 15  # lines of a failed run's log shown in the report
 
 # -------------------------------------------------------------------------------------------- methods
@@ -60,15 +60,11 @@ SWITCHES = ("dtcl", "ias", "itcl")  # Table 3: DTCL, SM/ITA, ITCL
 SUPONLY = {"dtcl": False, "ias": False, "itcl": False}  # README, Ablations: row 1
 HERMES = {}
 CPS = {"method": "cps"}  # cps.py: Table 1's comparator (the switches are added by method(); CPS_SWITCHES)
-PAPER_LR = 1e-4          # §4.1 and Table 4's best; train.py's default
-PAPER_CONTRAST_LEVEL = 3  # Table 5's best (Conv3); train.py's default
-# Settings not in the paper that a row may add (the from-scratch recipe of issue 18 and the stabilisers of
-# docs/when-does-hermes-help.md): dest -> (train.py's default, type, tag in run names). lr_seg / lr_cls default
-# to --lr (None here).
-RECIPE_OPTIONS = {"lr_seg": (None, float, "lrseg"), "lr_cls": (None, float, "lrcls"), "burn_in": (0, int, "burnin"),
-                  "unlabeled_bn": ("shared", str, "bn"), "unsup_seg_loss": ("dice", str, "useg"),
-                  "unsup_weight": (1.0, float, "uw"), "contrast_warmup": (0, int, "cwarm"),
-                  "gamma_ramp": (0, int, "gramp")}
+PAPER_LR = config.SETTINGS["lr"].default                          # §4.1 and Table 4's best
+PAPER_CONTRAST_LEVEL = config.SETTINGS["contrast_level"].default  # Table 5's best (Conv3)
+# Settings not in the paper that a row may add (the from-scratch recipe and the stabilisers of
+# docs/when-does-hermes-help.md): dest -> (train.py's default, type, tag in run names), from config.py.
+RECIPE_OPTIONS = config.RECIPE_OPTIONS
 OPTION_ORDER = ("method", "task", "dtcl", "ias", "itcl", "threshold", "lr", "contrast_level", *RECIPE_OPTIONS)
 CPS_SWITCHES = {"dtcl": False, "ias": False, "itcl": False}  # train.py --method cps implies them; written out
 # so that the command matches the run's config.json (config_mismatch)
@@ -76,9 +72,7 @@ CPS_SWITCHES = {"dtcl": False, "ias": False, "itcl": False}  # train.py --method
 
 def method(**kw):
     """A method as a hashable tuple of (dest, value), defaults dropped."""
-    defaults = {"method": "hermes", "task": "joint", "threshold": "dual", "lr": PAPER_LR,
-                "contrast_level": PAPER_CONTRAST_LEVEL, "dtcl": True, "ias": True, "itcl": True,
-                **{k: d for k, (d, _, _) in RECIPE_OPTIONS.items()}}
+    defaults = {k: config.SETTINGS[k].default for k in OPTION_ORDER}
     unknown = set(kw) - set(defaults)
     if unknown:
         raise ValueError(f"reproduce.method: no such option {sorted(unknown)}")
@@ -91,7 +85,7 @@ def _num(x):
     return f"{mant.rstrip('0').rstrip('.')}e{int(exp)}"
 
 
-def method_name(m):
+def method_slug(m):
     """'hermes', 'suponly', the switches left on ('dtcl', 'ias-itcl', ...), 'ss-'/'sc-' for one task, then
     '-thr-confidence', '-lr2e-4', '-conv1' for the other options; 'cps' for --method cps; the recipe as
     '-lrseg1e-3-lrcls1e-2-burnin500' (RECIPE_OPTIONS' tags), so another recipe gets other run folders."""
@@ -134,7 +128,7 @@ class Run:
 
     @property
     def name(self):
-        return f"{self.dataset}-{self.labels}-{method_name(self.method)}-seed{self.seed}"
+        return f"{self.dataset}-{self.labels}-{method_slug(self.method)}-seed{self.seed}"
 
 
 # ------------------------------------------------------------------------------------ the paper's numbers
@@ -228,7 +222,7 @@ class Experiment:
 def _table1(_):
     cols = list(TABLE1)
     header = ["Method"] + [f"{DATASET_TITLES[d]} {n} labels" for d, n in cols]
-    rows = [[title] + [Cell(d, n, m, "dice_mean", TABLE1[(d, n)][method_name(m)]) for d, n in cols]
+    rows = [[title] + [Cell(d, n, m, "dice_mean", TABLE1[(d, n)][method_slug(m)]) for d, n in cols]
             for title, m in (("SupOnly", method(**SUPONLY)), ("CPS (`--method cps`)", method(**CPS, **CPS_SWITCHES)),
                              ("Hermes", method(**HERMES)))]
     return Table(header, rows, ("Dice of the final checkpoint on the evaluation split (Table 1). CPS: cross "
@@ -238,7 +232,7 @@ def _table1(_):
 def _table2(_):
     cols = list(TABLE2)
     header = ["Method"] + [f"{DATASET_TITLES[d]} {n} labels" for d, n in cols]
-    rows = [[title] + [Cell(d, n, m, "accuracy", TABLE2[(d, n)][method_name(m)]) for d, n in cols]
+    rows = [[title] + [Cell(d, n, m, "accuracy", TABLE2[(d, n)][method_slug(m)]) for d, n in cols]
             for title, m in (("SupOnly", method(**SUPONLY)), ("Hermes", method(**HERMES)))]
     return Table(header, rows, ("Accuracy of the final checkpoint on the evaluation split (Table 2). These are "
                                 "the runs of table1: one joint run gives both tables.",))
@@ -275,12 +269,12 @@ def _table5(image_size):
         here = f"{image_size // ENCODER_STRIDE[level]} × {image_size // ENCODER_STRIDE[level]}" if image_size else "?"
         rows.append([f"Conv{level} (`--contrast-level {level}`)", f"{here} (paper {res})",
                      Cell("busi", 144, m, "dice_mean", dice), Cell("busi", 144, m, "iou_mean", iou)])
-    return Table(header, rows, ("Seg-encoder level of the pixel contrast, eq. 11 (supplement Table 5; BUSI, "
+    return Table(header, rows, ("Seg-encoder level of the pixel contrast, eq. (11) (supplement Table 5; BUSI, "
                                 "144 labels, Hermes). The paper's Conv3 row is Table 1's Hermes BUSI 144 but gives "
                                 "Dice 83.37 against Table 1's 84.41.",))
 
 
-FIG1_RULES = (("dual (eq. 7)", "dual"), ("confidence only", "confidence"), ("none", "none"))
+FIG1_RULES = (("dual (eq. (7))", "dual"), ("confidence only", "confidence"), ("none", "none"))
 
 
 def _fig1(_):
@@ -294,7 +288,7 @@ def _fig1(_):
                                              "log:kept_img", "log:pl_acc_img_kept")])
     return Table(header, rows, (
         "Fig. 1 of the paper plots pseudo-label accuracy on CIFAR-10 and gives no numbers; here the three rules "
-        "(eq. 7 and Fig. 1 / Fig. 6) on BUSI, 72 labels. PL acc = accuracy of the kept pseudo-labels against the "
+        "(eq. (7) and Fig. 1 / Fig. 6) on BUSI, 72 labels. PL acc = accuracy of the kept pseudo-labels against the "
         "unlabeled ground truth held aside (log.csv), mean over the train rows of the second half of training.",
         "The curves: `python -m tools.figures pseudo-labels {out}/busi-72-hermes-seed* --out fig1.png`."))
 
@@ -401,7 +395,7 @@ def study_experiment(recipe_text=STUDY_RECIPE, groups=None):
     bad = [k for k in keys if k not in STUDY_GROUPS]
     if bad:
         raise UsageError(f"--groups {bad[0]}: one of {', '.join(STUDY_GROUPS)}")
-    if recipe and len({method_name(method(**STUDY_GROUPS[k][1], **(recipe if STUDY_GROUPS[k][2] else {})))
+    if recipe and len({method_slug(method(**STUDY_GROUPS[k][1], **(recipe if STUDY_GROUPS[k][2] else {})))
                         for k in keys}) < len(keys):
         raise UsageError("--recipe: two groups would be the same runs")
     if not recipe and any(STUDY_GROUPS[k][2] for k in keys):
@@ -440,15 +434,14 @@ def _study_groups(exp, out_dir, seeds):
 
 def _study_report(exp, out_dir, seeds):
     """Paired Δ to SupOnly (and to SupOnly + recipe) and the figures, as markdown lines; DIR/study_*.png."""
-    import evaluate
-    from tools import figures
+    from tools import figures, tables
     groups = _study_groups(exp, out_dir, seeds)
     if not groups:
         return ["No run has a log.csv yet: no Δ table and no curves."]
     lines = []
     for base, members in (("SupOnly", list(groups)), ("SupOnly + recipe", [g for g in groups if "recipe" in g])):
         if base in groups and len(members) > 1:
-            lines += [evaluate.compare_markdown({g: groups[g] for g in members}, base, deltas_only=True)]
+            lines += [tables.compare_markdown({g: groups[g] for g in members}, base, deltas_only=True)]
     try:
         for key, what, title in (("dice_mean", "dice", "Dice"), ("accuracy", "accuracy", "accuracy")):
             figures.plot_learning_curves(groups, os.path.join(out_dir, f"study_{what}.png"), key=key,
@@ -479,7 +472,7 @@ def estimate(runs, exp, passed):
     alone = busy = 0.0
     for r in runs:
         d = dict(r.method)
-        kind = "cps" if d.get("method") == "cps" else "suponly" if method_name(r.method).startswith("suponly") \
+        kind = "cps" if d.get("method") == "cps" else "suponly" if method_slug(r.method).startswith("suponly") \
             else "hermes"
         burn = min(iters, d.get("burn_in", 0)) if kind != "suponly" else 0
         for k, n in ((kind, iters - burn), ("suponly", burn)):
@@ -534,8 +527,8 @@ def metric_value(run_dir, metric):
     if metric.startswith("log:"):
         return log_second_half(run_dir, metric[4:])
     if metric.startswith("best:"):  # the best of the run's evaluations (log.csv)
-        import evaluate
-        return evaluate.run_scores(run_dir)[f"best_{metric[5:]}"]
+        from tools import tables
+        return tables.run_scores(run_dir)[f"best_{metric[5:]}"]
     m = read_json(os.path.join(run_dir, "metrics.json"))
     v = None if m is None else m.get(metric)
     return float(v) if isinstance(v, (int, float)) and v == v else None

@@ -237,3 +237,54 @@ def test_output_per_check_is_capped():
     lines.buf = b"x" * 20
     assert lines.readline(1) == b"\x00too long"
     assert judge  # the verdicts themselves are tested in test_course.py
+
+
+# ------------------------------------------------------------------------------------------ constant answers
+
+# Bodies that return a constant of the right shape (and the errors the docstrings ask for): no math. Each
+# assignment's worst combination must score at most 10 % of its points.
+CONSTANT = {
+    "thresholds": {"hermes.py": {
+        "uncertainty": ["return torch.zeros_like(probs[:, 0])"],
+        "dual_threshold_mask": ["return torch.ones_like(probs[:, 0])", "return torch.zeros_like(probs[:, 0])"],
+        "uncertainty_threshold": ["if total <= 0:\n        raise ValueError('total')\n    return 0.5"],
+        "confidence_threshold": ["if total <= 0:\n        raise ValueError('total')\n    return 0.9"]}},
+    "dice": {"losses.py": {
+        "_dice_loss": ["return torch.zeros(p.shape[0], dtype=p.dtype)"],
+        "seg_unsupervised_loss": ["return (logits_s * 0).sum()"]}},
+    "pixel-contrast": {"losses.py": {"pixel_contrastive_loss": ["return (anchors * 0).sum()"]},
+                       "hermes.py": {"sample_anchors": ["e = torch.zeros(0, dtype=torch.long)\n    return e, e.clone()"]}},
+    "image-contrast": {"losses.py": {"image_contrastive_loss": ["return (features * 0).sum()"]}},
+    "attention": {"models.py": {"InterTaskAttention.forward": [
+        "B, C, h, w = x_cls.shape\n        if x_seg.shape[-2:] != x_cls.shape[-2:]:\n            raise ValueError('size')\n"
+        "        return (x_cls * 0.25, torch.full((B, C, 1, 1), 0.5, dtype=x_cls.dtype),\n"
+        "                torch.full((B, 1, h, w), 0.5, dtype=x_cls.dtype))"]}},
+    "saliency": {"models.py": {"saliency": [
+        "return torch.zeros(x.shape[0], 1, *x.shape[2:], dtype=x.dtype)",
+        "was = [m.training for m in cls_net.modules()]\n    cls_net.eval()\n    cls_net(x.detach().requires_grad_())\n"
+        "    for m, t in zip(cls_net.modules(), was):\n        m.train(t)\n"
+        "    return torch.zeros(x.shape[0], 1, *x.shape[2:], dtype=x.dtype)"]}},
+}
+
+
+@pytest.mark.parametrize("name", list(CONSTANT))
+def test_constant_answers_score_at_most_a_tenth(tmp_path, name):
+    import ast
+    import itertools
+    from tools.course import cutting
+    fns = [(f, q, bodies) for f, d in CONSTANT[name].items() for q, bodies in d.items()]
+    top = ASSIGNMENTS[name].points
+    for k, combo in enumerate(itertools.product(*[range(len(b)) for _, _, b in fns])):
+        d = tmp_path / f"c{k}"
+        d.mkdir()
+        for f in {f for f, _, _ in fns}:
+            src = reference(f)
+            tree, lines, spans = ast.parse(src), src.splitlines(keepends=True), []
+            for (ff, q, bodies), i in zip(fns, combo):
+                if ff == f:
+                    spans.append((cutting.body_span(cutting.find_function(tree, q)), bodies[i]))
+            for (start, end, col), body in sorted(spans, reverse=True):
+                lines[start - 1:end] = [" " * col + body + "\n"]
+            (d / f).write_text("".join(lines))
+        g = grader.grade(str(d), name, in_process=True)
+        assert report.total(g)[0] <= 0.1 * top, (combo, [(r["name"], r["points"]) for r in g["results"] if r["points"]])

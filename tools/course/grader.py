@@ -383,7 +383,8 @@ def grade_code(a, work, st=None, in_process=False):
         got, reasons = records_in_process(a, work)
     else:
         got, reasons = student_records(a, work, st)
-    return [judge.verdict(c, ref[i], got.get(i), reasons.get(i)) for i, c in enumerate(a.checks)]
+    results = [judge.verdict(c, ref[i], got.get(i), reasons.get(i)) for i, c in enumerate(a.checks)]
+    return judge.apply_needs(a.checks, results)
 
 
 def run_fingerprints(work):

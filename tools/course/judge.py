@@ -153,3 +153,16 @@ def verdict(check, want, got, reason=None):
                               for p, m in failed[:3])
             res["msg"] = (shown + (f"; and {len(failed) - 3} more" if len(failed) > 3 else ""))[:600]
     return res
+
+
+def apply_needs(checks, results):
+    """A check with `needs` keeps its points only when one of the checks it needs scored at least half of theirs
+    (registry.check): constant answers that happen to pass an edge case score nothing there."""
+    by_name = {r["name"]: r for r in results}
+    for c, r in zip(checks, results):
+        if not c.needs or not r["points"]:
+            continue
+        if not any(by_name[n]["points"] >= by_name[n]["max"] / 2 for n in c.needs):
+            titles = " or ".join(f"'{by_name[n]['title']}'" for n in c.needs)
+            r["points"], r["msg"] = 0, f"counts once {titles} passes (at least half)"[:600]
+    return results

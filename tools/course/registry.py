@@ -25,13 +25,17 @@ class Check:
     title: str      # the first line of its docstring (unique in the module): what the teacher and student read
     points: int
     fn: object
+    needs: tuple = ()   # checks (names) of which one must score at least half its points for this one to count
 
 
-def check(points=1):
+def check(points=1, needs=()):
     """Decorator: register fn(ctx, M) as a graded check of the module that defines it, worth `points`.
 
     The title is the first line of the docstring. The module's list is its global CHECKS, in definition order;
-    a repeated function name or title is an error, so a check cannot be dropped or shadowed silently."""
+    a repeated function name or title is an error, so a check cannot be dropped or shadowed silently.
+    `needs`: names of other checks of the module, of which one must score at least half its points for this one
+    to count. An edge case that a constant answer gets right (a zero loss, a restored mode) pays only when the
+    code also does the math."""
     def deco(fn):
         doc = (fn.__doc__ or "").strip()
         if not doc:
@@ -43,7 +47,7 @@ def check(points=1):
                 raise ValueError(f"{fn.__module__}: two checks named {fn.__name__!r} or titled {title!r}")
         if not (isinstance(points, int) and points > 0):
             raise ValueError(f"{fn.__module__}.{fn.__name__}: points must be a positive int, got {points!r}")
-        checks.append(Check(fn.__name__, title, points, fn))
+        checks.append(Check(fn.__name__, title, points, fn, tuple(needs)))
         return fn
     return deco
 
@@ -116,6 +120,10 @@ def load_checks(path, module_name):
     checks = list(getattr(load_module(path, module_name), "CHECKS", []))
     if not checks:
         raise ValueError(f"{path}: no @check functions")
+    names = {c.name for c in checks}
+    for c in checks:
+        if set(c.needs) - names or c.name in c.needs:
+            raise ValueError(f"{path}: {c.name} needs {sorted(set(c.needs) - names) or c.name}: not another check")
     return checks
 
 

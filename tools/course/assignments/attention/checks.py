@@ -50,7 +50,7 @@ SIZES = ((1, 4, 3, 1, 1), (2, 8, 16, 3, 5), (3, 64, 32, 7, 7), (2, 5, 2, 4, 6)) 
 
 # ---------------------------------------------------------------------------- all three (structure)
 
-@check(1)
+@check(1, needs=("eq3_matches", "eq4_matches"))
 def zero_module(ctx, M):
     """every weight 0 (visible tests): M_c = M_s = ½ and x_out = ¼ x_cls, with the right shapes"""
     x_cls, x_seg = _inputs(0, 2, 4, 3, 5, 3)
@@ -59,7 +59,7 @@ def zero_module(ctx, M):
         ctx.expect(t, name, atol=1e-12)
 
 
-@check(1)
+@check(1, needs=("eq3_matches", "eq4_matches"))
 def shapes(ctx, M):
     """returns x_out (B,C,h,w), M_c (B,C,1,1), M_s (B,1,h,w)"""
     m = _module(M, 6, 4, 0, torch.float32)
@@ -95,7 +95,7 @@ def eq3_matches(ctx, M):
                        f"{B}x{h}x{w}", atol=1e-9)
 
 
-@check(1)
+@check(1, needs=("eq3_matches",))
 def eq3_relu_after_w0(ctx, M):
     """eq. 3: a ReLU follows W_0 (the sentence after eq. 3), so negative W_0 outputs do not reach W_1"""
     m = _module(M, 8, 3, 21)
@@ -161,9 +161,11 @@ def eq4_pool_order(ctx, M):
 # ---------------------------------------------------------------------------- eq. 5 (from the student's M_c, M_s)
 
 def _attention_maps(ctx, M_c, M_s):
-    """Eq. 5 is checked with the student's own M_c and M_s; they must at least be attention maps (sigmoids)."""
+    """Eq. 5 is checked with the student's own M_c and M_s; they must at least be attention maps (sigmoids), and
+    M_c must be the fixed σ(z) of the hook, which varies over the channels (constant maps pay nothing here)."""
     ctx.expect(bool(((M_c > 0) & (M_c < 1)).all() and ((M_s > 0) & (M_s < 1)).all()),
                "M_c and M_s lie strictly between 0 and 1 (sigmoid outputs)")
+    ctx.expect(M_c.flatten(), "M_c (fixed by the hook: σ(z))", atol=1e-9)
 
 
 @check(2)
@@ -205,7 +207,7 @@ def gradients_reach_everything(ctx, M):
         ctx.expect(t.grad is not None and bool(torch.isfinite(t.grad).all()), f"a finite gradient reaches {name}")
 
 
-@check(1)
+@check(1, needs=("eq3_matches", "eq4_matches"))
 def rejects_sizes(ctx, M):
     """x_cls and x_seg of different spatial sizes raise a ValueError"""
     m = _module(M, 4, 3, 0, torch.float32)

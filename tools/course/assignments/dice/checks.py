@@ -65,7 +65,7 @@ def dice_weighted_matches(ctx, M):
         ctx.expect(M.losses._dice_loss(p, t, w), f"_dice_loss(p, g, w) on {(B, H, W)}", atol=1e-10)
 
 
-@check(1)
+@check(1, needs=('dice_matches', 'dice_weighted_matches'))
 def dice_zero_weight(ctx, M):
     """_dice_loss: an all-zero weight map gives 0 per image"""
     p = torch.rand(2, 3, 3, generator=gen(3), dtype=torch.float64)
@@ -110,7 +110,7 @@ def eq9_matches(ctx, M):
                                    atol=1e-4 if dtype == torch.float32 else 1e-10, rtol=1e-5)
 
 
-@check(1)
+@check(1, needs=('eq9_matches',))
 def eq9_nothing_kept(ctx, M):
     """eq. 9: no kept pixel anywhere gives exactly 0 with a finite gradient"""
     ls, lw, _ = _seg_batch(gen(5), 3, 4, 4, torch.float64, 0.5)

@@ -95,7 +95,7 @@ def other_view_weight_one(ctx, M):
                          "eq. 12 with weights (1,0,0,1) per image")
 
 
-@check(1)
+@check(1, needs=('matches_without_bank', 'matches_with_bank'))
 def no_positive_zero(ctx, M):
     """no positive pair at all gives 0 with a finite gradient"""
     v = unit(gen(5), 4, 3, torch.float64).requires_grad_(True)
@@ -122,7 +122,7 @@ def gradients(ctx, M):
             ctx.expect(x.grad, "d(eq. 12)/d(features)", atol=1e-8)
 
 
-@check(1)
+@check(1, needs=('matches_without_bank', 'matches_with_bank'))
 def odd_rows_and_empty(ctx, M):
     """an odd number of rows raises ValueError; N = 0 gives 0"""
     with ctx.part("odd rows"):

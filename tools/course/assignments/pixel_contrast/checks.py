@@ -59,15 +59,17 @@ def loss_uses_temperature(ctx, M):
 
 @check(2)
 def loss_skips_anchors_without_positive(ctx, M):
-    """anchors without a positive key are left out of the mean"""
+    """anchors without a positive key are left out of the mean (at τ = 1)
+
+    At τ = 1 a missing temperature costs only the temperature checks, not this one."""
     a, _, k, _ = _anchor_case(gen(4), 8, 9, 4, 2, torch.float64)
     la = torch.tensor([0, 1, 2, 2, 0, 3, 1, 2])      # classes 2 and 3 have no key
     lk = torch.tensor([0, 1, 1, 0, 0, 1, 0, 1, 1])
-    ctx.expect(M.losses.pixel_contrastive_loss(a, la, k, lk, 0.3), "eq. 11 with 4 of 8 anchors without positive",
+    ctx.expect(M.losses.pixel_contrastive_loss(a, la, k, lk, 1.0), "eq. 11 with 4 of 8 anchors without positive",
                atol=1e-9)
 
 
-@check(1)
+@check(1, needs=('loss_matches',))
 def loss_degenerate_zero(ctx, M):
     """anchors without negatives give 0; no positive anywhere gives 0 (finite gradients)"""
     a, _, k, _ = _anchor_case(gen(5), 4, 5, 3, 2, torch.float64)
@@ -79,7 +81,7 @@ def loss_degenerate_zero(ctx, M):
             expect_loss_and_finite_grad(ctx, out, x, f"eq. 11 with {what}", atol=1e-7)
 
 
-@check(1)
+@check(1, needs=('loss_matches',))
 def loss_empty_inputs(ctx, M):
     """no anchors or no keys give 0"""
     a, la, k, lk = _anchor_case(gen(6), 4, 5, 3, 2, torch.float32)
@@ -194,7 +196,7 @@ def anchors_fill_short_pool(ctx, M):
                        f"{what}, n = {n}: (hard, easy) anchors")
 
 
-@check(1)
+@check(1, needs=('anchors_counts',))
 def anchors_empty_class(ctx, M):
     """anchors: a class with no kept pixel gives none; nothing kept gives no anchor"""
     labels, keep, pred = _anchor_maps(9)
@@ -207,7 +209,7 @@ def anchors_empty_class(ctx, M):
         ctx.expect(idx.numel(), "number of anchors when nothing is kept")
 
 
-@check(1)
+@check(1, needs=('anchors_counts',))
 def anchors_order(ctx, M):
     """anchors are ordered class 0 (hard, easy), then class 1 (hard, easy)"""
     for seed in range(3):
@@ -218,7 +220,7 @@ def anchors_order(ctx, M):
         ctx.expect(key == sorted(key), f"(class, hard first) order (seed {seed})")
 
 
-@check(2)
+@check(2, needs=('anchors_counts',))
 def anchors_uniform(ctx, M):
     """anchors are drawn uniformly with the generator (reproducible, not the first pixels)"""
     labels = torch.zeros(1, 1, 12, dtype=torch.long)

@@ -69,15 +69,19 @@ def matches_small_resnet(ctx, M):
     ctx.expect(_sal(M, net, x), "saliency of a small ResNet on 3x3x16x16", atol=1e-5)
 
 
-@check(2)
+@check(2, needs=("matches_small_cnns",))
 def eval_mode_and_modes_restored(ctx, M):
     """BatchNorm runs in eval mode; every module's train/eval mode is restored"""
     net = _tiny_cnn(4, 4, 3, torch.float64)
     net[0].eval()
     net[4].eval()
     state = {k: v.clone() for k, v in net.state_dict().items()}
+    ran = []
+    hook = net[4].register_forward_hook(lambda mod, inp, out: ran.append(bool(out.requires_grad)))
     _sal(M, net, torch.randn(3, 3, 4, 4, dtype=torch.float64))
+    hook.remove()
     with ctx.part("modes restored"):
+        ctx.expect(bool(ran) and all(ran), "the network ran, with gradients, on the images")
         ctx.expect([m.training for m in net.modules()], "train/eval mode of every module after the call")
     with ctx.part("eval mode inside"):
         ctx.expect(sorted(k for k, v in net.state_dict().items() if not torch.equal(v, state[k])),
@@ -108,7 +112,7 @@ def per_image(ctx, M):
     ctx.expect(s, "the batch's maps", atol=1e-8)
 
 
-@check(1)
+@check(1, needs=("matches_small_cnns",))
 def constant_map(ctx, M):
     """a constant map gives zeros, not NaN"""
     class SumLogits(nn.Module):          # input gradient of the winning logit: all ones

@@ -106,7 +106,7 @@ def mask_needs_both_bounds(ctx, M):
                        f"κ {kappa}, τ {tau}")
 
 
-@check(1)
+@check(1, needs=('mask_matches',))
 def mask_keeps_ties(ctx, M):
     """dual_threshold_mask: ties are kept (max p = τ, u = κ)"""
     p = torch.tensor([[0.125, 0.875], [1.0, 0.0]], dtype=torch.float32)
@@ -153,7 +153,7 @@ def tau_matches(ctx, M):
         ctx.number(M.hermes.confidence_threshold(it, total), f"τ(it={it}, total={total})")
 
 
-@check(1)
+@check(1, needs=('kappa_matches', 'tau_matches'))
 def schedules_reject_bad_total(ctx, M):
     """both schedules reject total <= 0 with a ValueError"""
     with ctx.part("κ"):

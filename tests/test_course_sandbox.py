@@ -288,3 +288,46 @@ def test_constant_answers_score_at_most_a_tenth(tmp_path, name):
             (d / f).write_text("".join(lines))
         g = grader.grade(str(d), name, in_process=True)
         assert report.total(g)[0] <= 0.1 * top, (combo, [(r["name"], r["points"]) for r in g["results"] if r["points"]])
+
+
+# ------------------------------------------------------------------------------------------ Gradescope
+
+# On Gradescope the reference lies at a known place (/autograder/source): take saliency from there.
+STEAL_SALIENCY = '''
+for _p in ({source!r}, "/autograder/source/models.py", "../source/models.py"):
+    try:
+        _ns = {{"__name__": "stolen"}}
+        exec(compile(open(_p).read(), _p, "exec"), _ns)
+        saliency = _ns["saliency"]
+        break
+    except (OSError, KeyError):
+        pass
+'''
+
+
+def test_gradescope_autograder_runs_on_a_fake_tree(tmp_path):
+    import zipfile
+    from tools.course.cli import main
+    z = tmp_path / "autograder.zip"
+    assert main(["gradescope", "saliency", "--out", str(z)]) == 0
+    names = zipfile.ZipFile(z).namelist()
+    assert {"setup.sh", "run_autograder", "models.py", "tools/course/grader.py",
+            "tools/course/assignments/saliency/checks.py"} <= set(names)
+    top = ASSIGNMENTS["saliency"].points
+    scores = {}
+    cheat = stub("saliency", "models.py") + STEAL_SALIENCY.format(source=str(tmp_path / "cheat" / "source" / "models.py"))
+    for who, text in (("honest", reference("models.py")), ("cheat", cheat)):
+        root = tmp_path / who
+        zipfile.ZipFile(z).extractall(root / "source")
+        (root / "submission").mkdir()
+        (root / "submission" / "models.py").write_text(text)
+        os.chmod(root / "source" / "run_autograder", 0o755)
+        p = subprocess.run([str(root / "source" / "run_autograder")], capture_output=True, text=True, timeout=300,
+                           env=dict(os.environ, AUTOGRADER_ROOT=str(root), COURSE_PYTHON=sys.executable))
+        assert p.returncode == 0, p.stderr[-2000:]
+        res = json.load(open(root / "results" / "results.json"))
+        assert {"score", "tests"} <= set(res) and len(res["tests"]) == len(ASSIGNMENTS["saliency"].checks), res
+        assert all({"name", "score", "max_score", "output"} <= set(t) for t in res["tests"])
+        assert res["score"] == sum(t["score"] for t in res["tests"])
+        scores[who] = res["score"]
+    assert scores["honest"] == top and scores["cheat"] <= 0.1 * top, scores

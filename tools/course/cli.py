@@ -58,12 +58,21 @@ def main(argv=None):
                     help="experiments: do not re-run the first steps of each run folder to check its log.csv")
     pg.add_argument("--no-sandbox", action="store_true",
                     help="run students' code without bubblewrap, with your permissions (only for code you trust)")
+    pz = sub.add_parser("gradescope", help="build a Gradescope autograder archive for one assignment")
+    pz.add_argument("name", help="an assignment of `list`")
+    pz.add_argument("--out", required=True, help="the .zip to write")
     pd = sub.add_parser("docs", help="COURSE.md's generated tables")
     pd.add_argument("--write", action="store_true", help="rewrite COURSE.md's generated blocks")
     args = p.parse_args(argv)
 
     if args.cmd == "list":
         print("\n".join(docs.list_lines(args.checks)))
+        return 0
+    if args.cmd == "gradescope":
+        from . import gradescope
+        gradescope.build(args.name, args.out)
+        print(f"wrote {args.out}: upload it as the autograder of {args.name} (Gradescope: Configure Autograder, "
+              f"Zip file upload; base image Ubuntu)")
         return 0
     if args.cmd == "docs":
         with open(docs.COURSE_MD, encoding="utf-8") as f:

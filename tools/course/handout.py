@@ -83,7 +83,11 @@ def assignment_md(chosen, removed, others_cut):
                       "marks, so test the edge cases the docstrings name.", ""]
         else:
             parts += experiment_md(a)
-        parts += ["## What to hand in", "", a.hand_in, ""]
+        parts += ["## What to hand in", "", a.hand_in, "",
+                  "The grader lays what you hand in over a fresh copy of this assignment, so the files you did not "
+                  "edit need not be handed in (a whole copy is fine too). Hand in regular files only: a symbolic "
+                  "link that leaves the folder, a FIFO or a file over 32 MB makes the hand-in ungradable; "
+                  "checkpoints (*.pt) are ignored.", ""]
     held = "; ".join(f"`{f}`: {', '.join(n)}" for f, n in removed.items()) or "none"
     parts += ["# About this copy", "",
               f"Tests of the project that would show a solution were removed ({held}).", ""]

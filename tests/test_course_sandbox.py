@@ -331,3 +331,40 @@ def test_gradescope_autograder_runs_on_a_fake_tree(tmp_path):
         assert res["score"] == sum(t["score"] for t in res["tests"])
         scores[who] = res["score"]
     assert scores["honest"] == top and scores["cheat"] <= 0.1 * top, scores
+
+
+# ------------------------------------------------------------------------------------------ forged experiments
+
+@needs_sandbox
+def test_a_forged_run_does_not_match_its_rerun(tmp_path, monkeypatch):
+    """The first logged steps of fig1's run, re-run in the sandbox from the run's seed; a hand-written log.csv
+    (right settings, numbers in the measured ranges) scores 0 on the whole assignment."""
+    from tools.course import rerun
+    a = ASSIGNMENTS["fig1"]
+    real = rerun.rerun(a.module.CONFIG, 3, 2, 2, grader.Settings(), code=handin.pristine(a))
+    assert real["iter"] == "2" and rerun.differs(real, real) is None
+    assert "seg_l is" in rerun.differs(dict(real, seg_l=str(float(real["seg_l"]) * 1.1)), real)
+    d = tmp_path / "forger"
+    os.makedirs(d / "runs" / "fig1")
+    json.dump(dict(a.module.CONFIG, seed=3), open(d / "runs" / "fig1" / "config.json", "w"))
+    with open(d / "runs" / "fig1" / "log.csv", "w") as f:
+        f.write("kind,iter,loss,seg_l,pl_acc_pix_all\ntrain,2,3.0,0.8,0.7\n")
+    calls = []
+    monkeypatch.setattr(rerun, "rerun", lambda cfg, seed, log_every, steps, st, code=None:
+                        calls.append((seed, log_every, steps)) or real)
+    g = grader.grade(str(d), "fig1")
+    assert calls == [(3, 2, 2)] and report.total(g)[0] == 0
+    assert "does not match a re-run of its config.json" in g["results"][0]["msg"]
+    with open(d / "runs" / "fig1" / "log.csv", "w") as f:              # the real first row: the checks run
+        f.write("kind," + ",".join(k for k in real if k != "kind") + "\n")
+        f.write("train," + ",".join(real[k] for k in real if k != "kind") + "\n")
+    g = grader.grade(str(d), "fig1")
+    assert not any("re-run" in r["msg"] for r in g["results"]), g["results"][0]["msg"]
+
+
+def test_identical_logs_are_flagged():
+    grades = [{"student": s, "warnings": [], "fingerprints": {"runs/fig1": h}} for s, h in
+              (("ann", "x"), ("bob", "x"), ("cid", "y"))]
+    grader.flag_identical_runs(grades)
+    grader.flag_identical_runs(grades)                                  # idempotent
+    assert [len(g["warnings"]) for g in grades] == [1, 1, 0] and "bob" in grades[0]["warnings"][0]

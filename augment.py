@@ -26,12 +26,15 @@ def blur_kernel(S):
 
 
 def weak_transform(S):
-    """Weak view (§4.1 "random horizontal flipping, random scaling, and random cropping"), image + mask jointly."""
-    return v2.Compose([v2.RandomResizedCrop(S, scale=(0.5, 1.0), antialias=True), v2.RandomHorizontalFlip(0.5)])
+    """Weak view (§4.1 "random horizontal flipping, random scaling, and random cropping"), image + mask
+    jointly."""
+    return v2.Compose([v2.RandomResizedCrop(S, scale=(0.5, 1.0), antialias=True),
+                       v2.RandomHorizontalFlip(0.5)])
 
 
 def strong_photometric(S):
-    """Photometric part of the strong view (§4.1 "blurring and color jittering"), applied to the weak image only."""
+    """Photometric part of the strong view (§4.1 "blurring and color jittering"), applied to the weak image
+    only."""
     return v2.Compose([v2.RandomApply([v2.ColorJitter(brightness=0.5, contrast=0.5)], p=0.8),
                        v2.RandomApply([v2.GaussianBlur(blur_kernel(S), sigma=(0.1, 2.0))], p=0.5)])
 
@@ -45,7 +48,8 @@ def normalise(image):
 
 
 def _item(ds, i):
-    """Cached item i as (tv_tensors.Image uint8 (3,S,S), tv_tensors.Mask uint8 (S,S)); views, never modified."""
+    """Cached item i as (tv_tensors.Image uint8 (3,S,S), tv_tensors.Mask uint8 (S,S)); views, never
+    modified."""
     return (tv_tensors.Image(torch.from_numpy(ds.images[i]).permute(2, 0, 1)),   # (S,S,3) -> (3,S,S)
             tv_tensors.Mask(torch.from_numpy(ds.masks[i])))
 
@@ -53,7 +57,8 @@ def _item(ds, i):
 class LabeledSet(Dataset):
     """Labeled images: item = (image float32 (3,S,S) normalised, mask int64 (S,S), label int64 ()).
 
-    train=True: a fresh weak augmentation per access (global torch RNG); train=False: the cached image as is."""
+    train=True: a fresh weak augmentation per access (global torch RNG); train=False: the cached image
+    as is."""
 
     def __init__(self, ds, indices, train=True):
         self.ds, self.indices, self.train = ds, np.asarray(indices, dtype=np.int64), train
@@ -154,23 +159,24 @@ def step_loader(batches, start, total, workers):
 # once on the training device from the uint8 cache held there: per-image random parameters come from a CPU
 # torch.Generator seeded by (seed, step, stream), so a batch is a pure function of the step on CPU and CUDA.
 def _step_seed(seed, t, stream):
-    """64-bit seed of step t's augmentation draws: SeedSequence mixing keeps (seed, t, stream) streams apart."""
+    """64-bit seed of step t's augmentation draws: SeedSequence mixing keeps (seed, t, stream) streams
+    apart."""
     return int(np.random.SeedSequence([seed, t, stream]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def draw_crops(n, S, g, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), attempts=10):
     """Boxes of torchvision's RandomResizedCrop for n square S×S images, all drawn at once from generator g.
 
-    Per image, `attempts` draws of (area ~ U(scale)·S², log aspect ~ U(log ratio)), w = round(√(area·aspect)),
-    h = round(√(area/aspect)); the first whose box fits is kept, otherwise the whole image (torchvision's
-    fallback for a square image); top ~ U{0..S-h}, left ~ U{0..S-w}.
+    Per image, `attempts` draws of (area ~ U(scale)·S², log aspect ~ U(log ratio)),
+    w = round(√(area·aspect)), h = round(√(area/aspect)); the first whose box fits is kept, otherwise
+    the whole image (torchvision's fallback for a square image); top ~ U{0..S-h}, left ~ U{0..S-w}.
     -> boxes (4,n) int64 rows top, left, h, w (CPU).
     """
     area = S * S * torch.empty(n, attempts).uniform_(*scale, generator=g)                      # (n,attempts)
     log_r = torch.empty(n, attempts).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=g)
     w = torch.round(torch.sqrt(area * torch.exp(log_r))).long()
     h = torch.round(torch.sqrt(area / torch.exp(log_r))).long()
-    fits = (w > 0) & (w <= S) & (h > 0) & (h <= S)                                                # (n,attempts)
+    fits = (w > 0) & (w <= S) & (h > 0) & (h <= S)                                              # (n,attempts)
     first = fits.int().argmax(1)                                                                  # first fit
     found = fits.any(1)
     w = torch.where(found, w[torch.arange(n), first], S)                                          # (n,)
@@ -182,15 +188,17 @@ def draw_crops(n, S, g, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3), attempts=10):
 
 
 def draw_weak(n, S, g):
-    """Parameters of n weak views (weak_transform): crop boxes (4,n) and horizontal flips (n,) bool (p 0.5)."""
+    """Parameters of n weak views (weak_transform): crop boxes (4,n) and horizontal flips (n,) bool
+    (p 0.5)."""
     boxes = draw_crops(n, S, g)
     return {"boxes": boxes, "flip": torch.rand(n, generator=g) < 0.5}
 
 
 def draw_strong(n, g, p_jitter=0.8, brightness=0.5, contrast=0.5, p_blur=0.5, sigma=(0.1, 2.0)):
-    """Parameters of n strong photometric ops (strong_photometric): ColorJitter applied with p 0.8, brightness and
-    contrast factors ~ U(1 ± 0.5) in random order (factor 1 where not applied); GaussianBlur applied with p 0.5,
-    σ ~ U(0.1, 2). -> dict of (n,) CPU tensors: bright, contrast, contrast_first (bool), blur (bool), sigma."""
+    """Parameters of n strong photometric ops (strong_photometric): ColorJitter applied with p 0.8, brightness
+    and contrast factors ~ U(1 ± 0.5) in random order (factor 1 where not applied); GaussianBlur applied with
+    p 0.5, σ ~ U(0.1, 2). -> dict of (n,) CPU tensors: bright, contrast, contrast_first (bool), blur (bool),
+    sigma."""
     u = torch.rand(5, n, generator=g)
     jitter = u[0] < p_jitter
     bright = torch.where(jitter, 1 - brightness + 2 * brightness * u[1], 1.0)
@@ -202,24 +210,24 @@ def draw_strong(n, g, p_jitter=0.8, brightness=0.5, contrast=0.5, p_blur=0.5, si
 def resized_crop_flip(images, masks, boxes, flip, size):
     """Crop box k of image k, resized to size×size and mirrored left-right where flip[k]; the mask follows.
 
-    Image: bilinear with align_corners=False, sample points clamped to the box (what torchvision's resized_crop
-    computes when the box is not larger than the output). Mask: the box pixel whose centre is nearest to the
-    image's sample point, so image and mask stay aligned to half a pixel.
+    Image: bilinear with align_corners=False, sample points clamped to the box (what torchvision's
+    resized_crop computes when the box is not larger than the output). Mask: the box pixel whose centre is
+    nearest to the image's sample point, so image and mask stay aligned to half a pixel.
     images (B,C,S,S) float, masks (B,S,S) any dtype, boxes (4,B) int64 (top, left, h, w), flip (B,) bool
     -> images (B,C,size,size) float, masks (B,size,size).
     """
     B, C, S, S2 = images.shape
     top, left, h, w = boxes.to(images.device)
-    d = torch.arange(size, device=images.device)                                                 # output index
+    d = torch.arange(size, device=images.device)                                                # output index
     # image: source coordinate of output pixel d = start + clamp((d + 0.5)·len/size - 0.5, 0, len - 1)
     coord = lambda start, n: start[:, None] + ((d + 0.5) * n[:, None] / size - 0.5).clamp(min=0).minimum(
         n[:, None] - 1)                                                                           # (B,size)
     ys, xs = coord(top, h), coord(left, w)
     xs = torch.where(flip.to(images.device)[:, None], xs.flip(1), xs)
-    gx = ((2 * xs + 1) / S2 - 1)[:, None, :].expand(B, size, size)                              # (B,size,size)
+    gx = ((2 * xs + 1) / S2 - 1)[:, None, :].expand(B, size, size)                             # (B,size,size)
     gy = ((2 * ys + 1) / S - 1)[:, :, None].expand(B, size, size)
     out = F.grid_sample(images, torch.stack([gx, gy], -1).to(images.dtype), mode="bilinear",
-                        padding_mode="border", align_corners=False)                               # (B,C,size,size)
+                        padding_mode="border", align_corners=False)                          # (B,C,size,size)
     # mask: nearest box pixel = start + floor((d + 0.5)·len/size), in integers
     iy = top[:, None] + torch.div((2 * d + 1) * h[:, None], 2 * size, rounding_mode="floor")     # (B,size)
     ix = left[:, None] + torch.div((2 * d + 1) * w[:, None], 2 * size, rounding_mode="floor")
@@ -231,9 +239,9 @@ def resized_crop_flip(images, masks, boxes, flip, size):
 def colour_jitter(x, bright, contrast, contrast_first):
     """torchvision's ColorJitter(brightness, contrast) with per-image factors, in either order per image.
 
-    brightness: clamp(b·x); contrast: clamp(c·x + (1 - c)·mean(grey(x))), grey = 0.2989 R + 0.587 G + 0.114 B
-    (the image itself with one channel). x (B,C,H,W) float in [0,255]; bright, contrast (B,); contrast_first (B,)
-    bool -> (B,C,H,W) float in [0,255]."""
+    brightness: clamp(b·x); contrast: clamp(c·x + (1 - c)·mean(grey(x))),
+    grey = 0.2989 R + 0.587 G + 0.114 B (the image itself with one channel). x (B,C,H,W) float in [0,255];
+    bright, contrast (B,); contrast_first (B,) bool -> (B,C,H,W) float in [0,255]."""
     shape = (-1, 1, 1, 1)
     for contrast_now in (contrast_first, ~contrast_first):
         if x.shape[1] == 3:
@@ -247,13 +255,14 @@ def colour_jitter(x, bright, contrast, contrast_first):
 
 
 def gaussian_blur_batch(x, sigma, k):
-    """torchvision's GaussianBlur(k, σ) with a per-image σ: weights ∝ exp(-d²/2σ²), d = -k//2..k//2, reflect
-    padding; separable, one grouped convolution per axis. x (B,C,H,W) float, sigma (B,) -> (B,C,H,W)."""
+    """torchvision's GaussianBlur(k, σ) with a per-image σ: weights ∝ exp(-d²/2σ²), d = -k//2..k//2,
+    reflect padding; separable, one grouped convolution per axis. x (B,C,H,W) float, sigma (B,)
+    -> (B,C,H,W)."""
     B, C, H, W = x.shape
     d = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
     kern = torch.softmax(-d ** 2 / (2 * sigma.to(x)[:, None] ** 2), 1)                          # (B,k)
     kern = kern.repeat_interleave(C, 0)                                                          # (B*C,k)
-    y = F.pad(x.reshape(1, B * C, H, W), [k // 2] * 4, mode="reflect")                           # (1,B*C,H+k-1,W+k-1)
+    y = F.pad(x.reshape(1, B * C, H, W), [k // 2] * 4, mode="reflect")                   # (1,B*C,H+k-1,W+k-1)
     y = F.conv2d(y, kern.view(B * C, 1, 1, k), groups=B * C)                                     # along x
     y = F.conv2d(y, kern.view(B * C, 1, k, 1), groups=B * C)                                     # along y
     return y.view(B, C, H, W)
@@ -274,21 +283,24 @@ def normalise_batch(x):
 
 @functools.lru_cache
 def _imagenet_stats(device):
-    """ImageNet mean and std (1,3,1,1) on `device`, copied there once (a copy from the host would wait for it)."""
+    """ImageNet mean and std (1,3,1,1) on `device`, copied there once (a copy from the host would wait
+    for it)."""
     return (torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1),
             torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1))
 
 
 class DeviceBatches:
-    """(labeled batch, unlabeled batch) of training step t, drawn and augmented on `device`; StepBatches' format.
+    """(labeled batch, unlabeled batch) of training step t, drawn and augmented on `device`; StepBatches'
+    format.
 
     batches = DeviceBatches(ds, idx_l, idx_u, batch_size=8, seed=0, device="cuda")
-    (x, y, z), (x_w, x_s, y_gt, z_gt) = batches(t)       # float32 (B,3,S,S), int64 (B,S,S), int64 (B,) on device
+    (x, y, z), (x_w, x_s, y_gt, z_gt) = batches(t)    # float32 (B,3,S,S), int64 (B,S,S), int64 (B,) on device
 
-    The training images are copied once to the device as uint8 (one channel when the set is grey). Which images:
-    StepSampler (the same indices as StepBatches). Their views: weak_transform / strong_photometric's
-    distributions with per-image parameters drawn from a generator seeded by (seed, t), on the CPU, so a batch is
-    a pure function of t (any call order, exact resume) and the same on CPU and CUDA up to float rounding.
+    The training images are copied once to the device as uint8 (one channel when the set is grey). Which
+    images: StepSampler (the same indices as StepBatches). Their views: weak_transform /
+    strong_photometric's distributions with per-image parameters drawn from a generator seeded by (seed, t),
+    on the CPU, so a batch is a pure function of t (any call order, exact resume) and the same on CPU and
+    CUDA up to float rounding.
     """
 
     def __init__(self, ds, idx_l, idx_u, batch_size, seed, device="cpu"):
@@ -298,7 +310,8 @@ class DeviceBatches:
 
         def to_dev(idx):
             idx = np.asarray(idx, dtype=np.int64)
-            return (torch.from_numpy(images[idx]).permute(0, 3, 1, 2).contiguous().to(self.device),  # (n,C,S,S)
+            # images (n,C,S,S)
+            return (torch.from_numpy(images[idx]).permute(0, 3, 1, 2).contiguous().to(self.device),
                     torch.from_numpy(ds.masks[idx]).to(self.device),                                 # (n,S,S)
                     torch.from_numpy(ds.labels[idx]).to(self.device))                                # (n,)
         self.set_l, self.set_u = to_dev(idx_l), to_dev(idx_u)
@@ -311,13 +324,13 @@ class DeviceBatches:
         return x, y.long(), labels
 
     def params(self, t):
-        """Step t's draws, on the CPU: indices j_l, j_u (B,) into the labeled / unlabeled set, weak views of both
-        (boxes_l, flip_l, boxes_u, flip_u: draw_weak) and the strong ops (draw_strong's keys)."""
+        """Step t's draws, on the CPU: indices j_l, j_u (B,) into the labeled / unlabeled set, weak views of
+        both (boxes_l, flip_l, boxes_u, flip_u: draw_weak) and the strong ops (draw_strong's keys)."""
         g = torch.Generator().manual_seed(_step_seed(self.seed, t, 0))
         p_l, p_u = draw_weak(self.B, self.S, g), draw_weak(self.B, self.S, g)
         return {"j_l": torch.tensor(self.draw_l(t)), "j_u": torch.tensor(self.draw_u(t)),
-                "boxes_l": p_l["boxes"], "flip_l": p_l["flip"], "boxes_u": p_u["boxes"], "flip_u": p_u["flip"],
-                **draw_strong(self.B, g)}
+                "boxes_l": p_l["boxes"], "flip_l": p_l["flip"],
+                "boxes_u": p_u["boxes"], "flip_u": p_u["flip"], **draw_strong(self.B, g)}
 
     def __call__(self, t):
         p = _to_device(self.params(t), self.device)
@@ -328,10 +341,12 @@ class DeviceBatches:
 
 
 def memory_format(batches, channels_last):
-    """(batch_l, batch_u) with every image batch (4-D float) in channels-last format when asked, else unchanged."""
+    """(batch_l, batch_u) with every image batch (4-D float) in channels-last format when asked, else
+    unchanged."""
     if not channels_last:
         return batches
-    cl = lambda t: t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 and t.is_floating_point() else t
+    cl = lambda t: (t.contiguous(memory_format=torch.channels_last)
+                    if t.dim() == 4 and t.is_floating_point() else t)
     return tuple(tuple(cl(t) for t in b) for b in batches)
 
 

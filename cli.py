@@ -32,10 +32,11 @@ def mean_std(values):
 
 # ------------------------------------------------------------------------------------- run-folder files
 def atomic_write(path, write, binary=False, newline=None):
-    """The project's one atomic writer: write(f) fills a temporary file in the same folder (unique name), which
-    is flushed to disk and renamed over `path`, and the rename itself is flushed (fsync of the folder); a kill or
-    a power cut leaves either the old file or the new one, never half. A failed write removes its temporary;
-    one a kill left behind is removed by remove_stale_temporaries. newline: as for open() (csv wants "")."""
+    """The project's one atomic writer: write(f) fills a temporary file in the same folder (unique name),
+    which is flushed to disk and renamed over `path`, and the rename itself is flushed (fsync of the folder);
+    a kill or a power cut leaves either the old file or the new one, never half. A failed write removes its
+    temporary; one a kill left behind is removed by remove_stale_temporaries. newline: as for open() (csv
+    wants "")."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     tmp = f"{path}.tmp{os.getpid()}"
@@ -128,7 +129,7 @@ def cli_main(main, argv=None):
     warnings.showwarning = lambda message, *a, **k: print(f"{prog}: warning: {message}", file=sys.stderr)
     try:
         return main(argv)
-    except KeyboardInterrupt as e:   # its message, when it has one, says what was kept (train.py's second signal)
+    except KeyboardInterrupt as e:   # its message, if any, says what was kept (train.py's second signal)
         print(f"{prog}: interrupted" + (f": {e}" if str(e) else ""), file=sys.stderr)
         sys.exit(130)
     except (DataError, OSError) as e:  # the user's input, files or disk: the message names them

@@ -33,11 +33,12 @@ def _demo_case(rng, S, label, borderline):
     """One synthetic B-mode breast ultrasound image: (image (S,S) float32 in [0,1], mask (S,S) bool).
 
     Tissue (top to bottom): gel, bright skin line, hypoechoic subcutaneous fat crossed by echogenic Cooper's
-    ligaments, bright fibroglandular layer, retromammary fat, striated pectoralis muscle. One hypoechoic lesion:
-    benign signs = oval, circumscribed (thin capsule), wider than tall, posterior enhancement (and edge shadows);
-    malignant signs = irregular / spiculated margin (echogenic halo), taller than wide, posterior shadowing,
-    microcalcifications. Borderline cases flip 1-3 of the signs (shape, orientation, posterior feature).
-    Then depth attenuation, compounded Rayleigh speckle (multiplicative) and log compression."""
+    ligaments, bright fibroglandular layer, retromammary fat, striated pectoralis muscle. One hypoechoic
+    lesion: benign signs = oval, circumscribed (thin capsule), wider than tall, posterior enhancement
+    (and edge shadows); malignant signs = irregular / spiculated margin (echogenic halo), taller than wide,
+    posterior shadowing, microcalcifications. Borderline cases flip 1-3 of the signs (shape, orientation,
+    posterior feature). Then depth attenuation, compounded Rayleigh speckle (multiplicative) and log
+    compression."""
     u = S / 96.0                                        # texture scale: the same anatomy at any S
     y = ((np.arange(S, dtype=np.float32) + 0.5) / S)[:, None]   # depth (S,1), 0 = transducer
     x = ((np.arange(S, dtype=np.float32) + 0.5) / S)[None, :]   # lateral (1,S)
@@ -84,7 +85,7 @@ def _demo_case(rng, S, label, borderline):
             d = np.abs((theta - t0 + np.pi) % (2 * np.pi) - np.pi)
             r = r + rng.uniform(0.2, 0.6) * np.clip(1 - d / rng.uniform(0.08, 0.18), 0, None) ** 1.5
         edge_w, E_in = 1.0, rng.uniform(0.06, 0.16)
-    else:                                                               # oval, circumscribed, gently lobulated
+    else:                                                              # oval, circumscribed, gently lobulated
         for k in (2, 3):
             r = r + rng.uniform(0.0, 0.05) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
         edge_w, E_in = 0.5, rng.uniform(0.02, 0.14)

@@ -1,8 +1,9 @@
 """The Hermes method (paper Sec. 3.3-3.6, supplementary Sec. 6): pseudo-label selection (eqs. (7)–(8)),
-threshold schedules (eqs. (16)–(17)), anchor sampling, memory banks and `hermes_step`, one training step that
-returns the total loss of eq. (15) and its statistics. Where training runs a fast form (sample_anchor_slots,
-MemoryBank.push: no host sync), the readable one the paper describes stands beside it as the reference
-(sample_anchors, MemoryBank.push_one_by_one), and tests/test_hermes.py checks that both give the same result.
+threshold schedules (eqs. (16)–(17)), anchor sampling, memory banks and `hermes_step`, one training step
+that returns the total loss of eq. (15) and its statistics. Where training runs a fast form
+(sample_anchor_slots, MemoryBank.push: no host sync), the readable one the paper describes stands beside it as
+the reference (sample_anchors, MemoryBank.push_one_by_one), and tests/test_hermes.py checks that both give the
+same result.
 
 Example:
     >>> model = HermesNet(seg_encoder="resnet18"); cfg = HermesConfig()
@@ -24,8 +25,8 @@ from losses import (PARTS, cls_supervised_loss, cls_unsupervised_loss, image_con
                     seg_unsupervised_ce_loss, seg_unsupervised_loss, total_loss, weighted_terms)
 
 # The statistics hermes_step returns, in log.csv's column order (PARTS: the seven terms of eq. (15)).
-PL_STAT_KEYS = ("kept_pix", "kept_img", "pl_acc_pix_all", "pl_acc_pix_kept", "pl_acc_img_all", "pl_acc_img_kept",
-                "kept_pix_conf", "pl_acc_pix_conf", "kept_img_conf", "pl_acc_img_conf")
+PL_STAT_KEYS = ("kept_pix", "kept_img", "pl_acc_pix_all", "pl_acc_pix_kept", "pl_acc_img_all",
+                "pl_acc_img_kept", "kept_pix_conf", "pl_acc_pix_conf", "kept_img_conf", "pl_acc_img_conf")
 STAT_KEYS = ("loss",) + PARTS + ("kappa", "tau") + PL_STAT_KEYS
 
 
@@ -33,7 +34,8 @@ STAT_KEYS = ("loss",) + PARTS + ("kappa", "tau") + PL_STAT_KEYS
 # Pseudo-label selection (eqs. (7), (8)) and threshold schedules (eqs. (16), (17))
 
 def uncertainty(probs, eps=1e-8):
-    """eq. (8): u(p) = -Σ_c p_c log(p_c + eps), in nats; the paper's Σ_{j=1..M} is read as a sum over classes.
+    """eq. (8): u(p) = -Σ_c p_c log(p_c + eps), in nats; the paper's Σ_{j=1..M} is read as a sum over
+    classes.
 
     probs (B,C,...) -> (B,...) (dim 1 summed out).
     """
@@ -57,12 +59,14 @@ def _progress(it, total):
 
 
 def uncertainty_threshold(it, total, eta_max=HermesConfig.eta_max, eta_min=HermesConfig.eta_min):
-    """eq. (16): kappa = eta_min + ½ (eta_max - eta_min)(cos(π it/total) + 1); 0.75 -> 0.25 nats. -> float"""
+    """eq. (16): kappa = eta_min + ½ (eta_max - eta_min)(cos(π it/total) + 1); 0.75 -> 0.25 nats.
+    -> float"""
     return eta_min + 0.5 * (eta_max - eta_min) * (math.cos(math.pi * _progress(it, total)) + 1.0)  # eq. (16)
 
 
 def confidence_threshold(it, total):
-    """eq. (17), literally: tau = 0.75 + 0.25 exp(-½ (1 - it/total)²) ln 2, i.e. 0.8551 -> 0.9233. -> float"""
+    """eq. (17), literally: tau = 0.75 + 0.25 exp(-½ (1 - it/total)²) ln 2, i.e. 0.8551 -> 0.9233.
+    -> float"""
     return 0.75 + 0.25 * math.exp(-0.5 * (1.0 - _progress(it, total)) ** 2) * math.log(2.0)  # eq. (17)
 
 
@@ -72,7 +76,8 @@ def confidence_threshold(it, total):
 # sync), tested equal to it (tests/test_hermes.py).
 
 def downsample_nearest(t, size):
-    """Nearest-neighbour resize of a label-like map: t (B,H,W) (int, bool or float) -> (B,*size), same dtype."""
+    """Nearest-neighbour resize of a label-like map: t (B,H,W) (int, bool or float) -> (B,*size), same
+    dtype."""
     out = F.interpolate(t[:, None].float(), size=tuple(size), mode="nearest")[:, 0]  # (B,h,w)
     return out.to(t.dtype)
 
@@ -90,8 +95,8 @@ def _check_maps(who, labels, w, pred_strong):
 
 
 def _random_keys(P, generator, device):
-    """One uniform key per pixel, (P,) on `device`, from `generator` (or the global RNG). The k pixels of a pool
-    with the largest keys are k pixels drawn uniformly without replacement."""
+    """One uniform key per pixel, (P,) on `device`, from `generator` (or the global RNG). The k pixels of a
+    pool with the largest keys are k pixels drawn uniformly without replacement."""
     if generator is not None and generator.device != device:
         return torch.rand(P, generator=generator, device=generator.device).to(device)
     return torch.rand(P, generator=generator, device=device)
@@ -131,9 +136,10 @@ def sample_anchors(labels, w, pred_strong, n, generator=None, num_classes=2):
 def sample_anchor_slots(labels, w, pred_strong, n, generator=None, num_classes=2):
     """sample_anchors in fixed-size slots, without a host sync (what training calls; tested equal to it).
 
-    The same random keys (`_random_keys`, drawn in the same call) choose the same pixels: per class, a top-k of
-    the keys masked to each pool, counts kept as 0-d tensors. Class c owns slots c*n .. c*n+n-1: its hard
-    anchors, then its easy ones, then unused slots (valid False) when its pools hold fewer than n pixels.
+    The same random keys (`_random_keys`, drawn in the same call) choose the same pixels: per class, a top-k
+    of the keys masked to each pool, counts kept as 0-d tensors. Class c owns slots c*n .. c*n+n-1: its
+    hard anchors, then its easy ones, then unused slots (valid False) when its pools hold fewer than n
+    pixels.
 
     labels (B,h,w) int, w (B,h,w) 0/1, pred_strong (B,h,w) int
     -> (idx (C*n,) long, anchor_labels (C*n,) long, valid (C*n,) bool); idx[valid], anchor_labels[valid] are
@@ -198,14 +204,16 @@ class MemoryBank(nn.Module):
         self.register_buffer("filled", torch.zeros(num_classes, dtype=torch.long))
 
     def _checked(self, feats, labels, mask):
-        """-> (feats (K,D) detached in the bank's dtype, labels (K,), mask (K,) bool), on the bank's device."""
+        """-> (feats (K,D) detached in the bank's dtype, labels (K,), mask (K,) bool), on the bank's
+        device."""
         if feats.dim() != 2 or feats.shape[1] != self.dim or labels.numel() != feats.shape[0] or (
                 mask is not None and mask.numel() != feats.shape[0]):
-            raise ValueError(f"MemoryBank.push: expected feats (K,{self.dim}), labels (K,) and mask (K,), got "
-                             f"{tuple(feats.shape)}, {tuple(labels.shape)} and "
+            raise ValueError(f"MemoryBank.push: expected feats (K,{self.dim}), labels (K,) and mask (K,), "
+                             f"got {tuple(feats.shape)}, {tuple(labels.shape)} and "
                              f"{None if mask is None else tuple(mask.shape)}")
         dev = self.ptr.device
-        mask = torch.ones(feats.shape[0], dtype=torch.bool, device=dev) if mask is None else mask.reshape(-1).to(dev)
+        mask = (torch.ones(feats.shape[0], dtype=torch.bool, device=dev) if mask is None
+                else mask.reshape(-1).to(dev))
         return feats.detach().to(self.feats), labels.reshape(-1).to(dev), mask
 
     @torch.no_grad()
@@ -270,7 +278,8 @@ class MemoryBanks(nn.Module):
 def _out_dim(module, default):
     """Output width of a head (last Linear/Conv), or `default` if the model has no such head."""
     dims = [m.out_features if isinstance(m, nn.Linear) else m.out_channels
-            for m in (module.modules() if module is not None else []) if isinstance(m, (nn.Linear, nn.Conv2d))]
+            for m in (module.modules() if module is not None else [])
+            if isinstance(m, (nn.Linear, nn.Conv2d))]
     return dims[-1] if dims else default
 
 
@@ -344,9 +353,11 @@ class TeacherOutputs:
 
 
 def _pseudo_labels(logits, kappa, tau, rule):
-    """logits (B,C,...) -> (p softmax (B,C,...), pseudo-label (B,...) argmax, w (B,...) the rule's selection)."""
+    """logits (B,C,...) -> (p softmax (B,C,...), pseudo-label (B,...) argmax, w (B,...) the rule's
+    selection)."""
     p = logits.float().softmax(1)
-    return p, p.max(1).indices, _select(p, kappa, tau, rule)                        # max().indices: argmax, 15x faster on CPU
+    # max().indices: argmax, 15x faster on CPU
+    return p, p.max(1).indices, _select(p, kappa, tau, rule)
 
 
 def _teacher(model, x_w, kappa, tau, cfg):
@@ -356,7 +367,7 @@ def _teacher(model, x_w, kappa, tau, cfg):
     map of eq. (6) is the input gradient of the classifier (models.saliency: torch.autograd.grad under
     torch.enable_grad, inside this no_grad)."""
     with torch.no_grad(), _frozen_bn_stats(model, cfg.unlabeled_bn == "separate"):
-        out = _forward(model, x_w, cfg)                       # with ias: + saliency's backward through cls_net
+        out = _forward(model, x_w, cfg)                      # with ias: + saliency's backward through cls_net
     t = TeacherOutputs()
     if "seg_logits" in out:
         t.seg_logits, t.pixel_emb = out["seg_logits"], out["pixel_emb"]
@@ -394,7 +405,8 @@ def _pixel_contrast(out, t, y, bank, cfg):
     Anchors: labeled (ground truth, w = 1) and strong unlabeled (pseudo-labels, w) student embeddings, drawn
     from one map of all the student's rows (`out`, labeled first). Keys: the pixel bank + the weak-view
     (teacher) embeddings of this step's unlabeled anchors (a labeled anchor has no teacher view and its own
-    embedding would be a self-pair). Afterwards the weak-view keys and the detached labeled anchors are pushed.
+    embedding would be a self-pair). Afterwards the weak-view keys and the detached labeled anchors are
+    pushed.
     """
     emb, B_l = out["pixel_emb"], y.shape[0]                                        # (B_l+B_u,D,h,w)
     hw = emb.shape[-2:]
@@ -406,7 +418,7 @@ def _pixel_contrast(out, t, y, bank, cfg):
     anchors = flatten_map(emb)[idx]                                                # (2n,D)
     n_l = B_l * hw[0] * hw[1]                       # flattened rows: the labeled images' pixels come first
     unlabeled = idx >= n_l                          # (2n,) anchor on a strong view
-    weak_row = (idx - n_l).clamp(min=0)             # (2n,) its pixel in the teacher's map (labeled: masked out)
+    weak_row = (idx - n_l).clamp(min=0)             # (2n,) its pixel in the teacher's map (labeled: masked)
     key_now = flatten_map(t.pixel_emb)[weak_row].detach()                          # (2n,D) weak view
     bank_f, bank_l, filled = bank.slots()
     loss = pixel_contrastive_loss(anchors, a_lab, torch.cat([bank_f.to(key_now.dtype), key_now]),
@@ -418,8 +430,9 @@ def _pixel_contrast(out, t, y, bank, cfg):
 
 
 def _image_contrast(out_l, out_u, t, z, bank, cfg):
-    """eqs. (12)–(13): rows i and i+B_u are the strong (student) and weak (teacher) views of unlabeled image i,
-    with the image bank; afterwards the kept weak embeddings (pseudo-label) and the labeled ones are pushed."""
+    """eqs. (12)–(13): rows i and i+B_u are the strong (student) and weak (teacher) views of unlabeled
+    image i, with the image bank; afterwards the kept weak embeddings (pseudo-label) and the labeled ones
+    are pushed."""
     emb_s, emb_w = out_u["image_emb"], t.image_emb.detach()                        # (B_u,D) each
     bank_f, bank_l, filled = bank.slots()
     loss = image_contrastive_loss(torch.cat([emb_s, emb_w]), t.pl_img.repeat(2), t.w_img.repeat(2),
@@ -458,8 +471,8 @@ def _pseudo_label_stats(p, pl, w, gt, tau, kind):
     probabilities p and selection w (TeacherOutputs' fields), over all of them, over those the run's rule
     keeps, and over those confidence alone (max p >= τ) would keep (Fig. 1's comparison, logged whatever rule
     trains the model). Accuracies over an empty kept set are 0. They count only ground truth in {0, 1}: real
-    unlabeled images carry data.NO_LABEL / NO_MASK; with none in the batch they are NaN (blank in log.csv), and
-    n_gt_<kind> says how many were counted. -> {stat name (PL_STAT_KEYS, n_kept_*, n_gt_*): 0-d}"""
+    unlabeled images carry data.NO_LABEL / NO_MASK; with none in the batch they are NaN (blank in log.csv),
+    and n_gt_<kind> says how many were counted. -> {stat name (PL_STAT_KEYS, n_kept_*, n_gt_*): 0-d}"""
     right = (pl == gt.long()).float()                   # 0 where the ground truth is unknown
     w_conf = (p.amax(1) >= tau).float()
     has = ((gt == 0) | (gt == 1)).float()
@@ -480,9 +493,10 @@ def hermes_step(model, banks, batch_l, batch_u, it, total, cfg, keep_terms=False
               y_gt / z_gt only measure pseudo-label accuracy, they never enter a loss.
     banks: MemoryBanks (make_banks); pushed to in place.
 
-    Teacher (weak view, no gradient; skipped without dtcl) -> pseudo-labels and w (eqs. (7), (16), (17)); student
-    (labeled + strong unlabeled; labeled only for SupOnly) -> one line per term of eq. (15). task="seg"/"cls"
-    use one branch (no ITA, no saliency, itc = 0). A switched-off term is an exact 0 without gradient.
+    Teacher (weak view, no gradient; skipped without dtcl) -> pseudo-labels and w (eqs. (7), (16), (17));
+    student (labeled + strong unlabeled; labeled only for SupOnly) -> one line per term of eq. (15).
+    task="seg"/"cls" use one branch (no ITA, no saliency, itc = 0). A switched-off term is an exact 0
+    without gradient.
 
     stats: 0-d detached tensors (no host sync): STAT_KEYS, n_kept_pix, n_kept_img, n_anchors, bank_pix,
     bank_img. Pseudo-label statistics are 0 when the teacher pass is skipped. keep_terms: also stats["terms"],
@@ -512,7 +526,8 @@ def hermes_step(model, banks, batch_l, batch_u, it, total, cfg, keep_terms=False
     if cls_on:
         L["cls_l"] = cls_supervised_loss(out_l["cls_logits"], z)                   # eq. (2)
     if t is not None and seg_on:
-        L["seg_u"] = _unsup_seg_loss(out_u["seg_logits"], t.seg_logits, t.w_pix, cfg.unsup_seg_loss)  # eq. (9)
+        L["seg_u"] = _unsup_seg_loss(out_u["seg_logits"], t.seg_logits, t.w_pix,
+                                     cfg.unsup_seg_loss)                           # eq. (9)
         L["seg_c"], n_anchors = _pixel_contrast(out, t, y, banks.pixel, cfg)       # eq. (11)
     if t is not None and cls_on:
         L["cls_u"] = cls_unsupervised_loss(out_u["cls_logits"], t.cls_logits, t.w_img)  # eq. (10)

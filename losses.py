@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 DICE_SMOOTH = 1e-5  # the Dice smoothing of eq. (1) and (9) (README "Paper ↔ code", eq. (1))
-# The seven terms of eq. (15): L^l_seg, L^u_seg, L^seg_c, L^l_cls, L^u_cls, L^cls_c, L^u_itc (log.csv's order).
+# The seven terms of eq. (15): L^l_seg, L^u_seg, L^seg_c, L^l_cls, L^u_cls, L^cls_c, L^u_itc
+# (log.csv's order).
 PARTS = ("seg_l", "seg_u", "seg_c", "cls_l", "cls_u", "cls_c", "itc")
 
 # Device types on which eq. (11)'s per-class sums are one-hot matmuls (pixel_contrastive_loss): they read the
@@ -27,7 +28,8 @@ def _hi(x):
 
 
 def _zero_like(*tensors):
-    """An exact 0 of the tensors' dtype/device that keeps their autograd graph (grad 0) when they require grad."""
+    """An exact 0 of the tensors' dtype/device that keeps their autograd graph (grad 0) when they require
+    grad."""
     t = tensors[0]
     z = t.new_zeros(())
     for t in tensors:
@@ -37,7 +39,8 @@ def _zero_like(*tensors):
 
 
 def _matmul_fp(a, b):
-    """a @ b.T in the inputs' (promoted) precision even under autocast (bf16 similarities / 0.07 lose digits)."""
+    """a @ b.T in the inputs' (promoted) precision even under autocast (bf16 similarities / 0.07 lose
+    digits)."""
     dt = torch.promote_types(_hi(a).dtype, _hi(b).dtype)
     with torch.autocast(device_type=a.device.type, enabled=False):
         return a.to(dt) @ b.to(dt).T
@@ -126,7 +129,8 @@ def cls_unsupervised_loss(logits_s, logits_w, w):
     return (w.detach().to(ce.dtype) * ce).sum() / B                                # eq. (10)
 
 
-def pixel_contrastive_loss(anchors, anchor_labels, keys, key_labels, temperature, anchor_mask=None, key_mask=None):
+def pixel_contrastive_loss(anchors, anchor_labels, keys, key_labels, temperature, anchor_mask=None,
+                           key_mask=None):
     """eq. (11): pixel InfoNCE with one negative set per positive.
 
     For anchor i with positives P_i (keys of its label) and negatives N_i (keys of another label):
@@ -137,12 +141,14 @@ def pixel_contrastive_loss(anchors, anchor_labels, keys, key_labels, temperature
     only the rows marked True, without the host sync of a boolean selection. Vectors are used as given (the
     model L2-normalises them).
 
-    anchors (K,D), anchor_labels (K,), keys (M,D), key_labels (M,), anchor_mask (K,), key_mask (M,) -> 0-d tensor.
+    anchors (K,D), anchor_labels (K,), keys (M,D), key_labels (M,), anchor_mask (K,), key_mask (M,)
+    -> 0-d tensor.
     """
     K, M = anchors.shape[0], keys.shape[0]
     if K == 0 or M == 0:
         return _zero_like(anchors, keys)
-    # -log( e^a / (e^a + e^b) ) = softplus(b - a), so with s_ij = i·j/τ and nlse_i = log Σ_{n∈N_i} e^{s_in}:
+    # -log( e^a / (e^a + e^b) ) = softplus(b - a), so with s_ij = i·j/τ and
+    # nlse_i = log Σ_{n∈N_i} e^{s_in}:
     #     L_i = (1/|P_i|) Σ_{p∈P_i} softplus(nlse_i - s_ip)                                     eq. (11)
     # One exp per pair (for nlse) and one softplus; the sums over P_i and N_i are per-class sums.
     s = _matmul_fp(_hi(anchors) / temperature, keys)                               # (K,M) s_ij
@@ -153,7 +159,7 @@ def pixel_contrastive_loss(anchors, anchor_labels, keys, key_labels, temperature
         key_cls = torch.where(present, lk, C)                                      # absent keys: class C
         key_1h = F.one_hot(key_cls, C + 1)[:, :C].to(s.dtype)                      # (M,C)
         own = F.one_hot(la, C).bool()                                              # (K,C) anchor i's class
-        per_class = lambda x: _matmul_fp(x, key_1h.T)                             # (K,C) Σ_{j of class c} x_ij
+        per_class = lambda x: _matmul_fp(x, key_1h.T)                             # (K,C) Σ_{j: class c} x_ij
         pos_sum = lambda x: per_class(x).masked_fill(~own, 0).sum(1)               # Σ_{p∈P_i} x_ip
         neg_sum = lambda x: per_class(x).masked_fill(own, 0).sum(1)                # Σ_{n∈N_i} x_in
         class_max = s.new_full((K, C + 1), float("-inf")).scatter_reduce_(
@@ -184,12 +190,14 @@ def pixel_contrastive_loss(anchors, anchor_labels, keys, key_labels, temperature
     return (L * has_pos).sum() / has_pos.sum().clamp_min(1)
 
 
-def image_contrastive_loss(features, labels, weights, temperature, bank_feats=None, bank_labels=None, bank_mask=None):
+def image_contrastive_loss(features, labels, weights, temperature, bank_feats=None, bank_labels=None,
+                           bank_mask=None):
     """eqs. (12)–(13): class-aware image contrast with pair weights.
 
     features (2N,D) unit vectors, rows i and i+N the two views of image i; labels (2N,) (or (N,), repeated);
     weights (2N,) float 0/1 (or (N,), repeated). Positives P(i) = {p ≠ i with the same label}; pair weight
-    w_ip = 1 for the other view of the same image (eq. (13), j = i), else weights_i · weights_p. With s = v·v/τ:
+    w_ip = 1 for the other view of the same image (eq. (13), j = i), else weights_i · weights_p.
+    With s = v·v/τ:
         L_i = -Σ_p w_ip log( e^{s_ip} / Σ_{j≠i} e^{s_ij} ) / Σ_p w_ip          (eq. (12))
     and the loss is the mean of L_i over the i with Σ_p w_ip > 0 (0 if none).
 
@@ -209,8 +217,8 @@ def image_contrastive_loss(features, labels, weights, temperature, bank_feats=No
     if weights.numel() == N and N > 0:
         weights = weights.repeat(2)
     if labels.numel() != n2 or weights.numel() != n2:
-        raise ValueError(f"image_contrastive_loss: labels {tuple(labels.shape)} / weights {tuple(weights.shape)} "
-                         f"do not match features {tuple(features.shape)}")
+        raise ValueError(f"image_contrastive_loss: labels {tuple(labels.shape)} / weights "
+                         f"{tuple(weights.shape)} do not match features {tuple(features.shape)}")
     if N == 0:
         return _zero_like(features)
     has_bank = bank_feats is not None and bank_feats.shape[0] > 0
@@ -248,8 +256,8 @@ def inter_task_consistency_loss(f_cls, f_seg):
 
 
 def cross_pseudo_supervision_loss(logits_a, logits_b):
-    """CPS (Chen et al., CVPR 2021, eqs. (2)–(3)), the control method, not Hermes: each network learns the other's
-    hard pseudo-labels with pixel cross-entropy, no threshold, no gradient through the pseudo-labels:
+    """CPS (Chen et al., CVPR 2021, eqs. (2)–(3)), the control method, not Hermes: each network learns the
+    other's hard pseudo-labels with pixel cross-entropy, no threshold, no gradient through the pseudo-labels:
         L_cps = 1/|D| Σ_x 1/(W·H) Σ_i [ CE(p_1i, argmax p_2i) + CE(p_2i, argmax p_1i) ].
 
     logits_a, logits_b (B,C,H,W) of the two networks on the same images -> 0-d tensor (mean over images).
@@ -258,7 +266,7 @@ def cross_pseudo_supervision_loss(logits_a, logits_b):
         return _zero_like(logits_a, logits_b)
     logits_a, logits_b = _hi(logits_a), _hi(logits_b)
     y_a, y_b = logits_a.detach().argmax(1), logits_b.detach().argmax(1)            # (B,H,W) one-hot labels
-    return F.cross_entropy(logits_a, y_b) + F.cross_entropy(logits_b, y_a)          # Chen et al. eqs. (2)–(3)
+    return F.cross_entropy(logits_a, y_b) + F.cross_entropy(logits_b, y_a)        # Chen et al. eqs. (2)–(3)
 
 
 def weighted_terms(parts, coefficients):
@@ -271,15 +279,16 @@ def weighted_terms(parts, coefficients):
 
 
 def total_loss(parts, coefficients):
-    """eq. (15): L_total = λ_seg (L^l_seg + L^u_seg + α L^seg_c) + λ_cls (L^l_cls + L^u_cls + β L^cls_c) + γ L^u_itc,
-    the weighted sum of its seven terms, added up in the equation's three groups.
+    """eq. (15): L_total = λ_seg (L^l_seg + L^u_seg + α L^seg_c) + λ_cls (L^l_cls + L^u_cls + β L^cls_c)
+    + γ L^u_itc, the weighted sum of its seven terms, added up in the equation's three groups.
 
     parts: {part: tensor or number} with part in PARTS; a missing part (or None) counts as 0.
     coefficients: {part: number} for all seven parts, the factor of each term once the brackets are
-    multiplied out (seg_c: λ_seg α, ...): hermes.eq15_coefficients, which holds the paper's constants. -> 0-d tensor
+    multiplied out (seg_c: λ_seg α, ...): hermes.eq15_coefficients, which holds the paper's constants.
+    -> 0-d tensor
     """
     t = weighted_terms(parts, coefficients)
-    loss = ((t["seg_l"] + t["seg_u"] + t["seg_c"])                                # λ_seg (L^l_seg + L^u_seg + α L^seg_c)
-            + (t["cls_l"] + t["cls_u"] + t["cls_c"])                              # + λ_cls (L^l_cls + L^u_cls + β L^cls_c)
-            + t["itc"])                                                            # + γ L^u_itc       eq. (15)
+    loss = ((t["seg_l"] + t["seg_u"] + t["seg_c"])                # λ_seg (L^l_seg + L^u_seg + α L^seg_c)
+            + (t["cls_l"] + t["cls_u"] + t["cls_c"])              # + λ_cls (L^l_cls + L^u_cls + β L^cls_c)
+            + t["itc"])                                            # + γ L^u_itc       eq. (15)
     return loss if torch.is_tensor(loss) else torch.tensor(float(loss))

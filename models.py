@@ -2,8 +2,10 @@
 saliency (eq. (6)) and the projection heads (paper Sec. 3.1-3.2, supplementary Tables 5-6).
 
     seg branch   x -> ResNet encoder (stem /2, layer1 /4, layer2 /8, layer3 /16, layer4 /32)
-                   -> decoder up1 /16, up2 /8, up3 /4 (+ saliency, eq. (6)), up4 /2 -> full-resolution 2-class head
-    cls branch   x -> ResNet-18: stem, layer1, ITA(up3), layer2, ITA(up2), layer3, ITA(up1), layer4 -> fc (2 classes)
+                   -> decoder up1 /16, up2 /8, up3 /4 (+ saliency, eq. (6)), up4 /2
+                   -> full-resolution 2-class head
+    cls branch   x -> ResNet-18: stem, layer1, ITA(up3), layer2, ITA(up2), layer3, ITA(up1), layer4
+                   -> fc (2 classes)
     saliency     |d max_c f_c(x) / dx| of the cls ResNet *without* ITA, so there is no cycle
                  (saliency -> seg -> ITA -> cls)
 
@@ -38,7 +40,8 @@ class WeightsUnavailable(cli.MissingFileError):
 
 
 def weights_dir():
-    """Where torchvision reads (and downloads) the ImageNet files: the torch hub cache's checkpoints folder."""
+    """Where torchvision reads (and downloads) the ImageNet files: the torch hub cache's checkpoints
+    folder."""
     return os.path.join(torch.hub.get_dir(), "checkpoints")
 
 
@@ -65,8 +68,8 @@ def build_resnet(name, pretrained):
     """A torchvision ResNet (`resnet18`/`resnet34`), with ImageNet weights (IMAGENET1K_V1) when `pretrained`.
 
     Weights come through torchvision's weights API and the torch hub cache. Any failure to obtain them
-    (offline, corrupt file) raises WeightsUnavailable (a user error naming the file) instead of silently keeping
-    random weights; HermesNet names every file its two branches need.
+    (offline, corrupt file) raises WeightsUnavailable (a user error naming the file) instead of silently
+    keeping random weights; HermesNet names every file its two branches need.
     """
     if name not in ENCODERS:
         raise ValueError(f"models.py: unknown encoder {name!r}; choose one of {sorted(ENCODERS)}")
@@ -122,7 +125,8 @@ class SegEncoder(nn.Module):
 
 
 def conv_bn_relu(c_in, c_out):
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out),
+                         nn.ReLU(inplace=True))
 
 
 class DecoderBlock(nn.Module):
@@ -179,15 +183,17 @@ class InterTaskAttention(nn.Module):
         x_m   = M_c (x) x_cls                                                   eq. (5)
         M_s   = sigma(W_s * [AvgPool_c(x_m); MaxPool_c(x_m)] + b_s)             eq. (4)
         x_out = M_s (x) x_m                                                     eq. (5)
-    W_c: 3x3 conv 2C -> C with bias b_c; W_0: C -> max(1, C/4), W_1: back to C (no biases, as eq. (3) writes them);
-    W_s: 3x3 conv 2 -> 1 with bias b_s; AvgPool_c / MaxPool_c are over channels; padding 1 keeps h x w.
+    W_c: 3x3 conv 2C -> C with bias b_c; W_0: C -> max(1, C/4), W_1: back to C (no biases, as eq. (3)
+    writes them); W_s: 3x3 conv 2 -> 1 with bias b_s; AvgPool_c / MaxPool_c are over channels; padding 1
+    keeps h x w.
 
     forward: x_cls (B,C,h,w), x_seg (B,c_seg_in,h,w) -> x_out (B,C,h,w), M_c (B,C,1,1), M_s (B,1,h,w)
     """
 
     def __init__(self, c_cls, c_seg_in, reduction=4, residual=False):
         super().__init__()
-        self.residual = residual  # not in the paper: x_out = x_cls + M_s (x) x_m (docs/when-does-hermes-help.md)
+        # not in the paper: x_out = x_cls + M_s (x) x_m (docs/when-does-hermes-help.md)
+        self.residual = residual
         self.adapter = nn.Conv2d(c_seg_in, c_cls, 1)
         self.W_c = nn.Conv2d(2 * c_cls, c_cls, 3, padding=1, bias=True)
         self.W_0 = nn.Linear(c_cls, max(1, c_cls // reduction), bias=False)
@@ -211,7 +217,8 @@ class InterTaskAttention(nn.Module):
 
 
 def saliency(cls_net, x):
-    """Saliency map D(x, f_c(x)) of eq. (6): |d max_c f_c(x) / dx|, max over RGB, min-max normalised per image.
+    """Saliency map D(x, f_c(x)) of eq. (6): |d max_c f_c(x) / dx|, max over RGB, min-max normalised per
+    image.
 
     cls_net: any module mapping (B,3,H,W) -> logits (B,K); in HermesNet the plain classification ResNet
     (no inter-task attention). It runs in eval mode (BN running statistics, so images do not interact);
@@ -253,7 +260,8 @@ class HermesNet(nn.Module):
             reach the seg branch. The saliency map is always detached.
         contrast_level: seg-encoder level (1..4 = layer1..layer4, Table 5's Conv1..Conv4) of the pixel head.
         pixel_dim, image_dim, itc_dim: output sizes of the pixel, image and inter-task consistency heads.
-        ita_form: "paper" (eq. (5): x_out = M_s ⊗ M_c ⊗ x_cls) or "residual" (x_cls + that; not in the paper).
+        ita_form: "paper" (eq. (5): x_out = M_s ⊗ M_c ⊗ x_cls) or "residual" (x_cls + that; not in the
+            paper).
 
     ias off: the seg decoder receives an all-zero saliency map (same parameter shapes) and ITA is skipped;
     ITA modules exist either way, so a model built with ias can be run with ias=False and vice versa
@@ -284,8 +292,8 @@ class HermesNet(nn.Module):
         enc = self.seg_encoder.channels
         self.seg_decoder = SegDecoder(enc)
         c = enc[contrast_level]
-        self.pixel_head = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-                                        nn.Conv2d(c, pixel_dim, 1))
+        self.pixel_head = nn.Sequential(nn.Conv2d(c, c, 1, bias=False), nn.BatchNorm2d(c),
+                                        nn.ReLU(inplace=True), nn.Conv2d(c, pixel_dim, 1))
         self.itc_seg_head = mlp(enc[4], enc[4], itc_dim)
         # classification branch
         self.cls_net = build_resnet("resnet18", pretrained)
@@ -301,7 +309,8 @@ class HermesNet(nn.Module):
         assert names == set(self.SEG_PARTS) | set(self.CLS_PARTS), names
 
     def seg_parameters(self):
-        """Parameters of the seg branch: encoder, decoder (incl. saliency fusion and head), pixel and itc_seg heads."""
+        """Parameters of the seg branch: encoder, decoder (incl. saliency fusion and head), pixel and itc_seg
+        heads."""
         return [p for n in self.SEG_PARTS for p in getattr(self, n).parameters()]
 
     def cls_parameters(self):
@@ -311,8 +320,9 @@ class HermesNet(nn.Module):
     def forward_seg(self, x, saliency=None):
         """Segmentation branch alone.
 
-        x (B,3,H,W), saliency (B,1,H,W) or None (zeros) -> {"seg_logits" (B,2,H,W), "pixel_emb", "itc_seg" (B,itc_dim),
-        "feats": {"stem","layer1".."layer4" encoder features, "up1".."up4" decoder features}} (shapes: SegEncoder, SegDecoder)
+        x (B,3,H,W), saliency (B,1,H,W) or None (zeros) -> {"seg_logits" (B,2,H,W), "pixel_emb",
+        "itc_seg" (B,itc_dim), "feats": {"stem","layer1".."layer4" encoder features, "up1".."up4" decoder
+        features}} (shapes: SegEncoder, SegDecoder)
         """
         check_input(x)
         B, _, H, W = x.shape
@@ -352,7 +362,8 @@ class HermesNet(nn.Module):
                 "itc_cls": self.itc_cls_head(f), "M_c": M_c, "M_s": M_s}
 
     def forward(self, x, ias=None):
-        """Joint forward: saliency (eq. (6)) -> seg (saliency at up3) -> cls with ITA (eqs. (3)–(5)). See class docstring."""
+        """Joint forward: saliency (eq. (6)) -> seg (saliency at up3) -> cls with ITA (eqs. (3)–(5)).
+        See class docstring."""
         check_input(x)
         ias = self.ias if ias is None else ias
         sal = saliency(self.cls_net, x) if ias else None
@@ -375,8 +386,8 @@ def _check_state(own, state, what):
     if missing or unexpected or bad:
         def show(keys):
             return ", ".join(keys[:8]) + (f" ... ({len(keys)} in all)" if len(keys) > 8 else "") or "none"
-        raise ValueError(f"{what} does not fit this model: missing {show(missing)}; unexpected {show(unexpected)}; "
-                         f"shape mismatch {show(bad)}")
+        raise ValueError(f"{what} does not fit this model: missing {show(missing)}; "
+                         f"unexpected {show(unexpected)}; shape mismatch {show(bad)}")
 
 
 def load_init(model, state, heads=False, what="--init"):

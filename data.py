@@ -396,12 +396,17 @@ def _read_folder(root):
     without a mask is warned about, since it may be a forgotten mask. Images not in labels.csv are skipped with
     a warning naming them."""
     _require_dir(root, "dataset root")
+    if not os.path.isdir(os.path.join(root, "images")) and not _elsewhere(root, "images"):
+        raise MissingFileError(f"image folder not found: {os.path.join(root, 'images')} (the folder layout: "
+                               f"images/, masks/, labels.csv); a data set shipped another way (DDTI's XML "
+                               f"annotations, say): docs/your-own-data.md converts it")
     img_dir = _require_dir(os.path.join(root, "images"), "image folder", root)
     mask_dir = _require_dir(os.path.join(root, "masks"), "mask folder", root)
     csv_path = os.path.join(root, "labels.csv")
     if not os.path.isfile(csv_path):
         raise MissingFileError(f"label file not found: {csv_path} (columns image,label[,group])"
-                               f"{_elsewhere(root, 'labels.csv')}")
+                               f"{_elsewhere(root, 'labels.csv')}; a data set shipped another way (DDTI's "
+                               f"XML annotations, say): docs/your-own-data.md converts it")
     images, masks = _by_stem(img_dir), _by_stem(mask_dir)
     with open(csv_path, encoding="utf-8-sig", newline="") as f:
         reader = csv.DictReader(f)
@@ -471,7 +476,10 @@ def _unlabeled_records(dirs, records, taken=()):
 
     Name: the path under DIR without extension ('2024/scan_17'); with the extension when that name is taken by
     another file; a file whose bytes equal an image already read (a labeled one, or one under an earlier DIR)
-    is skipped and reported. -> (new records, [(skipped file, name of the image it duplicates)])."""
+    is skipped and reported. The dataset's own images and masks under a DIR are left out (said in one line).
+    -> (new records, [(skipped file, name of the image it duplicates)])."""
+    own_masks = {os.path.realpath(p) for r in records for p in r[2]}
+    own = own_masks | {os.path.realpath(r[1]) for r in records}   # the dataset's own images and masks
     seen = {_file_digest(r[1]): r[0] for r in records}
     taken = {r[0] for r in records} | set(taken)
     out, dups = [], []
@@ -480,6 +488,15 @@ def _unlabeled_records(dirs, records, taken=()):
         paths = _walk_images(d)
         if not paths:
             raise DataError(f"--unlabeled-dir {d}: no image files under it (formats read: {', '.join(IMAGE_EXTS)})")
+        mine = [p for p in paths if os.path.realpath(p) in own]
+        if mine:
+            n_masks = sum(os.path.realpath(p) in own_masks for p in mine)
+            print(f"--unlabeled-dir {d} overlaps the dataset: left out its {len(mine)} own files "
+                  f"({n_masks} masks, {len(mine) - n_masks} labeled or evaluation images)")
+            paths = [p for p in paths if os.path.realpath(p) not in own]
+            if not paths:
+                raise DataError(f"--unlabeled-dir {d}: every image under it belongs to the dataset itself "
+                                f"(its images and masks); name a folder of other images")
         for p in paths:
             h = _file_digest(p)
             if h in seen:
@@ -497,6 +514,27 @@ def _unlabeled_records(dirs, records, taken=()):
         warnings.warn(f"{len(dups)} files under --unlabeled-dir are copies of images already read and are used "
                       f"once, e.g. {dups[0][0]} = {dups[0][1]!r}")
     return out, dups
+
+
+LAYOUTS = (("udiat", "DatasetB.xlsx", lambda r: os.path.isfile(os.path.join(r, "DatasetB.xlsx"))),
+           ("busi", "Dataset_BUSI_with_GT/ or benign/ + malignant/",
+            lambda r: os.path.isdir(os.path.join(r, "Dataset_BUSI_with_GT"))
+            or all(os.path.isdir(os.path.join(r, c)) for c in CLASSES)),
+           ("sztus", "labeled.txt", lambda r: os.path.isfile(os.path.join(r, "labeled.txt"))),
+           ("folder", "labels.csv", lambda r: os.path.isfile(os.path.join(r, "labels.csv"))))
+
+
+def detect_dataset(root):
+    """The dataset whose layout `root` has (README: Datasets): UDIAT's DatasetB.xlsx, BUSI's class folders,
+    SZ-TUS's labeled.txt, labels.csv of `folder`. One-line DataError when none (or several) match."""
+    root = _require_dir(os.path.abspath(os.path.expanduser(str(root))), "--data-root folder")
+    found = [name for name, _, has in LAYOUTS if has(root)]
+    looked = "; ".join(f"{what} ({name})" for name, what, _ in LAYOUTS)
+    if len(found) != 1:
+        what = "no known dataset layout" if not found else f"the layouts of {' and '.join(found)}"
+        raise DataError(f"--data-root {root} has {what} (looked for {looked}): pass --dataset NAME"
+                        + ("; your own images: docs/your-own-data.md (a DDTI recipe too)" if not found else ""))
+    return found[0]
 
 
 def load_dataset(name, root=None, image_size=224, seed=0, demo_size=None, unlabeled_dirs=None):
@@ -566,8 +604,8 @@ def make_split(ds, labels, seed):
     carry both labels is assigned to the class of its malignant images (never split). Then the class's train
     images are permuted once with a generator seeded by (seed, c, 1) and the first labels/2 are labeled, so for one
     seed the budgets are nested (the 40-label set contains the 20-label set) and the evaluation set is the same
-    for every budget. A budget must leave at least one unlabeled train image (Hermes draws unlabeled batches);
-    an odd or too large budget is an error naming the largest one allowed.
+    for every budget. A budget must leave each class at least one unlabeled train image (Hermes draws unlabeled
+    batches of both classes); an odd or too large budget is an error naming the largest one allowed.
 
     Unlabeled images (ds.annotated False: no class or no mask) take no part in these draws, so the annotated
     images split exactly as without them; they all join train_unlabeled, except those in a group that went to
@@ -598,7 +636,9 @@ def make_split(ds, labels, seed):
         train_c[c] = [i for i in order if annotated[i] and ds.labels[i] == c and ds.groups[i] in train_groups]
     real_train = [i for i in real if ds.groups[i] in train_groups or ds.groups[i] not in patient_class]
     n0, n1 = len(train_c[0]), len(train_c[1])
-    k_max = min(n0, n1) - (n0 == n1 and not real_train)  # labels/2 per class, leaving >= 1 unlabeled image
+    # labels/2 per class, each class keeping >= 1 unlabeled image, unless real unlabeled images are there
+    # to be the unlabeled set (README: Datasets)
+    k_max = min(n0, n1) - (not real_train)
     where = f"the train part of {ds.name} (seed {seed}: {n0} benign, {n1} malignant)"
     if every:
         if not real_train:
@@ -617,8 +657,10 @@ def make_split(ds, labels, seed):
                 raise DataError(f"labels={labels} needs {k} labeled {cname} images but {where} has only "
                                 f"{len(train_c[c])}; maximum labels: {2 * k_max}")
         if k > k_max:
-            raise DataError(f"labels={labels} labels every image of {where} and leaves no unlabeled image; "
-                            f"maximum labels: {2 * k_max}")
+            short = [cname for c, cname in enumerate(CLASSES) if k >= len(train_c[c])]
+            raise DataError(f"labels={labels} labels every {' and '.join(short)} image of {where} and leaves "
+                            f"that class no unlabeled image (each class keeps at least one); maximum labels: "
+                            f"{2 * k_max}")
     labeled = []
     for c in (0, 1):
         if every:

@@ -11,11 +11,13 @@ Run folder (--out): config.json, split.json, log.csv, checkpoint.pt, best.pt, me
 """
 import csv
 import datetime
+import json
 import os
 import random
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -88,6 +90,69 @@ def native_bf16(device):
         return False
     return bool(getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", lambda: False)())
 
+
+
+# ------------------------------------------------------------------------------------------- run lock
+class RunLock:
+    """One writer per run folder: OUT.lock beside the folder (so moving an unfinished folder aside keeps it)
+    holds the owner's PID, host and start time from before anything is written until the run ends. A second
+    train.py into the same --out, new or --resume, stops with one line naming the owner while it lives; a lock
+    whose owner is gone (same host, no such process) is taken over, and said so."""
+
+    def __init__(self, out):
+        self.path = os.path.normpath(os.path.abspath(out)) + ".lock"
+        self.held = False
+
+    def _owner(self):
+        try:
+            with open(self.path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    @staticmethod
+    def _alive(owner):
+        if owner.get("host") != socket.gethostname():
+            return True   # cannot be checked from here: taken as alive
+        try:
+            os.kill(int(owner["pid"]), 0)
+        except ProcessLookupError:
+            return False
+        except (PermissionError, KeyError, ValueError, TypeError):
+            return True
+        return True
+
+    def acquire(self, out):
+        me = {"pid": os.getpid(), "host": socket.gethostname(),
+              "started": datetime.datetime.now().isoformat(timespec="seconds")}
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and self._alive(owner):
+                    raise cli.DataError(
+                        f"run folder {out} is being written by another train.py (PID {owner.get('pid')} on "
+                        f"{owner.get('host')}, since {owner.get('started')}; lock {self.path}): wait for it to end, "
+                        f"or train into another --out")
+                print(f"took over the lock of {out}: its owner (PID {owner and owner.get('pid')}) is no longer "
+                      f"running", file=sys.stderr)
+                try:
+                    os.remove(self.path)
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            self.held = True
+            return self
+        raise cli.DataError(f"cannot take the lock {self.path} of run folder {out}: another process keeps taking it")
+
+    def release(self):
+        if self.held and (self._owner() or {}).get("pid") == os.getpid():
+            os.remove(self.path)
+        self.held = False
 
 
 # ------------------------------------------------------------------------------------------- run folder
@@ -404,7 +469,7 @@ class Progress:
 
     def __init__(self, start, total, device, every_s, lines):
         self.start, self.total, self.device, self.every_s, self.lines = start, total, device, every_s, lines
-        self.t_measure, self.announced = None, False
+        self.t_measure, self.announced, self.evaluations_said = None, False, False
         self.t_line = time.perf_counter()
         self.since_line = []   # seconds of the steps since the last line
 
@@ -424,11 +489,22 @@ class Progress:
             self.t_line, self.since_line = time.perf_counter(), []
 
     def _announce(self, done, sps):
-        self.announced = True
+        self.announced, self.sps = True, sps
         left = sps * (self.total - done)
         hint = ("; for a quick look try --image-size 96 --iters 250" if left > self.LONG else "")
-        line = (f"{self.total - done:,} more steps at ~{sps:.3g} s/step on {self.device.type}: ~{duration(left)} "
-                f"(evaluations not counted){hint}")
+        self._say(f"{self.total - done:,} more steps at ~{sps:.3g} s/step on {self.device.type}: ~{duration(left)} "
+                  f"of steps, evaluations timed at the first{hint}")
+
+    def evaluated(self, done, seconds, n_left):
+        """After the first evaluation of this part: the expected time with the n_left evaluations still to come
+        (each as long as this one)."""
+        if self.evaluations_said or getattr(self, "sps", None) is None:
+            return
+        self.evaluations_said = True
+        left = self.sps * (self.total - done) + seconds * n_left
+        self._say(f"an evaluation took {seconds:.1f} s; with the {n_left} still to come, ~{duration(left)} left")
+
+    def _say(self, line):
         if self.lines:
             print(line, flush=True)
         else:

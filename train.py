@@ -48,8 +48,12 @@ def given_on_command_line(argv):
     return set(vars(probe.parse_args(argv)))
 
 
-def resolve(args):
-    """Fill the dataset-dependent defaults (the demo's CPU sizes, else the paper's §4.1) and check the arguments."""
+def resolve(args, given=()):
+    """Fill the dataset-dependent defaults (the demo's CPU sizes, else the paper's §4.1) and check the arguments.
+    given: the options set on the command line; --data-root without --dataset names the dataset by its layout."""
+    if args.data_root is not None and "dataset" not in given and not args.resume:
+        args.dataset = data.detect_dataset(args.data_root)
+        print(f"--data-root {args.data_root}: the {args.dataset} layout (pass --dataset to choose another)")
     if args.dataset not in DATASETS:   # checked here, not by argparse's choices: one line, not its usage block
         hint = f" (did you mean {args.dataset.lower()}?)" if args.dataset.lower() in DATASETS else ""
         raise cli.DataError(f"--dataset {args.dataset}: unknown dataset{hint}; the datasets are "
@@ -314,8 +318,16 @@ class Run:
 
 def train(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = resolve(build_parser().parse_args(argv))
     given = given_on_command_line(argv)
+    args = resolve(build_parser().parse_args(argv), given)
+    lock = runner.RunLock(args.out).acquire(args.out)   # one writer per run folder, before anything is read
+    try:
+        return _train(args, given)
+    finally:
+        lock.release()
+
+
+def _train(args, given):
     cfg, ckpt = runner.open_run(args, given)
     cfg["out"] = args.out
     if "finished" in cfg:   # --resume of a finished run: said, nothing changed
@@ -344,7 +356,9 @@ def train(argv=None):
             if log_now:
                 run.log_train(done, stats, lr_it, bar)
             if eval_now:
+                t_eval, ev = time.perf_counter(), cfg["eval_every"]
                 run.evaluate(done)
+                progress.evaluated(done, time.perf_counter() - t_eval, total // ev - done // ev + (total % ev > 0))
             if save_now:
                 run.save(done)
                 clock.reset()
@@ -362,7 +376,8 @@ def train(argv=None):
     print(f"\nrun folder: {out}  (config.json, split.json, log.csv, checkpoint.pt, best.pt, metrics.json)")
     print(f"final checkpoint on the evaluation split ({m['n_images']} images): "
           f"Dice {m['dice_mean']:.4f} ± {m['dice_std']:.4f}  IoU {m['iou_mean']:.4f}  "
-          f"HD95 {m['hd95_mean']:.2f} px  Acc {m['accuracy']:.4f}  AUC {m['auc']:.4f}")
+          f"HD95 {m['hd95_mean']:.2f} px  Acc {m['accuracy']:.4f} (sens {m['sensitivity']:.4f}, spec "
+          f"{m['specificity']:.4f})  AUC {m['auc']:.4f}")
     print(f"best evaluation Dice {best['dice']:.4f} at step {best['iter']} (best.pt, selected on the evaluation "
           f"split)")
     return result

@@ -374,9 +374,12 @@ def test_split_budget_errors():
         data.make_split(ds, 7, 0)
     with pytest.raises(ValueError, match="even"):
         data.make_split(ds, 0, 0)
-    with pytest.raises(ValueError, match=r"labels=16.*malignant.*only 7.*maximum labels: 14"):
+    with pytest.raises(ValueError, match=r"labels=16.*malignant.*only 7.*maximum labels: 12"):
         data.make_split(ds, 16, 0)
-    assert len(data.make_split(ds, 14, 0)["train_labeled"]) == 14
+    # each class keeps at least one unlabeled training image (README: Datasets): 7 malignant -> 6 labeled
+    with pytest.raises(ValueError, match=r"labels=14 labels every malignant image.*maximum labels: 12"):
+        data.make_split(ds, 14, 0)
+    assert len(data.make_split(ds, 12, 0)["train_labeled"]) == 12
     with pytest.raises(ValueError, match="malignant"):
         data.make_split(fake_set(5, 1), 2, 0)
 
@@ -517,8 +520,9 @@ def test_maximum_budget_named_by_the_error_trains():
     (x, _, _), (w, _, _, _) = batches[0]
     assert x.shape[0] == 8 and w.shape[0] == 8
     assert "no unlabeled" in str(e.value)
-    assert "maximum labels: 20" in _error(lambda: data.make_split(fake_set(20, 14), 22, 0))   # 14 / 10 train parts
-    assert "maximum labels: 20" in _error(lambda: data.make_split(fake_set(20, 14), 21, 0))   # odd: names it too
+    # 14 / 10 train parts: 9 + 9 labeled, so each class keeps an unlabeled image
+    assert "maximum labels: 18" in _error(lambda: data.make_split(fake_set(20, 14), 20, 0))
+    assert "maximum labels: 18" in _error(lambda: data.make_split(fake_set(20, 14), 21, 0))   # odd: names it too
 
 
 def _error(fn):

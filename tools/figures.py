@@ -522,13 +522,20 @@ def plot_learning_curves(groups, out_png, key="dice_mean", title=None):
 
 
 def parse_groups(p, items):
-    """{NAME: [RUN, ...]} from NAME=RUN[,RUN...] items (parser p reports a malformed one)."""
-    groups = {}
+    """{NAME: [RUN, ...]} from NAME=RUN[,RUN...] items (parser p reports a malformed one) and run folders.
+    Plain run folders (not NAME=...) are grouped by their method name, as tools.tables groups them."""
+    groups, plain = {}, []
     for g in items:
         name, sep, dirs = g.partition("=")
-        if not sep or not dirs:
-            p.error(f"a group is NAME=RUN[,RUN...], got {g!r}")
+        if os.path.isdir(g) or not sep:
+            plain.append(g)
+            continue
+        if not dirs:
+            p.error(f"a group is NAME=RUN[,RUN...] or a run folder, got {g!r}")
         groups.setdefault(name, []).extend(d for d in dirs.split(",") if d)
+    if plain:
+        from tools.tables import group_runs
+        groups.update(group_runs(plain))
     return groups
 
 
@@ -543,7 +550,7 @@ def main(argv=None):
     a.add_argument("--out", default=None, help="PNG (default <first run>/pseudo_labels.png)")
     a.add_argument("--smooth", type=int, default=5, help="moving-average window in logged rows (1 = none)")
     c = sub.add_parser("curves", help="an evaluation metric over steps, groups of runs as mean ± std")
-    c.add_argument("groups", nargs="+", help="NAME=RUN[,RUN...] (one group per method)")
+    c.add_argument("groups", nargs="+", help="NAME=RUN[,RUN...] groups, or run folders (grouped by method)")
     c.add_argument("--metric", default="dice_mean", help="log.csv eval column (dice_mean, accuracy, ...)")
     c.add_argument("--title", default=None)
     c.add_argument("--out", required=True)

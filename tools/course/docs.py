@@ -7,7 +7,7 @@ from .grader import ROOT
 from .registry import ASSIGNMENTS
 
 COURSE_MD = os.path.join(ROOT, "COURSE.md")
-BLOCKS = ("assignments", "checks")
+BLOCKS = ("assignments", "checks", "example")
 
 
 def assignments_table():
@@ -26,8 +26,36 @@ def checks_table():
     return "\n".join(lines).rstrip()
 
 
+def worked_example():
+    """The grade of a student who coded eq. 3's formula without the ReLU of the sentence after it (a hand-in of
+    only models.py), graded as `grade` prints it (in-process: the same verdicts as the sandbox, on trusted code)."""
+    import ast
+    import shutil
+    import tempfile
+    from . import cutting, grader, report
+    with tempfile.TemporaryDirectory(prefix="course-example-") as tmp:
+        d = os.path.join(tmp, "hand-in", "wrong")
+        os.makedirs(d)
+        shutil.copy(os.path.join(ROOT, "models.py"), d)
+        path = os.path.join(d, "models.py")
+        with open(path, encoding="utf-8") as f:
+            src = f.read()
+        start, end, _ = cutting.body_span(cutting.find_function(ast.parse(src), "InterTaskAttention.forward"))
+        lines = src.splitlines(keepends=True)
+        body = "".join(lines[start - 1:end])
+        old = "self.W_1(F.relu(self.W_0(a)))"
+        if body.count(old) != 1:
+            raise ValueError(f"COURSE.md's worked example: {old!r} is no longer in InterTaskAttention.forward")
+        lines[start - 1:end] = [body.replace(old, "self.W_1(self.W_0(a))")]
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("".join(lines))
+        g = dict(grader.grade(d, "attention", in_process=True), student="hand-in/wrong")
+    text = report.text(g, ASSIGNMENTS["attention"].what)
+    return "```\n" + "\n".join(ln[:160] for ln in text.splitlines()) + "\n```"
+
+
 def blocks():
-    return {"assignments": assignments_table(), "checks": checks_table()}
+    return {"assignments": assignments_table(), "checks": checks_table(), "example": worked_example()}
 
 
 def render(text):

@@ -41,6 +41,13 @@ DEMO_IMAGE_SIZE, PAPER_IMAGE_SIZE = 96, 224    # the demo is CPU-sized; §4.1: "
 DEMO_ITERS, PAPER_ITERS = 120, 3000
 
 
+# The comparators of Tables 1-2 (`--method`; comparators/ and cps.py): segmentation methods train the
+# classification branch as SupOnly's, classification methods the segmentation branch.
+SEG_METHODS = {"cps": "CPS", "abd": "ABD", "admt": "AD-MT", "ssnet": "SS-Net", "dcnet": "DCNet"}
+CLS_METHODS = {"shrinkmatch": "ShrinkMatch", "interlude": "InterLUDE", "infomatch": "InfoMatch", "pefat": "PEFAT"}
+METHODS = {**SEG_METHODS, **CLS_METHODS}
+
+
 def image_size_for(dataset):
     """The one image-size rule: the demo at 96 px, every real dataset at the paper's 224 px."""
     return DEMO_IMAGE_SIZE if dataset == "demo" else PAPER_IMAGE_SIZE
@@ -58,10 +65,11 @@ def parse_labels(value):
 
 
 def setting(default, help, *, group, paper=None, resume=MATCH, results=True, per_run=False, missing=UNSET,
-            note=None, paper_value=UNSET, tag=None, **flag):
+            note=None, paper_value=UNSET, tag=None, comparator=None, **flag):
     return field(default=default, metadata=dict(
         help=help, group=group, paper=paper, resume=resume, results=results, per_run=per_run, missing=missing,
-        note=note, paper_value=default if paper_value is UNSET else paper_value, tag=tag, flag=flag))
+        note=note, paper_value=default if paper_value is UNSET else paper_value, tag=tag, comparator=comparator,
+        flag=flag))
 
 
 @dataclass
@@ -71,7 +79,7 @@ class HermesConfig:
     method: str = setting("hermes", "hermes (the paper), or a comparator trained with the same networks and "
                           "data, its classification branch as SupOnly's: cps = cross pseudo supervision (Chen "
                           "et al. 2021; Table 1)", group=COMMON, paper="Table 1", missing="hermes",
-                          choices=["hermes", "cps"])
+                          choices=["hermes", *METHODS])
     dtcl: bool = setting(True, "dual-threshold contrastive learning and the unlabeled losses (all three of "
                          "--dtcl --ias --itcl off = SupOnly)", group=METHOD, paper="Table 3")
     ias: bool = setting(True, "inter-task attention and saliency", group=METHOD, paper="Table 3 (SM/ITA)")
@@ -119,6 +127,202 @@ class HermesConfig:
     cps_weight: float = setting(1.5, "--method cps: λ of CPS (Chen et al.: 1.5 on PASCAL VOC, 6 on Cityscapes)",
                                 group=COMPARATORS, paper="not Hermes", missing=1.5, note="λ_cps {:g}")
 
+    # --method abd: comparators/abd.py
+    abd_cons_weight: float = setting(
+        0.1, 'ABD: weight of the cross-teaching Dice terms (baseline + ABD-R)', group=COMPARATORS,
+        paper='not Hermes: ABD code train_ACDC_Cross_Teaching.py --consistency 0.1', comparator='abd')
+    abd_rampup: float = setting(
+        1.0, 'ABD: fraction of the run over which that weight ramps up (sigmoid ramp)', group=COMPARATORS,
+        paper='not Hermes: ABD code: sigmoid_rampup(iter // 150, 200), i.e. over all 30,000 ' 'iterations',
+        comparator='abd')
+    abd_grid: int = setting(
+        4, 'ABD: patches per image side (the image is cut into grid x grid patches)', group=COMPARATORS,
+        paper='not Hermes: ABD code: patch_size 56 at 224 px, h_size = w_size = 4', comparator='abd')
+    abd_top_k: int = setting(
+        4, 'ABD-R: candidate patches (most confident) among which the KL rule picks', group=COMPARATORS,
+        paper='not Hermes: ABD code --top_num 4', comparator='abd')
+    abd_i_weight: float = setting(
+        2.0, 'ABD-I: weight of the supervised loss on the displaced labeled images', group=COMPARATORS,
+        paper='not Hermes: ABD code: model1_loss = loss1 + 2 * loss3 + ...', comparator='abd')
+    abd_i_prob: float = setting(
+        0.5, 'ABD-I: probability that a labeled image is displaced', group=COMPARATORS,
+        paper='not Hermes: ABD code: random.random() < 0.5 per labeled image', comparator='abd')
+    abd_i_stop: float = setting(
+        0.6666666666666666, 'ABD-I: fraction of the run after which its loss is dropped', group=COMPARATORS,
+        paper='not Hermes: ABD code: loss3 = loss4 = 0 once iter_num > 20000 of 30000', comparator='abd')
+    # --method admt: comparators/admt.py
+    admt_cons_weight: float = setting(
+        2.0, 'AD-MT: weight of the unlabeled Dice term', group=COMPARATORS,
+        paper='not Hermes: AD-MT cfgs/config_2d_aut.yml consistency: 2.0', comparator='admt')
+    admt_rampup: float = setting(
+        0.25, 'AD-MT: fraction of the run over which that weight ramps up (sigmoid ramp)', group=COMPARATORS,
+        paper='not Hermes: AD-MT code: sigmoid_rampup(iter // 150, 50) = 7,500 of 30,000 iterations',
+        comparator='admt')
+    admt_threshold: float = setting(
+        0.95, 'AD-MT: confidence threshold τ of the pseudo-labels', group=COMPARATORS,
+        paper='not Hermes: config conf_threshold', comparator='admt')
+    admt_ema_decay: float = setting(
+        0.99, 'AD-MT: EMA decay of the active teacher', group=COMPARATORS,
+        paper='not Hermes: config ema_decay', comparator='admt')
+    admt_ema_copy: int = setting(
+        50, 'AD-MT: the active teacher copies the student while it // 2 < this many steps', group=COMPARATORS,
+        paper='not Hermes: AD-MT code update_ema_variables: α = 0 while global_step (= iter // 2) < '
+        'consistency_rampup (50)', comparator='admt')
+    admt_period: int = setting(
+        50, 'AD-MT: the longest alternation period P in steps (each period ~ U{1..P})', group=COMPARATORS,
+        paper='not Hermes: config alt_param_updating_period_iters 50, '
+        'alt_flag_updating_period_random True', comparator='admt')
+    admt_cutmix_prob: float = setting(
+        1.0, 'AD-MT: probability of CutMix in a teacher-2 step', group=COMPARATORS,
+        paper='not Hermes: config cutmix_prob 1.0', comparator='admt')
+    admt_ensemble: str = setting(
+        'mean', "AD-MT: teachers' ensemble, 'mean' (the code's arithmetic) or 'entropy' (per-teacher "
+        'weights exp(-H_k))', group=COMPARATORS,
+        paper='not Hermes: AD-MT code weights both teachers by exp(-(H_1 + H_2)), i.e. a mean',
+        comparator='admt')
+    # --method ssnet: comparators/ssnet.py
+    ssnet_cons_weight: float = setting(
+        0.1, 'SS-Net: weight w of the VAT and class-separation terms', group=COMPARATORS,
+        paper='not Hermes: SS-Net train_ss_2d.py --consistency 0.1', comparator='ssnet')
+    ssnet_rampup: float = setting(
+        1.0, 'SS-Net: fraction of the run over which w ramps up (sigmoid ramp)', group=COMPARATORS,
+        paper='not Hermes: SS-Net code: sigmoid_rampup(iter // 150, 200) = all 30,000 iterations',
+        comparator='ssnet')
+    ssnet_xi: float = setting(
+        10.0, "SS-Net: VAT's probe step ξ", group=COMPARATORS,
+        paper='not Hermes: SS-Net utils/losses.py VAT2d(xi=10.0)', comparator='ssnet')
+    ssnet_epsilon: float = setting(
+        6.0, "SS-Net: VAT's perturbation norm ε (per image)", group=COMPARATORS,
+        paper='not Hermes: train_ss_2d.py --magnitude 6.0', comparator='ssnet')
+    ssnet_contrast_weight: float = setting(
+        0.1, 'SS-Net: factor on the class-separation terms inside w(...)', group=COMPARATORS,
+        paper='not Hermes: train_ss_2d.py: consistency_weight * (loss_lds + 0.1 * '
+        '(loss_contr_labeled + loss_contr_unlabeled))', comparator='ssnet')
+    ssnet_memory: int = setting(
+        32, 'SS-Net: prototypes kept per class', group=COMPARATORS,
+        paper='not Hermes: FeatureMemory(elements_per_class=32)', comparator='ssnet')
+    ssnet_dim: int = setting(
+        32, 'SS-Net: dimension of the projected pixel features', group=COMPARATORS,
+        paper='not Hermes: not fixed by the paper; ours', comparator='ssnet')
+    # --method dcnet: comparators/dcnet.py
+    dcnet_ce_weight: float = setting(
+        0.3, 'DCNet: weight of the cross-entropy on the consistent (confident) part', group=COMPARATORS,
+        paper='not Hermes: train_dcnet_acdc.py: loss = ... + 0.3 * loss_cer', comparator='dcnet')
+    dcnet_cons_weight: float = setting(
+        0.1, 'DCNet: w(t) = this · sigmoid ramp; MSE weight mse_scale·w, attention at_scale·(1 - w)', group=COMPARATORS,
+        paper='not Hermes: train_dcnet_acdc.py --consistency 0.1', comparator='dcnet')
+    dcnet_rampup: float = setting(
+        1.0, 'DCNet: fraction of the run over which w ramps up (sigmoid ramp)', group=COMPARATORS,
+        paper='not Hermes: train_dcnet_acdc.py: sigmoid_rampup(iter_num // 150, 200), i.e. all '
+        '30,000 iterations', comparator='dcnet')
+    dcnet_mse_scale: float = setting(
+        1000.0, 'DCNet: factor on the MSE of the inconsistent part (times w)', group=COMPARATORS,
+        paper='not Hermes: train_dcnet_acdc.py: consistency_weight * (1000 * loss_dc0)', comparator='dcnet')
+    dcnet_at_scale: float = setting(
+        1000.0, 'DCNet: factor on the attention-transfer term (times 1 - w)', group=COMPARATORS,
+        paper='not Hermes: train_dcnet_acdc.py: (1 - consistency_weight) * (1000 * loss_at_kd)',
+        comparator='dcnet')
+    dcnet_temperature: float = setting(
+        0.5, "DCNet: softmax temperature of the MSE's probabilities", group=COMPARATORS,
+        paper='not Hermes: train_dcnet_acdc.py: softmax(output / 0.5); train_dcnet_prostate.py uses ' '1',
+        comparator='dcnet')
+    dcnet_all_pixels: float = setting(
+        0.95, "DCNet: mean max-probability (the lower decoder's) from which the CE covers all pixels", group=COMPARATORS,
+        paper='not Hermes: train_dcnet_acdc.py: if mean_max_values >= 0.95', comparator='dcnet')
+    dcnet_thr_min: float = setting(
+        0.25, 'DCNet: lower clip of the dynamic threshold', group=COMPARATORS,
+        paper='not Hermes: train_dcnet_acdc.py: torch.clip(cur_threshold, 0.25, 0.95)', comparator='dcnet')
+    dcnet_thr_max: float = setting(
+        0.95, 'DCNet: upper clip of the dynamic threshold', group=COMPARATORS,
+        paper='not Hermes: train_dcnet_acdc.py: torch.clip(cur_threshold, 0.25, 0.95)', comparator='dcnet')
+    dcnet_decouple: str = setting(
+        'code', "DCNet: 'code': masks per class channel as the code (the larger probability of each class "
+        "is the MSE target; CE on channel-masked logits over all pixels); 'pixel': a pixel is "
+        'consistent when both decoders predict the same class above t (CE there, summed over all '
+        'pixels), elsewhere the more confident decoder is the MSE target on all channels', group=COMPARATORS,
+        paper='not Hermes: train_dcnet_acdc.py: mask_high = (output1_soft > t) & (output2_soft > t),'
+        ' per channel', comparator='dcnet')
+    dcnet_at_decoder: int = setting(
+        2, "DCNet: the decoder whose features teach the encoder's attention (1 or 2)", group=COMPARATORS,
+        paper='not Hermes: train_dcnet_acdc.py: criterion_att(encoder_features, decoder_features2); '
+        'the prostate script uses 1', comparator='dcnet')
+    dcnet_decoder2_up: str = setting(
+        'transposed',
+        "DCNet: decoder 2's upsampling, 'transposed' (learned 2x2 stride-2 transposed conv) or "
+        "'bilinear' (as decoder 1)", group=COMPARATORS,
+        paper='not Hermes: networks/unet.py MCNet2d_KD: decoder1 bilinear (up_type 1), decoder2 '
+        'ConvTranspose2d (up_type 0)', comparator='dcnet')
+    # --method shrinkmatch: comparators/shrinkmatch.py
+    shrinkmatch_tau: float = setting(
+        0.95, 'confidence threshold τ of L_u and of the shrunk space', group=COMPARATORS,
+        paper='not Hermes: ShrinkMatch §3 / code --threshold 0.95', comparator='shrinkmatch')
+    shrinkmatch_lambda_u: float = setting(
+        1.0, 'weight of the FixMatch term L_u', group=COMPARATORS,
+        paper='not Hermes: ShrinkMatch eq. (7) / code: 1', comparator='shrinkmatch')
+    shrinkmatch_lambda_shrink: float = setting(
+        1.0, 'weight of the shrunk-space term L_s', group=COMPARATORS,
+        paper='not Hermes: ShrinkMatch eq. (7) / code: 1', comparator='shrinkmatch')
+    shrinkmatch_ratio_momentum: float = setting(
+        0.999, 'EMA momentum of the certain fraction (reweighting principle 2)', group=COMPARATORS,
+        paper='not Hermes: ShrinkMatch eq. (6) / code: 0.999', comparator='shrinkmatch')
+    # --method interlude: comparators/interlude.py
+    interlude_tau: float = setting(
+        0.95, 'confidence threshold of L_u', group=COMPARATORS,
+        paper='not Hermes: InterLUDE code --threshold 0.95', comparator='interlude')
+    interlude_T: float = setting(
+        1.0, "temperature of the weak view's pseudo-label", group=COMPARATORS,
+        paper='not Hermes: InterLUDE code launch scripts: 1.0', comparator='interlude')
+    interlude_lambda_u: float = setting(
+        1.0, 'weight of L_u', group=COMPARATORS,
+        paper='not Hermes: InterLUDE code --lambda_u_max (CIFAR 1; TMED2 0.5)', comparator='interlude')
+    interlude_lambda_delta: float = setting(
+        1.0, 'weight of the delta-consistency loss L_δ', group=COMPARATORS,
+        paper='not Hermes: InterLUDE code --lambda_relative_loss 1', comparator='interlude')
+    interlude_alpha: float = setting(
+        0.1, 'embedding-fusion strength α', group=COMPARATORS,
+        paper='not Hermes: InterLUDE code --pn_strength 0.1', comparator='interlude')
+    # --method infomatch: comparators/infomatch.py
+    infomatch_lambda_u: float = setting(
+        2.0, 'weight of the unlabeled likelihood terms L_u', group=COMPARATORS,
+        paper='not Hermes: InfoMatch code: loss = Lx + 2 Lu', comparator='infomatch')
+    infomatch_ema: float = setting(
+        0.999, 'EMA momentum of the self-adaptive threshold', group=COMPARATORS,
+        paper='not Hermes: InfoMatch code: 0.999', comparator='infomatch')
+    infomatch_lambda_mi: float = setting(
+        0.1, 'weight of the InfoNCE entropy estimate L_nce', group=COMPARATORS,
+        paper='not Hermes: ours (code: 0.001 on an MSE form that is flat for 2 classes)',
+        comparator='infomatch')
+    infomatch_mi_temperature: float = setting(
+        0.5, 'temperature T of the InfoNCE entropy estimate', group=COMPARATORS,
+        paper='not Hermes: ours (not found)', comparator='infomatch')
+    # --method pefat: comparators/pefat.py
+    pefat_warmup: float = setting(
+        0.1, 'fraction of the steps in the warm-up stage (labeled CE + InfoNCE)', group=COMPARATORS,
+        paper='not Hermes: PEFAT code: 30 warm-up epochs; a fraction here (no epochs)', comparator='pefat')
+    pefat_nce_temperature: float = setting(
+        0.05, 'temperature of the warm-up InfoNCE', group=COMPARATORS,
+        paper='not Hermes: PEFAT code contrastive_loss T=0.05', comparator='pefat')
+    pefat_trust: float = setting(
+        0.7, 'GMM posterior of the low-loss component above which an unlabeled image is trusted', group=COMPARATORS,
+        paper='not Hermes: PEFAT code: prob_comb > 0.70', comparator='pefat')
+    pefat_queue: int = setting(
+        256, 'labeled per-image losses kept for the GMM fit', group=COMPARATORS,
+        paper='not Hermes: ours (the code: the labeled set)', comparator='pefat')
+    pefat_lambda_fat_t: float = setting(
+        0.3, "weight of FAT's CE on the trustworthy set", group=COMPARATORS,
+        paper='not Hermes: PEFAT code: 0.3', comparator='pefat')
+    pefat_lambda_fat_u: float = setting(
+        0.1, "weight of FAT's KL on the uncertain set", group=COMPARATORS,
+        paper='not Hermes: PEFAT code: 0.1', comparator='pefat')
+    pefat_xi: float = setting(
+        0.001, 'VAT step ξ of the power iteration', group=COMPARATORS,
+        paper='not Hermes: PEFAT code (uncertain branch): 1e-3', comparator='pefat')
+    pefat_eps: float = setting(
+        1.0, 'norm ε of the adversarial feature perturbation', group=COMPARATORS,
+        paper='not Hermes: PEFAT code: unit-norm gradient', comparator='pefat')
+    pefat_power_iters: int = setting(
+        8, 'power iterations K', group=COMPARATORS,
+        paper='not Hermes: PEFAT code --K 8', comparator='pefat')
     def __post_init__(self):
         for f in fields(HermesConfig):
             allowed = f.metadata["flag"].get("choices")
@@ -133,6 +337,11 @@ class HermesConfig:
 class Settings(HermesConfig):
     """Every setting of train.py: the step's (HermesConfig) and everything around it."""
     # common options (the method is HermesConfig's)
+    recipe: str = setting("auto", "how to train: paper = §4.1's fine-tuning settings; scratch = the from-scratch "
+                          "recipe (RECIPES: per-branch lrs, burn-in a quarter of the steps, separate BatchNorm for "
+                          "unlabeled passes; docs/gain-study.md); auto = scratch when both encoders start from random "
+                          "weights (no --pretrained, no --init*), else paper. Options given on the command line win "
+                          "over the recipe's", group=COMMON, missing="paper", choices=["auto", "paper", "scratch"])
     dataset: str = setting("demo", "dataset; demo is generated and needs no --data-root; folder is your own "
                            "images", group=COMMON, paper="§4.1", metavar="{" + ",".join(DATASETS) + "}")
     data_root: str = setting(None, "folder of the dataset as its publisher ships it (README: Datasets)",
@@ -226,7 +435,37 @@ class Settings(HermesConfig):
 
 
 SETTINGS = {f.name: f for f in fields(Settings)}
+
+# The two ways to train (README: Training). paper: §4.1 as written (every setting's own default). scratch: the
+# from-scratch recipe of docs/gain-study.md (BUSI-72, 64 px, 2,000 steps, 3 seeds: +6.3 Dice for SupOnly, +11.7
+# for Hermes over the paper's settings; with separate BatchNorm Hermes +1.8 over SupOnly with the recipe);
+# "quarter" = a quarter of --iters. Applied to every method alike (SupOnly, CPS, comparators, Hermes).
+RECIPES = {"paper": {},
+           "scratch": {"lr_seg": 1e-3, "lr_cls": 1e-2, "burn_in": "quarter", "unlabeled_bn": "separate"}}
+
+
+def resolve_recipe(args, given):
+    """args.recipe "auto" -> "scratch" or "paper" (by where the encoders start), then the recipe's settings on
+    every one not given on the command line. -> the sentence that says which recipe and why."""
+    from_files = [n for n in ("init", "init_seg_encoder", "init_cls_encoder") if getattr(args, n, None)]
+    if args.recipe == "auto":
+        args.recipe = "paper" if args.pretrained or from_files else "scratch"
+        why = ("the encoders start from " + ("ImageNet weights" if args.pretrained else "--" + from_files[0].replace(
+            "_", "-")) if args.recipe == "paper" else "both encoders start from random weights")
+    else:
+        why = "--recipe " + args.recipe
+    for name, value in RECIPES[args.recipe].items():
+        if name not in given:
+            setattr(args, name, args.iters // 4 if value == "quarter" else value)
+    what = ", ".join(f"{flag(n)} {getattr(args, n)}" for n in RECIPES[args.recipe]) or "§4.1's settings"
+    return f"recipe {args.recipe} ({why}): {what}"
 METHOD_KEYS = tuple(f.name for f in fields(HermesConfig))
+
+
+def comparator_settings(method):
+    """(name, default, help, source) of each setting of comparator `method`, as its module reads them."""
+    return tuple((n, f.default, f.metadata["help"], f.metadata["paper"].removeprefix("not Hermes: "))
+                 for n, f in SETTINGS.items() if f.metadata["comparator"] == method)
 
 
 def meta(name, key):

@@ -36,6 +36,11 @@ class PeerSegNet(nn.Module):
         return logits
 
 
+def build_extra(model, cfg):
+    """The plug-in contract (train.plugin_of): CPS's second U-Net, trained by the segmentation Adam."""
+    return PeerSegNet(cfg["seg_encoder"], cfg["pretrained"])
+
+
 def cps_step(model, peer, batch_l, batch_u, it, total, cfg):
     """One CPS step; returns (loss, stats) like hermes.hermes_step (log.csv's columns). Does not call backward.
 
@@ -72,3 +77,6 @@ def cps_step(model, peer, batch_l, batch_u, it, total, cfg):
                  tau=torch.tensor(hermes.confidence_threshold(it, total)), n_anchors=zero, bank_pix=zero,
                  bank_img=zero)
     return loss, stats
+
+
+step = cps_step   # the plug-in contract's name

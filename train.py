@@ -67,11 +67,13 @@ def resolve(args, given=()):
         args.iters = config.DEMO_ITERS if demo else config.PAPER_ITERS
     if args.pretrained is None:
         args.pretrained = not demo
+    if not args.resume:
+        print(config.resolve_recipe(args, given))
     if args.lr_seg is None:
         args.lr_seg = args.lr
     if args.lr_cls is None:
         args.lr_cls = args.lr
-    if args.method == "cps":
+    if args.method != "hermes":   # comparators train the other branch as SupOnly's
         args.dtcl = args.ias = args.itcl = False
     if args.eval_every is None:
         args.eval_every = max(1, args.iters // 10)
@@ -100,7 +102,11 @@ def poly_lr(base, it, total, power):
 def make_optimizers(model, cfg, peer=None):
     """§4.1: Adam for the segmentation branch (and CPS's second network), SGD (momentum, weight decay) for the
     classification branch; initial lrs --lr-seg / --lr-cls (both --lr by default)."""
-    seg = model.seg_parameters() + (list(peer.parameters()) if peer is not None else [])
+    # a comparator's extra networks (CPS's second U-Net, DCNet's second decoder, heads) train with the branch
+    # it serves: segmentation by Adam, classification (a CLS_METHODS head) by SGD; EMA teachers are frozen
+    trained = [p for p in peer.parameters() if p.requires_grad] if peer is not None else []
+    cls_extra = cfg.get("method") in config.CLS_METHODS
+    seg = model.seg_parameters() + ([] if cls_extra else trained)
     # Adam: the fused kernel (one pass over all parameters; CPU, 25 M parameters: 0.03 instead of 0.10 s) where
     # torch has it; the same update up to float rounding. A loaded state (e.g. a checkpoint of the unfused
     # optimizer) keeps it fused: load_state_dict would otherwise take the saved groups' "fused" setting.
@@ -119,7 +125,8 @@ def make_optimizers(model, cfg, peer=None):
     adam = torch.optim.Adam(seg, lr=cfg.get("lr_seg") or cfg["lr"], fused=fused)
     adam.register_load_state_dict_post_hook(fuse_again)
     return {"seg": adam,
-            "cls": torch.optim.SGD(model.cls_parameters(), lr=cfg.get("lr_cls") or cfg["lr"],
+            "cls": torch.optim.SGD(model.cls_parameters() + (trained if cls_extra else []),
+                                   lr=cfg.get("lr_cls") or cfg["lr"],
                                    momentum=cfg["momentum"], weight_decay=cfg["weight_decay"])}
 
 
@@ -134,17 +141,30 @@ def train_step(model, banks, opts, batch_l, batch_u, it, total, hcfg, amp=False,
     """One iteration as train.py and tools/bench.py run it: hermes_step (eq. (15); or cps_step with a peer
     network), one backward, both optimizers."""
     device_type = batch_l[0].device.type
+    plugin = plugin_of(hcfg.method)
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
-        if peer is not None:
-            loss, stats = cps.cps_step(model, peer, batch_l, batch_u, it, total, hcfg)
-        else:
+        if plugin is None:
             loss, stats = hermes.hermes_step(model, banks, batch_l, batch_u, it, total, hcfg)
+        else:   # a comparator (cps.py, comparators/): its own step, the same contract
+            loss, stats = plugin.step(model, peer, batch_l, batch_u, it, total, hcfg)
     for o in opts.values():
         o.zero_grad(set_to_none=True)
     loss.backward()            # one backward of eq. (15) ...
     for o in opts.values():    # ... then each branch's optimizer (§4.1)
         o.step()
+    if plugin is not None and hasattr(plugin, "after_step"):   # e.g. AD-MT's EMA teachers
+        plugin.after_step(model, peer, it, total, hcfg)
     return loss, stats
+
+
+def plugin_of(method):
+    """The module of a comparator (`step`, `build_extra`, optional `after_step`), None for Hermes."""
+    if method == "hermes":
+        return None
+    if method == "cps":
+        return cps
+    import importlib
+    return importlib.import_module(f"comparators.{method}")
 
 
 def step_batches(cfg, ds, idx_l, idx_u, device, start, total):
@@ -176,8 +196,10 @@ def build_networks(cfg, hcfg, device):
     fmt = torch.channels_last if cfg["channels_last"] else torch.preserve_format
     model = build_model(cfg).to(device, memory_format=fmt)
     banks = hermes.make_banks(model, hcfg)
-    peer = (cps.PeerSegNet(cfg["seg_encoder"], cfg["pretrained"]).to(device, memory_format=fmt)
-            if cfg["method"] == "cps" else None)
+    plugin = plugin_of(cfg["method"])
+    peer = plugin.build_extra(model, cfg) if plugin is not None else None   # a comparator's extra networks
+    if peer is not None:
+        peer = peer.to(device, memory_format=fmt)
     return model, banks, peer
 
 
@@ -289,7 +311,9 @@ class Run:
     def evaluate(self, done):
         metrics, _ = evaluate.evaluate_model(self.model, self.eval_loader, self.device, amp=self.eval_amp)
         self.log.write({"kind": "eval", "iter": done, **{k: metrics[k] for k in EVAL_KEYS}})
-        tqdm.write(f"step {done}: eval Dice {metrics['dice_mean']:.4f}  Acc {metrics['accuracy']:.4f}")
+        tqdm.write(f"step {done}: eval Dice {metrics['dice_mean']:.4f}  Acc {metrics['accuracy']:.4f}  balanced "
+                   f"{metrics['balanced_accuracy']:.4f}  AUC {metrics['auc']:.4f}  predicted malignant "
+                   f"{metrics['predicted_malignant']:.0%}")
         self.final_metrics = metrics if done == self.total else None
         if metrics["dice_mean"] > self.best["dice"]:
             self.best = {"dice": metrics["dice_mean"], "iter": done}

@@ -16,28 +16,14 @@ Equation numbers refer to the ABD paper as we read it (its text was not at hand 
 them against the PDF). Where the paper is silent, the authors' train_ACDC_Cross_Teaching.py decides
 (SETTINGS).
 """
+import config
 import torch
 import torch.nn.functional as F
 
 from comparators import common
 from losses import cls_supervised_loss, seg_supervised_loss, total_loss
 
-SETTINGS = (
-    ("abd_cons_weight", 0.1, "ABD: weight of the cross-teaching Dice terms (baseline + ABD-R)",
-     "ABD code train_ACDC_Cross_Teaching.py --consistency 0.1"),
-    ("abd_rampup", 1.0, "ABD: fraction of the run over which that weight ramps up (sigmoid ramp)",
-     "ABD code: sigmoid_rampup(iter // 150, 200), i.e. over all 30,000 iterations"),
-    ("abd_grid", 4, "ABD: patches per image side (the image is cut into grid x grid patches)",
-     "ABD code: patch_size 56 at 224 px, h_size = w_size = 4"),
-    ("abd_top_k", 4, "ABD-R: candidate patches (most confident) among which the KL rule picks",
-     "ABD code --top_num 4"),
-    ("abd_i_weight", 2.0, "ABD-I: weight of the supervised loss on the displaced labeled images",
-     "ABD code: model1_loss = loss1 + 2 * loss3 + ..."),
-    ("abd_i_prob", 0.5, "ABD-I: probability that a labeled image is displaced",
-     "ABD code: random.random() < 0.5 per labeled image"),
-    ("abd_i_stop", 2 / 3, "ABD-I: fraction of the run after which its loss is dropped",
-     "ABD code: loss3 = loss4 = 0 once iter_num > 20000 of 30000"),
-)
+SETTINGS = config.comparator_settings("abd")   # declared in config.py with every other setting
 
 
 def build_extra(model, cfg_dict):

@@ -15,27 +15,14 @@ Equation numbers refer to the AD-MT paper as we read it (its text was not at han
 them against the PDF). Where the paper is silent, the authors' code (train_post_2d_aut.py with
 cfgs/config_2d_aut.yml, the ACDC recipe) decides (SETTINGS).
 """
+import config
 import torch
 import torch.nn as nn
 
 from comparators import common
 from losses import cls_supervised_loss, seg_supervised_loss, total_loss
 
-SETTINGS = (
-    ("admt_cons_weight", 2.0, "AD-MT: weight of the unlabeled Dice term",
-     "AD-MT cfgs/config_2d_aut.yml consistency: 2.0"),
-    ("admt_rampup", 0.25, "AD-MT: fraction of the run over which that weight ramps up (sigmoid ramp)",
-     "AD-MT code: sigmoid_rampup(iter // 150, 50) = 7,500 of 30,000 iterations"),
-    ("admt_threshold", 0.95, "AD-MT: confidence threshold τ of the pseudo-labels", "config conf_threshold"),
-    ("admt_ema_decay", 0.99, "AD-MT: EMA decay of the active teacher", "config ema_decay"),
-    ("admt_ema_copy", 50, "AD-MT: the active teacher copies the student while it // 2 < this many steps",
-     "AD-MT code update_ema_variables: α = 0 while global_step (= iter // 2) < consistency_rampup (50)"),
-    ("admt_period", 50, "AD-MT: the longest alternation period P in steps (each period ~ U{1..P})",
-     "config alt_param_updating_period_iters 50, alt_flag_updating_period_random True"),
-    ("admt_cutmix_prob", 1.0, "AD-MT: probability of CutMix in a teacher-2 step", "config cutmix_prob 1.0"),
-    ("admt_ensemble", "mean", "AD-MT: teachers' ensemble, 'mean' (the code's arithmetic) or 'entropy' "
-     "(per-teacher weights exp(-H_k))", "AD-MT code weights both teachers by exp(-(H_1 + H_2)), i.e. a mean"),
-)
+SETTINGS = config.comparator_settings("admt")   # declared in config.py with every other setting
 
 
 class Teachers(nn.Module):

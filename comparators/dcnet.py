@@ -37,6 +37,7 @@ names the line of the authors' code/train_dcnet_acdc.py (ACDC recipe, "train:") 
     unit-norm maps, so it scales like 1/(h w); at 64 px our four levels have 64x fewer positions than the
     code's at 256 px, so 1000 weighs the attention term relatively more here (kept, as the recipe's number).
 """
+import config
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -45,37 +46,7 @@ from comparators import common
 from losses import cls_supervised_loss, seg_supervised_loss, total_loss
 from models import DECODER_CHANNELS, SegDecoder
 
-SETTINGS = (
-    ("dcnet_ce_weight", 0.3, "DCNet: weight of the cross-entropy on the consistent (confident) part",
-     "train_dcnet_acdc.py: loss = ... + 0.3 * loss_cer"),
-    ("dcnet_cons_weight", 0.1, "DCNet: w(t) = this · sigmoid ramp; MSE weight mse_scale·w, attention "
-     "at_scale·(1 - w)", "train_dcnet_acdc.py --consistency 0.1"),
-    ("dcnet_rampup", 1.0, "DCNet: fraction of the run over which w ramps up (sigmoid ramp)",
-     "train_dcnet_acdc.py: sigmoid_rampup(iter_num // 150, 200), i.e. all 30,000 iterations"),
-    ("dcnet_mse_scale", 1000.0, "DCNet: factor on the MSE of the inconsistent part (times w)",
-     "train_dcnet_acdc.py: consistency_weight * (1000 * loss_dc0)"),
-    ("dcnet_at_scale", 1000.0, "DCNet: factor on the attention-transfer term (times 1 - w)",
-     "train_dcnet_acdc.py: (1 - consistency_weight) * (1000 * loss_at_kd)"),
-    ("dcnet_temperature", 0.5, "DCNet: softmax temperature of the MSE's probabilities",
-     "train_dcnet_acdc.py: softmax(output / 0.5); train_dcnet_prostate.py uses 1"),
-    ("dcnet_all_pixels", 0.95, "DCNet: mean max-probability (the lower decoder's) from which the CE "
-     "covers all pixels",
-     "train_dcnet_acdc.py: if mean_max_values >= 0.95"),
-    ("dcnet_thr_min", 0.25, "DCNet: lower clip of the dynamic threshold",
-     "train_dcnet_acdc.py: torch.clip(cur_threshold, 0.25, 0.95)"),
-    ("dcnet_thr_max", 0.95, "DCNet: upper clip of the dynamic threshold",
-     "train_dcnet_acdc.py: torch.clip(cur_threshold, 0.25, 0.95)"),
-    ("dcnet_decouple", "code", "DCNet: 'code': masks per class channel as the code (the larger probability "
-     "of each class is the MSE target; CE on channel-masked logits over all pixels); 'pixel': a pixel is "
-     "consistent when both decoders predict the same class above t (CE there, summed over all pixels), "
-     "elsewhere the more confident decoder is the MSE target on all channels",
-     "train_dcnet_acdc.py: mask_high = (output1_soft > t) & (output2_soft > t), per channel"),
-    ("dcnet_at_decoder", 2, "DCNet: the decoder whose features teach the encoder's attention (1 or 2)",
-     "train_dcnet_acdc.py: criterion_att(encoder_features, decoder_features2); the prostate script uses 1"),
-    ("dcnet_decoder2_up", "transposed", "DCNet: decoder 2's upsampling, 'transposed' (learned 2x2 stride-2 "
-     "transposed conv) or 'bilinear' (as decoder 1)",
-     "networks/unet.py MCNet2d_KD: decoder1 bilinear (up_type 1), decoder2 ConvTranspose2d (up_type 0)"),
-)
+SETTINGS = config.comparator_settings("dcnet")   # declared in config.py with every other setting
 DEFAULTS = {name: default for name, default, *_ in SETTINGS}
 DECODER_BLOCKS = ("up1", "up2", "up3", "up4", "up5")
 

@@ -32,6 +32,7 @@ Paper vs code, and what this module does:
     CutMix boxes / permutation are drawn in the step (per image, λ ~ U(0, 1) as Beta(1, 1); torch's RNG).
   - one BatchNorm batch of labeled, weak, CutMix and both strong views, as the code's single forward.
 """
+import config
 import math
 
 import torch
@@ -41,14 +42,7 @@ import torch.nn.functional as F
 from comparators.cls_common import cls_forward, finish, hi, img_pl_stats, seg_term, strong_view, zero_parts
 from losses import cls_supervised_loss
 
-SETTINGS = (
-    ("infomatch_lambda_u", 2.0, "weight of the unlabeled likelihood terms L_u",
-     "InfoMatch code: loss = Lx + 2 Lu"),
-    ("infomatch_ema", 0.999, "EMA momentum of the self-adaptive threshold", "InfoMatch code: 0.999"),
-    ("infomatch_lambda_mi", 0.1, "weight of the InfoNCE entropy estimate L_nce",
-     "ours (code: 0.001 on an MSE form that is flat for 2 classes)"),
-    ("infomatch_mi_temperature", 0.5, "temperature T of the InfoNCE entropy estimate", "ours (not found)"),
-)
+SETTINGS = config.comparator_settings("infomatch")   # declared in config.py with every other setting
 
 
 class InfoExtra(nn.Module):

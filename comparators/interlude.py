@@ -33,20 +33,14 @@ Paper vs code, and what this module does:
     images' strong view is one more draw of them (cls_common.strong_view, torch's global RNG).
   - the "avg" form of the delta (utils_avg) is used, not the class-dependent one (utils_cd).
 """
+import config
 import torch
 import torch.nn.functional as F
 
 from comparators.cls_common import cls_forward, finish, hi, img_pl_stats, seg_term, strong_view, zero_parts
 from losses import cls_supervised_loss
 
-SETTINGS = (
-    ("interlude_tau", 0.95, "confidence threshold of L_u", "InterLUDE code --threshold 0.95"),
-    ("interlude_T", 1.0, "temperature of the weak view's pseudo-label", "InterLUDE code launch scripts: 1.0"),
-    ("interlude_lambda_u", 1.0, "weight of L_u", "InterLUDE code --lambda_u_max (CIFAR 1; TMED2 0.5)"),
-    ("interlude_lambda_delta", 1.0, "weight of the delta-consistency loss L_δ",
-     "InterLUDE code --lambda_relative_loss 1"),
-    ("interlude_alpha", 0.1, "embedding-fusion strength α", "InterLUDE code --pn_strength 0.1"),
-)
+SETTINGS = config.comparator_settings("interlude")   # declared in config.py with every other setting
 
 
 def build_extra(model, cfg_dict=None):

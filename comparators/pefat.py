@@ -40,26 +40,14 @@ Paper vs code, and what this module does:
     unlabeled pairs (the code: all images).
   - subsets as masks (no host sync): per-image weights on the whole unlabeled batch give the same sums.
 """
+import config
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from comparators.cls_common import cls_forward, finish, hi, img_pl_stats, seg_term, zero_parts
 
-SETTINGS = (
-    ("pefat_warmup", 0.1, "fraction of the steps in the warm-up stage (labeled CE + InfoNCE)",
-     "PEFAT code: 30 warm-up epochs; a fraction here (no epochs)"),
-    ("pefat_nce_temperature", 0.05, "temperature of the warm-up InfoNCE",
-     "PEFAT code contrastive_loss T=0.05"),
-    ("pefat_trust", 0.7, "GMM posterior of the low-loss component above which an unlabeled image is trusted",
-     "PEFAT code: prob_comb > 0.70"),
-    ("pefat_queue", 256, "labeled per-image losses kept for the GMM fit", "ours (the code: the labeled set)"),
-    ("pefat_lambda_fat_t", 0.3, "weight of FAT's CE on the trustworthy set", "PEFAT code: 0.3"),
-    ("pefat_lambda_fat_u", 0.1, "weight of FAT's KL on the uncertain set", "PEFAT code: 0.1"),
-    ("pefat_xi", 1e-3, "VAT step ξ of the power iteration", "PEFAT code (uncertain branch): 1e-3"),
-    ("pefat_eps", 1.0, "norm ε of the adversarial feature perturbation", "PEFAT code: unit-norm gradient"),
-    ("pefat_power_iters", 8, "power iterations K", "PEFAT code --K 8"),
-)
+SETTINGS = config.comparator_settings("pefat")   # declared in config.py with every other setting
 
 
 class PefatExtra(nn.Module):

@@ -39,6 +39,7 @@ Paper vs code, and what this module does:
   - augmentation: the paper's strong view is RandAugment; here the weak / strong views of augment.py.
   - one BatchNorm batch of labeled, weak and strong images, as the code's single forward.
 """
+import config
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -46,15 +47,7 @@ import torch.nn.functional as F
 from comparators.cls_common import cls_forward, finish, hi, img_pl_stats, seg_term, soft_ce, zero_parts
 from losses import cls_supervised_loss
 
-SETTINGS = (
-    ("shrinkmatch_tau", 0.95, "confidence threshold τ of L_u and of the shrunk space",
-     "ShrinkMatch §3 / code --threshold 0.95"),
-    ("shrinkmatch_lambda_u", 1.0, "weight of the FixMatch term L_u", "ShrinkMatch eq. (7) / code: 1"),
-    ("shrinkmatch_lambda_shrink", 1.0, "weight of the shrunk-space term L_s",
-     "ShrinkMatch eq. (7) / code: 1"),
-    ("shrinkmatch_ratio_momentum", 0.999, "EMA momentum of the certain fraction (reweighting principle 2)",
-     "ShrinkMatch eq. (6) / code: 0.999"),
-)
+SETTINGS = config.comparator_settings("shrinkmatch")   # declared in config.py with every other setting
 
 
 class ShrinkExtra(nn.Module):

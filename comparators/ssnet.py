@@ -15,6 +15,7 @@ SupOnly's. Evaluation uses the model's U-Net. The heads and the memory live in `
 Equation numbers refer to the SS-Net paper as we read it (its text was not at hand when this was written:
 check them against the PDF). The authors' train_ss_2d.py and utils/losses.py decide the details (SETTINGS).
 """
+import config
 import contextlib
 
 import torch
@@ -25,18 +26,7 @@ from comparators import common
 from losses import cls_supervised_loss, seg_supervised_loss, total_loss
 from models import DECODER_CHANNELS
 
-SETTINGS = (
-    ("ssnet_cons_weight", 0.1, "SS-Net: weight w of the VAT and class-separation terms",
-     "SS-Net train_ss_2d.py --consistency 0.1"),
-    ("ssnet_rampup", 1.0, "SS-Net: fraction of the run over which w ramps up (sigmoid ramp)",
-     "SS-Net code: sigmoid_rampup(iter // 150, 200) = all 30,000 iterations"),
-    ("ssnet_xi", 10.0, "SS-Net: VAT's probe step ξ", "SS-Net utils/losses.py VAT2d(xi=10.0)"),
-    ("ssnet_epsilon", 6.0, "SS-Net: VAT's perturbation norm ε (per image)", "train_ss_2d.py --magnitude 6.0"),
-    ("ssnet_contrast_weight", 0.1, "SS-Net: factor on the class-separation terms inside w(...)",
-     "train_ss_2d.py: consistency_weight * (loss_lds + 0.1 * (loss_contr_labeled + loss_contr_unlabeled))"),
-    ("ssnet_memory", 32, "SS-Net: prototypes kept per class", "FeatureMemory(elements_per_class=32)"),
-    ("ssnet_dim", 32, "SS-Net: dimension of the projected pixel features", "not fixed by the paper; ours"),
-)
+SETTINGS = config.comparator_settings("ssnet")   # declared in config.py with every other setting
 N_CLASSES = 2
 
 

@@ -94,3 +94,25 @@ def test_no_import_circle():
         seen.add(m)
     for m in graph:
         visit(m)
+
+
+def _resolved(*argv):
+    argv = list(argv)
+    return train.resolve(train.build_parser().parse_args(argv), train.given_on_command_line(argv))
+
+
+def test_recipe_auto_is_scratch_from_random_weights_and_paper_from_pretrained(capsys):
+    a = _resolved("--iters", "2000")
+    assert (a.recipe, a.lr_seg, a.lr_cls, a.burn_in, a.unlabeled_bn) == ("scratch", 1e-3, 1e-2, 500, "separate")
+    assert "recipe scratch (both encoders start from random weights)" in capsys.readouterr().out
+    p = _resolved("--iters", "2000", "--pretrained")
+    assert (p.recipe, p.lr_seg, p.lr_cls, p.burn_in, p.unlabeled_bn) == ("paper", 1e-4, 1e-4, 0, "shared")
+    assert _resolved("--init", "x.pt").recipe == "paper"
+    forced = _resolved("--recipe", "paper")
+    assert (forced.lr_seg, forced.burn_in, forced.unlabeled_bn) == (1e-4, 0, "shared")
+
+
+def test_options_given_win_over_the_recipe():
+    a = _resolved("--iters", "100", "--burn-in", "7", "--unlabeled-bn", "shared")
+    assert (a.recipe, a.burn_in, a.unlabeled_bn, a.lr_seg) == ("scratch", 7, "shared", 1e-3)
+    assert config.RESUME_MISSING["recipe"] == "paper"   # runs made before --recipe ran the paper's settings

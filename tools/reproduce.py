@@ -340,7 +340,8 @@ STUDY_GROUPS = {"suponly": ("SupOnly", SUPONLY, False), "cps": ("CPS", {**CPS, *
                 "hermes": ("Hermes", HERMES, False), "suponly-recipe": ("SupOnly + recipe", SUPONLY, True),
                 "cps-recipe": ("CPS + recipe", {**CPS, **CPS_SWITCHES}, True),
                 "hermes-recipe": ("Hermes + recipe", HERMES, True)}
-STUDY_BASE = (("--image-size", "224"), ("--iters", "3000"), ("--eval-every", "250"), ("--no-pretrained", None))
+STUDY_BASE = (("--image-size", "224"), ("--iters", "3000"), ("--eval-every", "250"), ("--no-pretrained", None),
+              ("--recipe", "paper"))   # the paper's settings; the '+ recipe' rows add STUDY_RECIPE's options
 # Sizing, from the H100 figures of docs/speed.md and docs/results.md (224 px, batch 8 + 8, fp32, one process):
 # (s/step of the training step alone, tools.bench; s/step end to end, train.py with evaluation every 250 steps).
 # SupOnly: 0.040 and 131 s / 2,000 steps; Hermes: 0.078 and 232 s / 2,000 steps. CPS is not measured: two

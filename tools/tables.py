@@ -24,7 +24,8 @@ if __package__ in (None, ""):  # run by path (python tools/NAME.py): the project
 import cli
 import config
 
-ORDER = ["SupOnly", "CPS", "DTCL only", "IAS only", "ITCL only", "Hermes w/o DTCL", "Hermes w/o IAS",
+ORDER = ["SupOnly", "CPS", "ABD", "AD-MT", "SS-Net", "DCNet", "ShrinkMatch", "InterLUDE", "InfoMatch", "PEFAT",
+         "DTCL only", "IAS only", "ITCL only", "Hermes w/o DTCL", "Hermes w/o IAS",
          "Hermes w/o ITCL", "Hermes"]  # rows in the order of the paper's Tables 1-3 (baseline first, the
 # comparator CPS next as in Table 1, full method last)
 DATASET_NAMES = {"busi": "BUSI", "udiat": "UDIAT", "sztus": "SZ-TUS", "folder": "folder", "demo": "demo"}
@@ -58,20 +59,25 @@ def method_name(cfg):
         name = f"{kept[0]} only"
     else:
         name = "Hermes w/o " + next(k for k, v in on.items() if not v)
-    cps = cfg.get("method", "hermes") == "cps"
+    cps = cfg.get("method", "hermes") != "hermes"   # a comparator (Tables 1-2): its own name
     if cps:
-        name = "CPS"
+        name = config.METHODS.get(cfg["method"], cfg["method"])
     notes = {"seg": ["SS"], "cls": ["SC"]}.get(task, [])
     if on["DTCL"] and threshold != "dual" and not cps:
         notes.append({"confidence": "conf. threshold", "none": "no threshold"}.get(threshold, threshold))
+    recipe = {k: cfg.get("iters", 0) // 4 if v == "quarter" else v
+              for k, v in config.RECIPES.get(cfg.get("recipe"), {}).items()}
+    if recipe:
+        notes.append(f"{cfg['recipe']} recipe")   # its settings are not repeated below
+    as_recipe = lambda key: key in recipe and cfg.get(key) == recipe[key]
     for key, paper, _ in config.NOT_IN_PAPER:
-        if cfg.get(key, paper) != paper:
+        if cfg.get(key, paper) != paper and not as_recipe(key):
             notes.append(config.note_of(key, cfg[key]))
     lr = cfg.get("lr", config.SETTINGS["lr"].default)
     for key, what in (("lr_seg", "seg lr"), ("lr_cls", "cls lr")):
-        if cfg.get(key) is not None and cfg[key] != lr:
+        if cfg.get(key) is not None and cfg[key] != lr and not as_recipe(key):
             notes.append(f"{what} {cfg[key]:g}")
-    if cfg.get("burn_in", 0) and name != "SupOnly":
+    if cfg.get("burn_in", 0) and name != "SupOnly" and not as_recipe("burn_in"):
         notes.append(f"burn-in {cfg['burn_in']}")
     return name + (f" ({', '.join(notes)})" if notes else "")
 

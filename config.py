@@ -44,7 +44,8 @@ DEMO_ITERS, PAPER_ITERS = 120, 3000
 # The comparators of Tables 1-2 (`--method`; comparators/ and cps.py): segmentation methods train the
 # classification branch as SupOnly's, classification methods the segmentation branch.
 SEG_METHODS = {"cps": "CPS", "abd": "ABD", "admt": "AD-MT", "ssnet": "SS-Net", "dcnet": "DCNet"}
-CLS_METHODS = {"shrinkmatch": "ShrinkMatch", "interlude": "InterLUDE", "infomatch": "InfoMatch", "pefat": "PEFAT"}
+CLS_METHODS = {"shrinkmatch": "ShrinkMatch", "interlude": "InterLUDE", "infomatch": "InfoMatch",
+               "pefat": "PEFAT"}
 METHODS = {**SEG_METHODS, **CLS_METHODS}
 
 
@@ -68,7 +69,8 @@ def setting(default, help, *, group, paper=None, resume=MATCH, results=True, per
             note=None, paper_value=UNSET, tag=None, comparator=None, **flag):
     return field(default=default, metadata=dict(
         help=help, group=group, paper=paper, resume=resume, results=results, per_run=per_run, missing=missing,
-        note=note, paper_value=default if paper_value is UNSET else paper_value, tag=tag, comparator=comparator,
+        note=note, paper_value=default if paper_value is UNSET else paper_value, tag=tag,
+        comparator=comparator,
         flag=flag))
 
 
@@ -77,8 +79,8 @@ class HermesConfig:
     """Switches and weights of one training step (hermes.hermes_step; cps.cps_step and the comparators read
     their own fields here). Paper defaults: §4.1, §3.4 and supplementary §6."""
     method: str = setting("hermes", "hermes (the paper), or a comparator trained with the same networks and "
-                          "data, its classification branch as SupOnly's: cps = cross pseudo supervision (Chen "
-                          "et al. 2021; Table 1)", group=COMMON, paper="Table 1", missing="hermes",
+                          "data, its classification branch as SupOnly's: cps = cross pseudo supervision "
+                          "(Chen et al. 2021; Table 1)", group=COMMON, paper="Table 1", missing="hermes",
                           choices=["hermes", *METHODS])
     dtcl: bool = setting(True, "dual-threshold contrastive learning and the unlabeled losses (all three of "
                          "--dtcl --ias --itcl off = SupOnly)", group=METHOD, paper="Table 3")
@@ -86,11 +88,13 @@ class HermesConfig:
     itcl: bool = setting(True, "inter-task consistency learning, eq. (14)", group=METHOD, paper="Table 3")
     task: str = setting("joint", "train both branches, or one (Table 3's SS / SC columns)", group=METHOD,
                         paper="Table 3", choices=["joint", "seg", "cls"])
-    threshold: str = setting("dual", "pseudo-label selection: eq. (7), max p ≥ τ only, or keep all", group=METHOD,
+    threshold: str = setting("dual", "pseudo-label selection: eq. (7), max p ≥ τ only, or keep all",
+                             group=METHOD,
                              paper="eq. (7); Fig. 1, Fig. 6", choices=["dual", "confidence", "none"])
     lambda_seg: float = setting(0.5, "λ_seg of eq. (15)", group=METHOD, paper="§4.1: 0.5")
     lambda_cls: float = setting(1.0, "λ_cls of eq. (15)", group=METHOD, paper="§4.1: 1.0")
-    alpha: float = setting(0.8, "α, weight of the pixel contrast in eq. (15)", group=METHOD, paper="§4.1: 0.8")
+    alpha: float = setting(0.8, "α, weight of the pixel contrast in eq. (15)", group=METHOD,
+                           paper="§4.1: 0.8")
     beta: float = setting(0.2, "β, weight of the image contrast in eq. (15)", group=METHOD, paper="§4.1: 0.2")
     gamma: float = setting(0.1, "γ, weight of the inter-task consistency in eq. (15)", group=METHOD,
                            paper="§4.1: 0.1")
@@ -107,24 +111,31 @@ class HermesConfig:
                             "scratch)", group=OPTIM, type=float, tag="lrseg")
     lr_cls: float = setting(None, "initial lr of the classification branch (SGD), default --lr (README: from "
                             "scratch)", group=OPTIM, type=float, tag="lrcls")
-    burn_in: int = setting(0, "first N steps trained as SupOnly (no teacher pass, no unlabeled term), then the "
+    burn_in: int = setting(0, "first N steps trained as SupOnly (no teacher pass, no unlabeled term), then "
+                              "the "
                            "full objective; same total steps (Unbiased Teacher's burn-in)", group=OPTIM,
                            missing=0, tag="burnin")
     unlabeled_bn: str = setting(
         "shared", "shared: labeled + strong unlabeled images in one BatchNorm batch and the teacher pass "
-        "updating the running statistics; separate: unlabeled passes use their own batch statistics and leave "
-        "the running ones (used at evaluation) to the labeled images", group=EXTRA, note="{} BN", tag="bn",
+        "updating the running statistics; separate: unlabeled passes use their own batch statistics and "
+        "leave the running ones (used at evaluation) to the labeled images", group=EXTRA, note="{} BN",
+        tag="bn",
         choices=["shared", "separate"])
     unsup_seg_loss: str = setting("dice", "L^u_seg: eq. (9)'s Dice over kept pixels (the paper), or pixel "
-                                  "cross-entropy over kept pixels / all pixels (FixMatch's form), or their mean",
-                                  group=EXTRA, note="L^u_seg {}", tag="useg", choices=["dice", "ce", "dice+ce"])
+                                  "cross-entropy over kept pixels / all pixels (FixMatch's form), or their "
+                                  "mean",
+                                  group=EXTRA, note="L^u_seg {}", tag="useg",
+                                  choices=["dice", "ce", "dice+ce"])
     unsup_weight: float = setting(1.0, "factor on L^u_seg and L^u_cls (the authors' code: 0.1)", group=EXTRA,
                                   note="unlabeled ×{:g}", tag="uw")
-    contrast_warmup: int = setting(0, "steps before the contrastive terms count (the authors' code: 10 epochs)",
+    contrast_warmup: int = setting(0, "steps before the contrastive terms count (the authors' code: 10 "
+                                      "epochs)",
                                    group=EXTRA, note="contrast warm-up {}", tag="cwarm")
-    gamma_ramp: int = setting(0, "γ·exp(-5(1 - it/R)²) until step R (the authors' code: R = 4000); 0 = constant γ",
+    gamma_ramp: int = setting(0, "γ·exp(-5(1 - it/R)²) until step R (the authors' code: R = 4000); 0 = "
+                                 "constant γ",
                               group=EXTRA, note="γ ramp {}", tag="gramp")
-    cps_weight: float = setting(1.5, "--method cps: λ of CPS (Chen et al.: 1.5 on PASCAL VOC, 6 on Cityscapes)",
+    cps_weight: float = setting(1.5, "--method cps: λ of CPS (Chen et al.: 1.5 on PASCAL VOC, 6 on "
+                                     "Cityscapes)",
                                 group=COMPARATORS, paper="not Hermes", missing=1.5, note="λ_cps {:g}")
 
     # --method abd: comparators/abd.py
@@ -209,7 +220,8 @@ class HermesConfig:
         0.3, 'DCNet: weight of the cross-entropy on the consistent (confident) part', group=COMPARATORS,
         paper='not Hermes: train_dcnet_acdc.py: loss = ... + 0.3 * loss_cer', comparator='dcnet')
     dcnet_cons_weight: float = setting(
-        0.1, 'DCNet: w(t) = this · sigmoid ramp; MSE weight mse_scale·w, attention at_scale·(1 - w)', group=COMPARATORS,
+        0.1, 'DCNet: w(t) = this · sigmoid ramp; MSE weight mse_scale·w, attention at_scale·(1 - w)',
+        group=COMPARATORS,
         paper='not Hermes: train_dcnet_acdc.py --consistency 0.1', comparator='dcnet')
     dcnet_rampup: float = setting(
         1.0, 'DCNet: fraction of the run over which w ramps up (sigmoid ramp)', group=COMPARATORS,
@@ -227,7 +239,8 @@ class HermesConfig:
         paper='not Hermes: train_dcnet_acdc.py: softmax(output / 0.5); train_dcnet_prostate.py uses ' '1',
         comparator='dcnet')
     dcnet_all_pixels: float = setting(
-        0.95, "DCNet: mean max-probability (the lower decoder's) from which the CE covers all pixels", group=COMPARATORS,
+        0.95, "DCNet: mean max-probability (the lower decoder's) from which the CE covers all pixels",
+        group=COMPARATORS,
         paper='not Hermes: train_dcnet_acdc.py: if mean_max_values >= 0.95', comparator='dcnet')
     dcnet_thr_min: float = setting(
         0.25, 'DCNet: lower clip of the dynamic threshold', group=COMPARATORS,
@@ -303,7 +316,8 @@ class HermesConfig:
         0.05, 'temperature of the warm-up InfoNCE', group=COMPARATORS,
         paper='not Hermes: PEFAT code contrastive_loss T=0.05', comparator='pefat')
     pefat_trust: float = setting(
-        0.7, 'GMM posterior of the low-loss component above which an unlabeled image is trusted', group=COMPARATORS,
+        0.7, 'GMM posterior of the low-loss component above which an unlabeled image is trusted',
+        group=COMPARATORS,
         paper='not Hermes: PEFAT code: prob_comb > 0.70', comparator='pefat')
     pefat_queue: int = setting(
         256, 'labeled per-image losses kept for the GMM fit', group=COMPARATORS,
@@ -337,25 +351,29 @@ class HermesConfig:
 class Settings(HermesConfig):
     """Every setting of train.py: the step's (HermesConfig) and everything around it."""
     # common options (the method is HermesConfig's)
-    recipe: str = setting("auto", "how to train: paper = §4.1's fine-tuning settings; scratch = the from-scratch "
-                          "recipe (RECIPES: per-branch lrs, burn-in a quarter of the steps, separate BatchNorm for "
-                          "unlabeled passes; docs/gain-study.md); auto = scratch when both encoders start from random "
-                          "weights (no --pretrained, no --init*), else paper. Options given on the command line win "
-                          "over the recipe's", group=COMMON, missing="paper", choices=["auto", "paper", "scratch"])
+    recipe: str = setting("auto", "how to train: paper = §4.1's fine-tuning settings; scratch = the "
+                                  "from-scratch "
+                          "recipe (RECIPES: per-branch lrs, burn-in a quarter of the steps, separate "
+                          "BatchNorm for unlabeled passes; docs/gain-study.md); auto = scratch when both "
+                          "encoders start from random weights (no --pretrained, no --init*), else paper. "
+                          "Options given on the command line win over the recipe's", group=COMMON,
+                          missing="paper", choices=["auto", "paper", "scratch"])
     dataset: str = setting("demo", "dataset; demo is generated and needs no --data-root; folder is your own "
                            "images", group=COMMON, paper="§4.1", metavar="{" + ",".join(DATASETS) + "}")
     data_root: str = setting(None, "folder of the dataset as its publisher ships it (README: Datasets)",
                              group=COMMON, paper="", resume=GIVEN, results=False)
     labels: object = setting(None, "labeled images, half per class (paper: BUSI 72/144/216, UDIAT 20/40/60, "
-                             "SZ-TUS 60/120; default: the smallest budget of the dataset, demo 40); 'all': every "
-                             "annotated training image, with the real unlabeled images as the unlabeled set "
-                             "(docs/your-own-data.md)", group=COMMON, paper="Tables 1–2", type=parse_labels)
+                             "SZ-TUS 60/120; default: the smallest budget of the dataset, demo 40); 'all': "
+                             "every annotated training image, with the real unlabeled images as the "
+                             "unlabeled set (docs/your-own-data.md)", group=COMMON, paper="Tables 1–2",
+                             type=parse_labels)
     seed: int = setting(0, "seed of the split, initialisation, augmentation and sampling", group=COMMON,
                         paper="seeds 0, 1, 2", per_run=True)
     iters: int = setting(None, f"training iterations (default {PAPER_ITERS}; demo: {DEMO_ITERS}, CPU-sized)",
                          group=COMMON, paper=f"§4.1: {PAPER_ITERS}", type=int)
     image_size: int = setting(None, f"side S of the S×S input (default {PAPER_IMAGE_SIZE}; demo: "
-                              f"{DEMO_IMAGE_SIZE})", group=COMMON, paper=f"§4.1: {PAPER_IMAGE_SIZE}", type=int)
+                              f"{DEMO_IMAGE_SIZE})", group=COMMON, paper=f"§4.1: {PAPER_IMAGE_SIZE}",
+                              type=int)
     batch_size: int = setting(8, "labeled images per step, and as many unlabeled", group=COMMON,
                               paper="§4.1: 8 + 8")
     out: str = setting(None, "run folder (default runs/DATASET-LABELS-seedSEED); refused if non-empty unless "
@@ -375,7 +393,8 @@ class Settings(HermesConfig):
     seg_encoder: str = setting("resnet34", "ResNet encoder of the U-Net", group=MODEL,
                                paper="§4.1: 'pre-trained U-Net'", choices=["resnet34", "resnet18"])
     pretrained: bool = setting(None, "ImageNet weights for both encoders (default on for real data, off for "
-                               "demo)", group=MODEL, paper="§4.1: pretrained", action=argparse.BooleanOptionalAction)
+                               "demo)", group=MODEL, paper="§4.1: pretrained",
+                               action=argparse.BooleanOptionalAction)
     contrast_level: int = setting(3, "seg-encoder level of the pixel contrast (Conv3 = layer3, best)",
                                   group=MODEL, paper="Table 5: Conv3", choices=[1, 2, 3, 4])
     cross_grad: bool = setting(False, "let features crossing branches carry gradient (default: detached)",
@@ -387,7 +406,8 @@ class Settings(HermesConfig):
     lr: float = setting(1e-4, "initial lr of both branches", group=OPTIM, paper="§4.1 and Table 4: 1e-4",
                         note="lr {:g}")
     poly_power: float = setting(0.9, "poly decay lr·(1 - it/total)^power", group=OPTIM, paper="§4.1: 0.9")
-    momentum: float = setting(0.9, "SGD momentum of the classification branch", group=OPTIM, paper="§4.1: 0.9")
+    momentum: float = setting(0.9, "SGD momentum of the classification branch", group=OPTIM,
+                              paper="§4.1: 0.9")
     weight_decay: float = setting(1e-4, "SGD weight decay of the classification branch", group=OPTIM,
                                   paper="§4.1: 1e-4")
     # initialisation from files
@@ -402,8 +422,9 @@ class Settings(HermesConfig):
                                     "branch (fc is dropped)", group=INIT, metavar="FILE")
     # running
     amp: bool = setting(None, "bf16 autocast (losses, thresholds, banks and BatchNorm statistics stay fp32). "
-                        "Default: on for a CPU with AMX (bf16 matrix units), off elsewhere and on CUDA; --no-amp "
-                        "forces fp32 (README: Speed)", group=RUNNING, paper="", action=argparse.BooleanOptionalAction)
+                        "Default: on for a CPU with AMX (bf16 matrix units), off elsewhere and on CUDA; "
+                        "--no-amp forces fp32 (README: Speed)", group=RUNNING, paper="",
+                        action=argparse.BooleanOptionalAction)
     channels_last: bool = setting(None, "model and image batches in channels-last memory format. Default: on "
                                   "with CUDA or bf16, off for fp32 on a CPU (README: Speed)", group=RUNNING,
                                   paper="", missing=False, action=argparse.BooleanOptionalAction)
@@ -416,7 +437,8 @@ class Settings(HermesConfig):
                            results=False, type=int)
     eval_every: int = setting(None, "evaluate and checkpoint every N steps (default iters/10)", group=RUNNING,
                               paper="", resume=GIVEN, results=False, type=int)
-    ckpt_every: int = setting(None, "write checkpoint.pt every N steps (default: --eval-every)", group=RUNNING,
+    ckpt_every: int = setting(None, "write checkpoint.pt every N steps (default: --eval-every)",
+                              group=RUNNING,
                               paper="", resume=GIVEN, results=False, type=int)
     ckpt_minutes: float = setting(10.0, "also write checkpoint.pt every N minutes of wall time (0 = only "
                                   "--ckpt-every)", group=RUNNING, paper="", resume=COMMAND, results=False)
@@ -425,7 +447,8 @@ class Settings(HermesConfig):
     progress_seconds: float = setting(60.0, "when the output is no terminal (nohup, Slurm): a progress line "
                                       "(step, loss, s/step, ETA) every N seconds", group=RUNNING, paper="",
                                       resume=COMMAND, results=False)
-    keep_optimizer: bool = setting(False, "keep the resumable checkpoint.pt (optimizer and RNG states) at the "
+    keep_optimizer: bool = setting(False, "keep the resumable checkpoint.pt (optimizer and RNG states) at "
+                                          "the "
                                    "end; default: a lean final one", group=RUNNING, paper="", resume=COMMAND,
                                    results=False, action="store_true")
     stop_after: int = setting(None, argparse.SUPPRESS, group=RUNNING, paper="", resume=COMMAND, results=False,
@@ -437,9 +460,10 @@ class Settings(HermesConfig):
 SETTINGS = {f.name: f for f in fields(Settings)}
 
 # The two ways to train (README: Training). paper: §4.1 as written (every setting's own default). scratch: the
-# from-scratch recipe of docs/gain-study.md (BUSI-72, 64 px, 2,000 steps, 3 seeds: +6.3 Dice for SupOnly, +11.7
-# for Hermes over the paper's settings; with separate BatchNorm Hermes +1.8 over SupOnly with the recipe);
-# "quarter" = a quarter of --iters. Applied to every method alike (SupOnly, CPS, comparators, Hermes).
+# from-scratch recipe of docs/gain-study.md (BUSI-72, 64 px, 2,000 steps, 3 seeds: +6.3 Dice for SupOnly,
+# +11.7 for Hermes over the paper's settings; with separate BatchNorm Hermes +1.8 over SupOnly with the
+# recipe); "quarter" = a quarter of --iters. Applied to every method alike (SupOnly, CPS, comparators,
+# Hermes).
 RECIPES = {"paper": {},
            "scratch": {"lr_seg": 1e-3, "lr_cls": 1e-2, "burn_in": "quarter", "unlabeled_bn": "separate"}}
 
@@ -450,8 +474,9 @@ def resolve_recipe(args, given):
     from_files = [n for n in ("init", "init_seg_encoder", "init_cls_encoder") if getattr(args, n, None)]
     if args.recipe == "auto":
         args.recipe = "paper" if args.pretrained or from_files else "scratch"
-        why = ("the encoders start from " + ("ImageNet weights" if args.pretrained else "--" + from_files[0].replace(
-            "_", "-")) if args.recipe == "paper" else "both encoders start from random weights")
+        why = ("the encoders start from "
+               + ("ImageNet weights" if args.pretrained else "--" + from_files[0].replace(
+                   "_", "-")) if args.recipe == "paper" else "both encoders start from random weights")
     else:
         why = "--recipe " + args.recipe
     for name, value in RECIPES[args.recipe].items():

@@ -1,7 +1,8 @@
 """Cross pseudo supervision (CPS; Chen, Yuan, Zeng, Wang, CVPR 2021): the control method beside Hermes.
 
 Not part of Hermes. The paper compares Hermes with CPS in Table 1; this module trains CPS with the same
-networks, data path and optimisers, so that "does any semi-supervised method beat SupOnly here?" has an answer.
+networks, data path and optimisers, so that "does any semi-supervised method beat SupOnly here?" has an
+answer.
 
 Two segmentation networks of different initialisation (the model's U-Net and a `PeerSegNet` of the same
 architecture) see the same images (labeled and weak unlabeled views); each is supervised by eq. (1) on the
@@ -42,26 +43,28 @@ def build_extra(model, cfg):
 
 
 def cps_step(model, peer, batch_l, batch_u, it, total, cfg):
-    """One CPS step; returns (loss, stats) like hermes.hermes_step (log.csv's columns). Does not call backward.
+    """One CPS step; returns (loss, stats) like hermes.hermes_step (log.csv's columns). Does not call
+    backward.
 
     loss = λ_seg (L_s(f_1) + L_s(f_2) + λ_cps L_cps) + λ_cls L^l_cls, with L_s = eq. (1) on the labeled
-    images and L_cps over labeled + unlabeled images (Chen et al. eq. (4)); burn-in (cfg.burn_in) drops L_cps and the
-    unlabeled images. Logged as seg_l (both L_s), seg_u (L_cps), cls_l; pl_acc_pix_all = accuracy of the
-    peer's pseudo-labels on the unlabeled images (ground truth held aside), kept_pix = 1 (no threshold).
+    images and L_cps over labeled + unlabeled images (Chen et al. eq. (4)); burn-in (cfg.burn_in) drops L_cps
+    and the unlabeled images. Logged as seg_l (both L_s), seg_u (L_cps), cls_l; pl_acc_pix_all = accuracy of
+    the peer's pseudo-labels on the unlabeled images (ground truth held aside), kept_pix = 1 (no threshold).
     """
     x, y, z = batch_l
     x_w, _, y_gt, _ = batch_u
     y, z, B_l = y.long(), z.long(), x.shape[0]
     unlabeled_on = it >= cfg.burn_in
-    xx = torch.cat([x, x_w]) if unlabeled_on else x                                # (B_l+B_u,3,S,S): labeled first
+    # (B_l+B_u,3,S,S): labeled first
+    xx = torch.cat([x, x_w]) if unlabeled_on else x
     f1, f2 = model.forward_seg(xx)["seg_logits"], peer(xx)                          # (B,2,S,S) each
     L = dict.fromkeys(hermes.PARTS, f1.new_zeros(()).float())
-    L["seg_l"] = seg_supervised_loss(f1[:B_l], y) + seg_supervised_loss(f2[:B_l], y)   # eq. (1), both networks
+    L["seg_l"] = seg_supervised_loss(f1[:B_l], y) + seg_supervised_loss(f2[:B_l], y)  # eq. (1), both networks
     if unlabeled_on:
         L["seg_u"] = cfg.cps_weight * cross_pseudo_supervision_loss(f1, f2)         # Chen et al. eqs. (2)–(4)
-    L["cls_l"] = cls_supervised_loss(model.forward_cls(x)["cls_logits"], z)         # eq. (2), SupOnly's branch
+    L["cls_l"] = cls_supervised_loss(model.forward_cls(x)["cls_logits"], z)  # eq. (2), SupOnly's branch
     coefficients = {**dict.fromkeys(hermes.PARTS, 0.0), "seg_l": cfg.lambda_seg, "seg_u": cfg.lambda_seg,
-                    "cls_l": cfg.lambda_cls}                                        # eq. (15) with CPS's terms
+                    "cls_l": cfg.lambda_cls}  # eq. (15) with CPS's terms
     loss = total_loss(L, coefficients)
 
     zero = L["cls_u"]
@@ -70,7 +73,8 @@ def cps_step(model, peer, batch_l, batch_u, it, total, cfg):
     if unlabeled_on:
         pl = f2[B_l:].detach().argmax(1)                                             # (B_u,S,S) peer's labels
         has = (y_gt == 0) | (y_gt == 1)                  # real unlabeled images have no mask (data.NO_MASK)
-        acc = ((pl == y_gt.long()) & has).sum() / has.sum()                          # NaN without ground truth
+        # NaN without ground truth
+        acc = ((pl == y_gt.long()) & has).sum() / has.sum()
         stats.update(kept_pix=zero + 1.0, pl_acc_pix_all=acc, pl_acc_pix_kept=acc)
     stats.update(loss=loss.detach().float(),
                  kappa=torch.tensor(hermes.uncertainty_threshold(it, total, cfg.eta_max, cfg.eta_min)),

@@ -17,9 +17,12 @@ Layouts read (`--data-root`), labels 0 = benign, 1 = malignant:
             ROOT may also be the parent of Dataset_BUSI_with_GT/; normal/ is skipped.
     udiat   ROOT/original/ID.png, ROOT/GT/ID.png, ROOT/DatasetB.xlsx (first sheet, columns Image, Type).
     sztus   ROOT/labeled.txt lines "IMAGE MASK CLASS", ROOT/image/IMAGE, ROOT/mask/MASK;
-            IMAGE = L<k>-<patient>-<n>.png gives the patient id used to keep patients on one side of the split.
-    folder  ROOT/images/*, ROOT/masks/* (same stem, any format), ROOT/labels.csv with columns image,label[,group];
-            a row with an empty label, or an image without a mask, is an unlabeled image (docs/your-own-data.md).
+            IMAGE = L<k>-<patient>-<n>.png gives the patient id used to keep patients on one side of the
+            split.
+    folder  ROOT/images/*, ROOT/masks/* (same stem, any format), ROOT/labels.csv with columns
+    image,label[,group];
+            a row with an empty label, or an image without a mask, is an unlabeled image
+            (docs/your-own-data.md).
     --unlabeled-dir DIR (any dataset): every image under DIR joins the unlabeled pool (`unlabeled_dirs=`).
     demo    synthetic B-mode breast ultrasound generated from the seed (demo.py).
 """
@@ -46,8 +49,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 DATASETS = ("demo", "busi", "udiat", "sztus", "folder")
 CLASSES = ("benign", "malignant")
-# An unlabeled image stores these where it has no class / no mask; they never enter a loss (split_indices keeps
-# unannotated images out of the labeled and evaluation sets) and hermes._pseudo_label_stats skips them.
+# An unlabeled image stores these where it has no class / no mask; they never enter a loss (split_indices
+# keeps unannotated images out of the labeled and evaluation sets) and hermes._pseudo_label_stats skips them.
 NO_LABEL = -1    # labels[i] of an image without a class
 NO_MASK = 255    # every pixel of masks[i] of an image without a mask (the usual segmentation "ignore" value)
 # Raster formats PIL reads (GIF: the masks of the DDTI thyroid set); other files in image folders are ignored.
@@ -86,7 +89,8 @@ class CachedSet:
         if (self.images.shape != (N, S, S, 3) or self.masks.shape != (N, S, S) or self.labels.shape != (N,)
                 or len(self.groups) != N):
             raise DataError(f"inconsistent CachedSet shapes: images {self.images.shape}, masks "
-                            f"{self.masks.shape}, labels {self.labels.shape}, {N} names, {len(self.groups)} groups")
+                            f"{self.masks.shape}, labels {self.labels.shape}, {N} names, {len(self.groups)} "
+                            "groups")
         self.index = {n: i for i, n in enumerate(self.names)}
         if len(self.index) != N:
             dup = sorted({n for n in self.names if self.names.count(n) > 1})
@@ -132,7 +136,8 @@ def _natural_key(s):
 
 
 def _parse_label(value, where):
-    """0/1/benign/malignant (any case, surrounding spaces) -> 0/1; anything else is an error naming `where`."""
+    """0/1/benign/malignant (any case, surrounding spaces) -> 0/1; anything else is an error naming
+    `where`."""
     v = value.strip().lower() if isinstance(value, str) else value
     if isinstance(v, float) and v.is_integer():
         v = int(v)
@@ -163,8 +168,9 @@ def _open(path, mode):
 def _decode(image_path, mask_paths, S):
     """One record -> (image (S,S,3) uint8, mask (S,S) uint8 in {0,1}).
 
-    Image: RGB, bilinear resize. Mask: union of the files' ("L" > 127) at the original size, then nearest resize
-    of the binary mask (threshold first, so nearest never sees grey values); no mask file: NO_MASK everywhere."""
+    Image: RGB, bilinear resize. Mask: union of the files' ("L" > 127) at the original size, then nearest
+    resize of the binary mask (threshold first, so nearest never sees grey values); no mask file: NO_MASK
+    everywhere."""
     im = _open(image_path, "RGB")
     if not mask_paths:
         return (np.asarray(im.resize((S, S), Image.Resampling.BILINEAR), dtype=np.uint8),
@@ -174,12 +180,14 @@ def _decode(image_path, mask_paths, S):
         mk = _open(mp, "L")
         if mk.size != im.size:
             raise DataError(f"image/mask size mismatch: {image_path} is {im.size[0]}x{im.size[1]} but "
-                            f"{mp} is {mk.size[0]}x{mk.size[1]} (a mask must cover its image pixel for pixel)")
+                            f"{mp} is {mk.size[0]}x{mk.size[1]} (a mask must cover its image pixel for "
+                            "pixel)")
         v = np.asarray(mk)
         b = v > 127 if v.max() > 1 else v > 0       # masks stored as 0/1 instead of 0/255 are read too
         m = b if m is None else m | b
     image = np.asarray(im.resize((S, S), Image.Resampling.BILINEAR), dtype=np.uint8)
-    mask = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((S, S), Image.Resampling.NEAREST)) > 127
+    mask = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize((S, S),
+                                                                       Image.Resampling.NEAREST)) > 127
     return image, mask.astype(np.uint8)
 
 
@@ -197,16 +205,18 @@ def _decode_all(records, S):
 
 
 def _build(records, S, name, root, from_dirs=0, duplicates=()):
-    """records: list of (name, image_path, [mask_paths], label, group) -> CachedSet, decoded in parallel threads.
+    """records: list of (name, image_path, [mask_paths], label, group) -> CachedSet, decoded in parallel
+    threads.
 
     label NO_LABEL and/or no mask path: an unlabeled image; both classes need an annotated image."""
     if not records:
-        raise DataError(f"empty dataset: no images found for {name} in {root} (README: Datasets shows the layout)")
+        raise DataError(f"empty dataset: no images found for {name} in {root} (README: Datasets shows the "
+                        "layout)")
     labels = np.array([r[3] for r in records], dtype=np.int64)
     for c, cname in enumerate(CLASSES):
         if not any(r[3] == c and r[2] for r in records):
-            raise DataError(f"empty class: {name} in {root} has no {cname} images with a mask (both classes are "
-                            f"needed)")
+            raise DataError(f"empty class: {name} in {root} has no {cname} images with a mask (both classes "
+                            f"are needed)")
     images, masks = _decode_all(records, S)
     empty = [r[0] for r, m in zip(records, masks) if r[2] and not m.any()]
     if empty:
@@ -217,8 +227,8 @@ def _build(records, S, name, root, from_dirs=0, duplicates=()):
 
 
 def _require_dir(path, what, root=None):
-    """path, or a MissingFileError naming it (and, given the dataset root, the folder one level up or down that
-    holds what was expected)."""
+    """path, or a MissingFileError naming it (and, given the dataset root, the folder one level up or down
+    that holds what was expected)."""
     if not os.path.isdir(path):
         hint = _elsewhere(root, os.path.relpath(path, root)) if root is not None else ""
         raise MissingFileError(f"{what} not found: {path}{hint}")
@@ -226,12 +236,14 @@ def _require_dir(path, what, root=None):
 
 
 def _elsewhere(root, relative):
-    """When ROOT/relative is missing: '; found in FOLDER: pass --data-root FOLDER' for the folder one level up or
-    down from root that holds it, or '' (a --data-root one level too high or too low)."""
+    """When ROOT/relative is missing: '; found in FOLDER: pass --data-root FOLDER' for the folder one level up
+    or down from root that holds it, or '' (a --data-root one level too high or too low)."""
     root = os.path.abspath(root)
     candidates = [os.path.dirname(root)]
     try:
-        candidates += sorted(os.path.join(root, d) for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+        candidates += sorted(os.path.join(root,
+                                          d) for d in os.listdir(root) if os.path.isdir(os.path.join(root,
+                                                                                                     d)))
     except OSError:
         pass
     for c in candidates:
@@ -293,8 +305,8 @@ def _udiat_id(value):
 def _read_udiat(root):
     """UDIAT Dataset B (Yap et al. 2018): ROOT/original/ID.png, ROOT/GT/ID.png, labels from DatasetB.xlsx.
 
-    The first sheet's header row holds `Image` and `Type`; rows whose Image cell is not an id (blank rows, a legend
-    block) are skipped; other columns are ignored."""
+    The first sheet's header row holds `Image` and `Type`; rows whose Image cell is not an id (blank rows, a
+    legend block) are skipped; other columns are ignored."""
     import openpyxl
     _require_dir(root, "UDIAT root")
     xlsx = os.path.join(root, "DatasetB.xlsx")
@@ -342,7 +354,8 @@ _SZTUS_NAME = re.compile(r"^L\d+-(?P<patient>[^-]+)-\d+$")
 def _first_file(root, sub, entry):
     """ROOT/sub/entry, or ROOT/entry when the list already holds the sub-folder (e.g. 'image/L1-7-1.png')."""
     p = os.path.join(root, sub, entry)
-    return p if os.path.isfile(p) or not os.path.isfile(os.path.join(root, entry)) else os.path.join(root, entry)
+    return p if os.path.isfile(p) or not os.path.isfile(os.path.join(root, entry)) else os.path.join(root,
+                                                                                                     entry)
 
 
 def _read_sztus(root):
@@ -390,11 +403,11 @@ def _by_stem(folder):
 
 def _read_folder(root):
     """Generic layout: ROOT/images/*, ROOT/masks/* with the same stem (any IMAGE_EXTS format, e.g. GIF masks),
-    ROOT/labels.csv with columns image,label and an optional group (patient, case): images of one group stay on
-    one side of the split; a blank group is the image's own. A row with an empty label, or whose image has no
-    mask, is an unlabeled image (what it has, class or mask, only measures pseudo-label accuracy); a class
-    without a mask is warned about, since it may be a forgotten mask. Images not in labels.csv are skipped with
-    a warning naming them."""
+    ROOT/labels.csv with columns image,label and an optional group (patient, case): images of one group stay
+    on one side of the split; a blank group is the image's own. A row with an empty label, or whose image has
+    no mask, is an unlabeled image (what it has, class or mask, only measures pseudo-label accuracy); a class
+    without a mask is warned about, since it may be a forgotten mask. Images not in labels.csv are skipped
+    with a warning naming them."""
     _require_dir(root, "dataset root")
     if not os.path.isdir(os.path.join(root, "images")) and not _elsewhere(root, "images"):
         raise MissingFileError(f"image folder not found: {os.path.join(root, 'images')} (the folder layout: "
@@ -436,16 +449,18 @@ def _read_folder(root):
             raise DataError(f"{csv_path} line {n}: image {stem!r} matches {files} in {img_dir} "
                             f"(name the file with its extension in labels.csv)")
         if len(masks.get(stem, [])) > 1:
-            raise DataError(f"two masks for image {stem!r} in {mask_dir}: {', '.join(masks[stem])} (keep one)")
+            raise DataError(f"two masks for image {stem!r} in {mask_dir}: {', '.join(masks[stem])} (keep "
+                            "one)")
         if stem not in masks and label != NO_LABEL:
             class_only.append(stem)
         group = (row.get(fields["group"]) or "").strip() if "group" in fields else ""
         records.append((stem, os.path.join(img_dir, files[0]),
                         [os.path.join(mask_dir, m) for m in masks.get(stem, [])], label, group or stem))
     if class_only:
-        warnings.warn(f"{len(class_only)} images of {csv_path} have a class but no mask in {mask_dir} and are used "
-                      f"as unlabeled images, e.g. {', '.join(repr(n) for n in class_only[:3])} (add the mask, same "
-                      f"stem, to train on one as a labeled image; empty its label to silence this)")
+        warnings.warn(f"{len(class_only)} images of {csv_path} have a class but no mask in {mask_dir} and "
+                      f"are used as unlabeled images, e.g. {', '.join(repr(n) for n in class_only[:3])} (add "
+                      "the mask, same stem, to train on one as a labeled image; empty its label to silence "
+                      "this)")
     unlisted = [f for stem, fs in images.items() if stem not in line_of for f in fs]
     if unlisted:
         warnings.warn(f"{len(unlisted)} images in {img_dir} are not listed in {csv_path} and are not used, "
@@ -458,7 +473,8 @@ _READERS = {"busi": _read_busi, "udiat": _read_udiat, "sztus": _read_sztus, "fol
 
 
 def _walk_images(folder):
-    """Paths of the image files under `folder`, recursively (hidden files and folders skipped), natural order."""
+    """Paths of the image files under `folder`, recursively (hidden files and folders skipped), natural
+    order."""
     out = []
     for d, subdirs, files in os.walk(folder):
         subdirs[:] = [x for x in subdirs if not x.startswith(".")]
@@ -487,7 +503,8 @@ def _unlabeled_records(dirs, records, taken=()):
         d = _require_dir(os.path.abspath(os.path.expanduser(str(d))), "--unlabeled-dir folder")
         paths = _walk_images(d)
         if not paths:
-            raise DataError(f"--unlabeled-dir {d}: no image files under it (formats read: {', '.join(IMAGE_EXTS)})")
+            raise DataError(f"--unlabeled-dir {d}: no image files under it (formats read: "
+                            f"{', '.join(IMAGE_EXTS)})")
         mine = [p for p in paths if os.path.realpath(p) in own]
         if mine:
             n_masks = sum(os.path.realpath(p) in own_masks for p in mine)
@@ -505,14 +522,14 @@ def _unlabeled_records(dirs, records, taken=()):
             rel = os.path.relpath(p, d).replace(os.sep, "/")
             name = next((c for c in (os.path.splitext(rel)[0], rel) if c not in taken), None)
             if name is None:
-                raise DataError(f"--unlabeled-dir {d}: image {rel!r} has the name of another, different image "
-                                f"already read; rename one of them")
+                raise DataError(f"--unlabeled-dir {d}: image {rel!r} has the name of another, different "
+                                f"image already read; rename one of them")
             seen[h] = name
             taken.add(name)
             out.append((name, p, [], NO_LABEL, name))
     if dups:
-        warnings.warn(f"{len(dups)} files under --unlabeled-dir are copies of images already read and are used "
-                      f"once, e.g. {dups[0][0]} = {dups[0][1]!r}")
+        warnings.warn(f"{len(dups)} files under --unlabeled-dir are copies of images already read and are "
+                      f"used once, e.g. {dups[0][0]} = {dups[0][1]!r}")
     return out, dups
 
 
@@ -533,7 +550,8 @@ def detect_dataset(root):
     if len(found) != 1:
         what = "no known dataset layout" if not found else f"the layouts of {' and '.join(found)}"
         raise DataError(f"--data-root {root} has {what} (looked for {looked}): pass --dataset NAME"
-                        + ("; your own images: docs/your-own-data.md (a DDTI recipe too)" if not found else ""))
+                        + ("; your own images: docs/your-own-data.md (a DDTI recipe "
+                           "too)" if not found else ""))
     return found[0]
 
 
@@ -541,7 +559,8 @@ def load_dataset(name, root=None, image_size=224, seed=0, demo_size=None, unlabe
     """Read dataset `name` from `root` (ignored for demo) into a CachedSet of image_size×image_size arrays.
 
     seed and demo_size (number of images, default 240) only concern the generated demo set. unlabeled_dirs:
-    folders whose images (recursively, no labels, no masks) are added as unlabeled images (_unlabeled_records)."""
+    folders whose images (recursively, no labels, no masks) are added as unlabeled images
+    (_unlabeled_records)."""
     if name not in DATASETS:
         raise DataError(f"unknown dataset {name!r}; choose from {DATASETS}")
     if int(image_size) != image_size or image_size < 8:
@@ -600,12 +619,13 @@ def make_split(ds, labels, seed):
     """Seeded split of `ds` (paper Section 4.1; README "Paper ↔ code", split) -> dict of names.
 
     Per class c: the class's groups (patients; images when the dataset has none) are permuted with a generator
-    seeded by (seed, c); the first _n_train(groups) go to train, the rest to evaluation. A patient whose images
-    carry both labels is assigned to the class of its malignant images (never split). Then the class's train
-    images are permuted once with a generator seeded by (seed, c, 1) and the first labels/2 are labeled, so for one
-    seed the budgets are nested (the 40-label set contains the 20-label set) and the evaluation set is the same
-    for every budget. A budget must leave each class at least one unlabeled train image (Hermes draws unlabeled
-    batches of both classes); an odd or too large budget is an error naming the largest one allowed.
+    seeded by (seed, c); the first _n_train(groups) go to train, the rest to evaluation. A patient whose
+    images carry both labels is assigned to the class of its malignant images (never split). Then the class's
+    train images are permuted once with a generator seeded by (seed, c, 1) and the first labels/2 are labeled,
+    so for one seed the budgets are nested (the 40-label set contains the 20-label set) and the evaluation set
+    is the same for every budget. A budget must leave each class at least one unlabeled train image (Hermes
+    draws unlabeled batches of both classes); an odd or too large budget is an error naming the largest one
+    allowed.
 
     Unlabeled images (ds.annotated False: no class or no mask) take no part in these draws, so the annotated
     images split exactly as without them; they all join train_unlabeled, except those in a group that went to
@@ -629,7 +649,8 @@ def make_split(ds, labels, seed):
         groups = sorted({g for g, pc in patient_class.items() if pc == c}, key=_natural_key)
         unit = "patients" if ds.groups != ds.names else "images"
         if len(groups) < 2:
-            raise DataError(f"empty class: {ds.name} has {len(groups)} {cname} {unit}; a 70/30 split needs >= 2")
+            raise DataError(f"empty class: {ds.name} has {len(groups)} {cname} {unit}; a 70/30 split needs "
+                            ">= 2")
         perm = np.random.default_rng([seed, c]).permutation(len(groups))
         train_groups.update(groups[j] for j in perm[:_n_train(len(groups))])
     for c in (0, 1):
@@ -642,13 +663,14 @@ def make_split(ds, labels, seed):
     where = f"the train part of {ds.name} (seed {seed}: {n0} benign, {n1} malignant)"
     if every:
         if not real_train:
-            raise DataError(f"--labels {LABELS_ALL} labels every annotated training image and needs unlabeled "
-                            f"images, but {ds.name} has none in its train part (add rows with an empty label, "
-                            f"or --unlabeled-dir DIR), or give a budget (maximum labels: {2 * k_max})")
+            raise DataError(f"--labels {LABELS_ALL} labels every annotated training image and needs "
+                            f"unlabeled images, but {ds.name} has none in its train part (add rows with an "
+                            "empty label, or --unlabeled-dir DIR), or give a budget (maximum labels: "
+                            f"{2 * k_max})")
     else:
         if k_max < 1:
-            raise DataError(f"{where} is too small for a labeled and an unlabeled set; add images or use other "
-                            f"data")
+            raise DataError(f"{where} is too small for a labeled and an unlabeled set; add images or use "
+                            f"other data")
         if labels <= 0 or labels % 2:
             raise DataError(f"labels must be a positive even number (labels/2 per class), got {labels}; "
                             f"maximum labels: {2 * k_max}")
@@ -685,15 +707,16 @@ _SPLIT_KEYS = ("train_labeled", "train_unlabeled", "eval")
 
 
 def describe_unlabeled(ds, split, idx_u):
-    """One line on the unlabeled images of a split (train.py prints it when the set has real unlabeled images):
-    the set's counts, how many unlabeled training images carry a hidden class / mask (what pl_acc_img_* /
-    pl_acc_pix_* are measured on) and how many were left out with their group."""
+    """One line on the unlabeled images of a split (train.py prints it when the set has real unlabeled
+    images): the set's counts, how many unlabeled training images carry a hidden class / mask (what
+    pl_acc_img_* / pl_acc_pix_* are measured on) and how many were left out with their group."""
     n_img = int((ds.labels[idx_u] != NO_LABEL).sum())
     n_pix = int((ds.masks[idx_u, 0, 0] != NO_MASK).sum())
-    left = f"; {len(split['left_out'])} left out (their group is in evaluation)" if split.get("left_out") else ""
+    left = (f"; {len(split['left_out'])} left out (their group is in evaluation)" if split.get("left_out")
+            else "")
     return (f"{ds.name}: {ds.counts()}; of the {len(idx_u)} unlabeled training images, {n_img} have a hidden "
-            f"class (pl_acc_img_*) and {n_pix} a hidden mask (pl_acc_pix_*); an accuracy with none in a batch is "
-            f"blank in log.csv{left}")
+            f"class (pl_acc_img_*) and {n_pix} a hidden mask (pl_acc_pix_*); an accuracy with none in a "
+            f"batch is blank in log.csv{left}")
 
 
 # ------------------------------------------------------------------------------------------ split files
@@ -722,14 +745,15 @@ def load_split(path, ds=None):
         split_indices(ds, split, where=path)
         real = [n for n in split["train_unlabeled"] if not ds.annotated[ds.index[n]]]
         split = {k: v for k, v in split.items() if k != "real_unlabeled"}
-        if real:  # what this dataset has, whatever the file said (a split drawn by simulation has no such key)
+        # what this dataset has, whatever the file said (a split drawn by simulation has no such key)
+        if real:
             split["real_unlabeled"] = real
     return split
 
 
 def split_indices(ds, split, where="split"):
-    """Names of a split -> (idx_l, idx_u, idx_eval) int64 arrays of positions in ds; unknown names and names on
-    two sides are errors."""
+    """Names of a split -> (idx_l, idx_u, idx_eval) int64 arrays of positions in ds; unknown names and names
+    on two sides are errors."""
     out, seen = [], {}
     for key in _SPLIT_KEYS:
         if not isinstance(split.get(key), list):
@@ -738,8 +762,9 @@ def split_indices(ds, split, where="split"):
         unknown = [n for n in names if n not in ds.index]
         if unknown:
             raise DataError(f"{where}: {len(unknown)} of the {key} names are not in dataset {ds.name!r} "
-                            f"({len(ds)} images{', root ' + ds.root if ds.root else ''}), e.g. {unknown[:3]}; "
-                            f"was the split made for {split.get('dataset')!r} with other settings?")
+                            f"({len(ds)} images{', root ' + ds.root if ds.root else ''}), e.g. "
+                            f"{unknown[:3]}; was the split made for {split.get('dataset')!r} with other "
+                            "settings?")
         for n in names:
             if n in seen:
                 raise DataError(f"{where}: image {n!r} is in both {seen[n]} and {key}")
@@ -764,9 +789,9 @@ def _outline(mask):
 
 
 def preview(ds, path, rows=4, cols=6, seed=0, scale=None):
-    """Write a contact sheet PNG: top half benign (green border and outline), bottom half malignant (red); when
-    the set has unlabeled images, one more row of them apart (grey border, 'U', outline only where a mask is
-    known)."""
+    """Write a contact sheet PNG: top half benign (green border and outline), bottom half malignant (red);
+    when the set has unlabeled images, one more row of them apart (grey border, 'U', outline only where a mask
+    is known)."""
     rng = np.random.default_rng(seed)
     n_b = (rows // 2) * cols
     picks = []
@@ -803,7 +828,8 @@ def preview(ds, path, rows=4, cols=6, seed=0, scale=None):
 
 # ----------------------------------------------------------------------------------------------- CLI
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Preview a dataset as a contact sheet; print its counts and split.")
+    p = argparse.ArgumentParser(description="Preview a dataset as a contact sheet; print its counts and "
+                                            "split.")
     p.add_argument("--preview", required=True, help="output PNG (4x6 tiles: benign green, malignant red)")
     p.add_argument("--dataset", default="demo", choices=DATASETS)
     p.add_argument("--data-root", default=None, help="dataset folder (README: Datasets); not for demo")
@@ -816,7 +842,8 @@ def main(argv=None):
                    help="also print the split sizes for this budget (or 'all')")
     p.add_argument("--rows", type=int, default=4)
     p.add_argument("--cols", type=int, default=6)
-    p.add_argument("--debug", action="store_true", help=f"show the Python traceback of an error (or {DEBUG_ENV}=1)")
+    p.add_argument("--debug", action="store_true",
+                   help=f"show the Python traceback of an error (or {DEBUG_ENV}=1)")
     args = p.parse_args(argv)
     S = args.image_size or (96 if args.dataset == "demo" else 224)
     t0 = time.perf_counter()
@@ -829,7 +856,8 @@ def main(argv=None):
     if args.labels:
         sp = make_split(ds, args.labels, args.seed)
         extra = "".join(f", {k} {len(sp[k])}" for k in ("real_unlabeled", "left_out") if k in sp)
-        print(f"split seed {args.seed} labels {args.labels}: " + ", ".join(f"{k} {len(sp[k])}" for k in _SPLIT_KEYS)
+        print(f"split seed {args.seed} labels {args.labels}: "
+              + ", ".join(f"{k} {len(sp[k])}" for k in _SPLIT_KEYS)
               + extra)
     print(f"wrote {preview(ds, args.preview, rows=args.rows, cols=args.cols, seed=args.seed)}")
 

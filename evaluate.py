@@ -5,13 +5,15 @@
     python evaluate.py runs/demo-40-seed0 --checkpoint best    # best.pt -> metrics_best.json
     python evaluate.py runs/x/checkpoint.pt --overlays ov/     # PNG overlays + attention panels
     python evaluate.py --summary runs/busi-72-seed* runs/busi-144-seed* --out table.md   # paper Tables 1-2
-    python evaluate.py --plot-pseudo-labels runs/busi-72-seed* --out fig1.png  # = python -m tools.figures pseudo-labels
+    python evaluate.py --plot-pseudo-labels runs/busi-72-seed* --out fig1.png
+        # = python -m tools.figures pseudo-labels
     python evaluate.py --compare runs/study/busi-72-* --baseline SupOnly    # final / best Dice, Acc; paired Δ
 
-Metrics (paper Sec. 4.1 names Dice ± std and accuracy; the others are added here). Per image, binary masks (H,W):
+Metrics (paper Sec. 4.1 names Dice ± std and accuracy; the others are added here). Per image, binary masks
+(H,W):
     Dice = 2|P∩G| / (|P|+|G|),  IoU = |P∩G| / |P∪G|,
-    HD95 = 95th percentile of the symmetric boundary-to-boundary distances (pixels of the S×S evaluation grid).
-    Both masks empty: Dice 1, IoU 1, HD95 0.  Exactly one empty: Dice 0, IoU 0, HD95 = image diagonal
+    HD95 = 95th percentile of the symmetric boundary-to-boundary distances (pixels of the S×S evaluation
+    grid). Both masks empty: Dice 1, IoU 1, HD95 0.  Exactly one empty: Dice 0, IoU 0, HD95 = image diagonal
     sqrt(H²+W²) (the largest distance possible in the image, so means over images stay finite).
 Over images: mean and sample std (ddof=1; 0 for one image). Classification (malignant = 1 is positive):
 accuracy, sensitivity, specificity, AUC (Mann-Whitney rank formula, ties averaged); a rate whose
@@ -19,8 +21,8 @@ denominator class is absent is NaN, written as null in JSON and skipped by the s
 
 Run folder (train.py): config.json, split.json, checkpoint.pt (final), best.pt (best evaluation Dice, i.e.
 selected on the evaluation split, the paper's protocol: optimistic, not a held-out test score), metrics.json.
-metrics.json is train.py's record of the run: evaluate_run never rewrites it. It writes, beside the checkpoint,
-metrics_<stem>.json and per_image_<stem>.csv (checkpoint.pt -> metrics_checkpoint.json, best.pt ->
+metrics.json is train.py's record of the run: evaluate_run never rewrites it. It writes, beside the
+checkpoint, metrics_<stem>.json and per_image_<stem>.csv (checkpoint.pt -> metrics_checkpoint.json, best.pt ->
 metrics_best.json).
 """
 import argparse
@@ -53,7 +55,8 @@ SELECTED_ON_FINAL = "none (last iteration; the headline numbers)"
 def _pair(pred, gt):
     pred, gt = np.asarray(pred).astype(bool), np.asarray(gt).astype(bool)
     if pred.shape != gt.shape or pred.ndim != 2:
-        raise ValueError(f"evaluate.py: masks must be two (H,W) arrays of one shape, got {pred.shape} and {gt.shape}")
+        raise ValueError(f"evaluate.py: masks must be two (H,W) arrays of one shape, got {pred.shape} and "
+                         f"{gt.shape}")
     return pred, gt
 
 
@@ -136,7 +139,8 @@ def auc(y_true, score):
 
 
 def summarize(per_image):
-    """Summary dict (SUMMARY_KEYS + n_malignant) from per-image records with dice, iou, hd95, label, score, pred."""
+    """Summary dict (SUMMARY_KEYS + n_malignant) from per-image records with dice, iou, hd95, label, score,
+    pred."""
     out = {}
     for k in ("dice", "iou", "hd95"):
         out[f"{k}_mean"], out[f"{k}_std"] = cli.mean_std([r[k] for r in per_image])
@@ -163,9 +167,9 @@ def evaluate_model(model, loader, device, ias=None, amp=False, keep_masks=False)
     enable_grad inside); the model's train/eval mode is restored afterwards. amp: bf16 autocast.
     ias: passed to model.forward (None = the model's own setting).
 
-    Returns (summary, per_image): summary with SUMMARY_KEYS (+ n_malignant); per_image a list, in loader order,
-    of {"index", "label", "pred", "score", "dice", "iou", "hd95"} (+ "pred_mask" (S,S) bool if keep_masks).
-    """
+    Returns (summary, per_image): summary with SUMMARY_KEYS (+ n_malignant); per_image a list, in loader
+    order, of {"index", "label", "pred", "score", "dice", "iou", "hd95"} (+ "pred_mask" (S,S) bool if
+    keep_masks). """
     device = torch.device(device)
     was_training = model.training
     model.eval()
@@ -181,7 +185,8 @@ def evaluate_model(model, loader, device, ias=None, amp=False, keep_masks=False)
                 gt = y.numpy().astype(bool)
                 for b in range(len(x)):
                     rec = {"index": len(per_image), "label": int(z[b]), "pred": int(prob[b].argmax()),
-                           "score": float(prob[b, 1]), "dice": dice(pred[b], gt[b]), "iou": iou(pred[b], gt[b]),
+                           "score": float(prob[b, 1]), "dice": dice(pred[b], gt[b]),
+                           "iou": iou(pred[b], gt[b]),
                            "hd95": hd95(pred[b], gt[b]), "pred_area": int(pred[b].sum()),
                            "gt_area": int(gt[b].sum())}
                     if keep_masks:
@@ -217,7 +222,8 @@ def resolve_checkpoint(path, which="final"):
 
 def load_model(ckpt, config):
     """A fresh HermesNet built from `config` (keys matching HermesNet.__init__; never pretrained, the
-    checkpoint holds the weights) with ckpt["model"] loaded strictly, memory banks and wrapper prefixes removed."""
+    checkpoint holds the weights) with ckpt["model"] loaded strictly, memory banks and wrapper prefixes
+    removed."""
     params = inspect.signature(models.HermesNet.__init__).parameters
     kwargs = {k: config[k] for k in params if k in config and k not in ("self", "pretrained")}
     model = models.HermesNet(pretrained=False, **kwargs)
@@ -256,12 +262,14 @@ def evaluate_run(run_dir_or_ckpt, data_root=None, which="final", overlays=None, 
         raise cli.MissingFileError(f"evaluate.py: no {split_path} beside the checkpoint (train.py writes it)")
     split = data.load_split(split_path)
     if split.get("dataset", config["dataset"]) != config["dataset"]:
-        raise cli.DataError(f"evaluate.py: {split_path} is a split of {split['dataset']!r}, the checkpoint was "
+        raise cli.DataError(f"evaluate.py: {split_path} is a split of {split['dataset']!r}, the checkpoint "
+                            "was "
                              f"trained on {config['dataset']!r}")
 
     device = runner.pick_device(device)
     ds = data.load_dataset(config["dataset"], data_root or config.get("data_root"),
-                           image_size=config["image_size"], seed=config["seed"], demo_size=config.get("demo_size"),
+                           image_size=config["image_size"], seed=config["seed"],
+                           demo_size=config.get("demo_size"),
                            unlabeled_dirs=config.get("unlabeled_dir"))
     _, _, idx_eval = data.split_indices(ds, split)
     loader = torch.utils.data.DataLoader(augment.LabeledSet(ds, idx_eval, train=False), batch_size=batch_size,
@@ -307,7 +315,8 @@ def format_metrics(m):
     lines = [f"images           {m.get('n_images')} ({m.get('n_malignant', '?')} malignant)",
              f"Dice (%)         {pct('dice_mean')} ± {pct('dice_std')}   (mean ± std over images)",
              f"IoU (%)          {pct('iou_mean')} ± {pct('iou_std')}",
-             f"HD95 (px)        {m.get('hd95_mean', float('nan')):.2f} ± {m.get('hd95_std', float('nan')):.2f}",
+             f"HD95 (px)        {m.get('hd95_mean', float('nan')):.2f} ± "
+             f"{m.get('hd95_std', float('nan')):.2f}",
              f"Accuracy (%)     {pct('accuracy')}",
              f"Sensitivity (%)  {pct('sensitivity')}",
              f"Specificity (%)  {pct('specificity')}",
@@ -332,20 +341,23 @@ def main(argv=None):
                         "--baseline GROUP: final and best Dice and accuracy and the paired Δ (python -m "
                         "tools.tables compare)")
     p.add_argument("--plot-pseudo-labels", action="store_true",
-                   help="plot pseudo-label accuracy over training from the runs' log.csv (paper Fig. 1 style; "
-                        "= python -m tools.figures pseudo-labels)")
+                   help="plot pseudo-label accuracy over training from the runs' log.csv (paper Fig. 1 "
+                        "style; = python -m tools.figures pseudo-labels)")
     p.add_argument("--smooth", type=int, default=5,
                    help="--plot-pseudo-labels: moving-average window in logged rows (1 = none)")
-    p.add_argument("--out", default=None, help="--plot-pseudo-labels: the PNG (default <first run>/pseudo_labels.png)")
+    p.add_argument("--out", default=None, help="--plot-pseudo-labels: the PNG (default <first "
+                                               "run>/pseudo_labels.png)")
     p.add_argument("--data-root", default=None, help="dataset folder, if not the one in the run's config")
     p.add_argument("--checkpoint", default="final", choices=["final", "best"],
                    help="for a run folder: checkpoint.pt (final, the headline) or best.pt (selected on the "
                         "evaluation split)")
     p.add_argument("--overlays", default=None, help="folder for overlay PNGs and attention panels")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto = cuda when available")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="auto = cuda when available")
     p.add_argument("--batch-size", type=int, default=8, help="evaluation batch size")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (ignored on CPU)")
-    p.add_argument("--debug", action="store_true", help="show the Python traceback of an error (or HERMES_DEBUG=1)")
+    p.add_argument("--debug", action="store_true",
+                   help="show the Python traceback of an error (or HERMES_DEBUG=1)")
     args = p.parse_args(argv)
     if args.plot_pseudo_labels:
         out = args.out or os.path.join(args.paths[0], "pseudo_labels.png")

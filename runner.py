@@ -1,10 +1,11 @@
-"""The run machinery of train.py, apart from the method: the run folder, resume rules, log.csv, checkpoints, RNG
-state, the non-finite watch, signals, progress lines and malloc tuning. Nothing here changes what is trained.
+"""The run machinery of train.py, apart from the method: the run folder, resume rules, log.csv, checkpoints,
+RNG state, the non-finite watch, signals, progress lines and malloc tuning. Nothing here changes what is
+trained.
 
 Run folder (--out): config.json, split.json, log.csv, checkpoint.pt, best.pt, metrics.json (README: Training).
 - checkpoint.pt: everything an exact resume needs (weights, memory banks, optimizer and RNG states), written
-  atomically every --ckpt-every steps, every --ckpt-minutes of wall time, and when a signal stops the run. At the
-  end it is replaced by a lean final checkpoint (no optimizer or RNG state) unless --keep-optimizer.
+  atomically every --ckpt-every steps, every --ckpt-minutes of wall time, and when a signal stops the run. At
+  the end it is replaced by a lean final checkpoint (no optimizer or RNG state) unless --keep-optimizer.
 - metrics.json marks a finished run: --resume of one says so and changes nothing.
 - A folder holding a run stopped before its first checkpoint (config.json, no checkpoint.pt) is moved aside to
   OUT.incomplete-<time> by a fresh start into it (as tools/reproduce.py does), never deleted.
@@ -134,10 +135,10 @@ class RunLock:
                 if owner is not None and self._alive(owner):
                     raise cli.DataError(
                         f"run folder {out} is being written by another train.py (PID {owner.get('pid')} on "
-                        f"{owner.get('host')}, since {owner.get('started')}; lock {self.path}): wait for it to end, "
-                        f"or train into another --out")
-                print(f"took over the lock of {out}: its owner (PID {owner and owner.get('pid')}) is no longer "
-                      f"running", file=sys.stderr)
+                        f"{owner.get('host')}, since {owner.get('started')}; lock {self.path}): wait for it "
+                        f"to end, or train into another --out")
+                print(f"took over the lock of {out}: its owner (PID {owner and owner.get('pid')}) is no "
+                      f"longer running", file=sys.stderr)
                 try:
                     os.remove(self.path)
                 except FileNotFoundError:
@@ -147,7 +148,8 @@ class RunLock:
                 json.dump(me, f)
             self.held = True
             return self
-        raise cli.DataError(f"cannot take the lock {self.path} of run folder {out}: another process keeps taking it")
+        raise cli.DataError(f"cannot take the lock {self.path} of run folder {out}: another process keeps "
+                            "taking it")
 
     def release(self):
         if self.held and (self._owner() or {}).get("pid") == os.getpid():
@@ -157,7 +159,8 @@ class RunLock:
 
 # ------------------------------------------------------------------------------------------- run folder
 def open_run(args, given):
-    """Check --out and, with --resume, read its checkpoint; writes nothing. -> (config dict, checkpoint or None).
+    """Check --out and, with --resume, read its checkpoint; writes nothing. -> (config dict, checkpoint or
+    None).
 
     cfg["finished"] holds metrics.json's record when --resume names a finished run (nothing is to be done);
     cfg["move_aside"] is set when a fresh start goes into a folder a run left before its first checkpoint.
@@ -171,14 +174,15 @@ def open_run(args, given):
     if args.resume:
         if os.path.isfile(metrics_path):
             m = read_metrics(metrics_path)
-            print(f"{out} is finished (step {m.get('iter')}, metrics.json): nothing to resume, nothing changed; "
-                  f"evaluate it with python evaluate.py {out}, or train longer into a new --out")
+            print(f"{out} is finished (step {m.get('iter')}, metrics.json): nothing to resume, nothing "
+                  f"changed; evaluate it with python evaluate.py {out}, or train longer into a new --out")
             return {"finished": m, "out": out}, None
         if not os.path.isfile(ckpt_path):
             if os.path.isfile(os.path.join(out, "config.json")):
                 raise cli.DataError(f"--resume: {out} holds a run stopped before its first checkpoint (no "
-                                     f"{ckpt_path}; nothing was changed): rerun the command without --resume; it "
-                                     f"starts afresh and moves these files to {out}.incomplete-<time>")
+                                     f"{ckpt_path}; nothing was changed): rerun the command without "
+                                     "--resume; it starts afresh and moves these files to "
+                                     f"{out}.incomplete-<time>")
             raise cli.DataError(f"--resume: there is no {ckpt_path} to continue from (nothing was changed); "
                                  f"start the run without --resume, into a new or empty --out")
         ckpt = read_checkpoint(ckpt_path)
@@ -254,9 +258,11 @@ def run_split(cfg, ds, given):
             said["seed"], want["seed"] = split.get("seed"), cfg["seed"]
         bad = [k for k in said if said[k] != want[k]]
         if bad:
-            raise cli.DataError(f"{where} is a split of {', '.join(f'{k} {said[k]}' for k in bad)} but the run "
-                                 f"was trained with {', '.join(f'{k} {want[k]}' for k in bad)} (checkpoint.pt): "
-                                 f"put the run's own split.json back, or train into a new --out")
+            raise cli.DataError(f"{where} is a split of {', '.join(f'{k} {said[k]}' for k in bad)} but the "
+                                "run "
+                                 f"was trained with {', '.join(f'{k} {want[k]}' for k in bad)} "
+                                 "(checkpoint.pt): put the run's own split.json back, or train into a new "
+                                 "--out")
         return split
     if cfg["split"]:
         split = data.load_split(cfg["split"], ds)
@@ -366,7 +372,8 @@ def read_checkpoint(path, resumable=True):
                              f"into a new --out")
     if not isinstance(ckpt, dict) or not needed <= set(ckpt):
         lacks = ", ".join(sorted(needed - set(ckpt) if isinstance(ckpt, dict) else needed))
-        raise cli.DataError(f"{path} is not a {'resumable ' if resumable else ''}train.py checkpoint (it lacks "
+        raise cli.DataError(f"{path} is not a {'resumable ' if resumable else ''}train.py checkpoint (it "
+                            "lacks "
                              f"{lacks}); rerun the command without --resume into a new --out")
     return ckpt
 
@@ -414,9 +421,10 @@ class Abort(KeyboardInterrupt):
 
 
 class StopSignals:
-    """SIGINT, SIGTERM (Slurm's preemption) and SIGUSR1 (the Slurm script's 'time is nearly up') ask the run to
-    stop after the current step: `requested` is set and train() checkpoints and exits. A second signal aborts
-    at once (Abort, a KeyboardInterrupt) without waiting for the step; the last checkpoint stays as it was."""
+    """SIGINT, SIGTERM (Slurm's preemption) and SIGUSR1 (the Slurm script's 'time is nearly up') ask the run
+    to stop after the current step: `requested` is set and train() checkpoints and exits. A second signal
+    aborts at once (Abort, a KeyboardInterrupt) without waiting for the step; the last checkpoint stays as it
+    was."""
     SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGUSR1")) if s)
 
     def __init__(self, ckpt_path):
@@ -437,8 +445,8 @@ class StopSignals:
 
     def _handle(self, signum, frame):
         if self.requested is not None:
-            raise Abort(f"second signal ({signal.Signals(signum).name}): stopped at once; the last checkpoint "
-                        f"{self.ckpt_path} is kept as it was")
+            raise Abort(f"second signal ({signal.Signals(signum).name}): stopped at once; the last "
+                        f"checkpoint {self.ckpt_path} is kept as it was")
         self.requested = signum
         print(f"train.py: {signal.Signals(signum).name} received: finishing the current step and saving a "
               f"checkpoint (a second signal stops at once)", file=sys.stderr, flush=True)
@@ -462,8 +470,8 @@ def duration(seconds):
 
 class Progress:
     """The console side of a run: after the first few measured steps one line with the expected time (and a
-    quicker setting when it is long), then, when the output is no terminal (nohup, Slurm), a line at least every
-    --progress-seconds: step, loss, s/step, ETA. Reads the loss (one host sync) only when it prints."""
+    quicker setting when it is long), then, when the output is no terminal (nohup, Slurm), a line at least
+    every --progress-seconds: step, loss, s/step, ETA. Reads the loss (one host sync) only when it prints."""
     MEASURE = 3          # steps of this part timed before the estimate (the first, a warm-up, is left out)
     LONG = 3600          # above this, the estimate suggests a quicker setting
 
@@ -492,17 +500,18 @@ class Progress:
         self.announced, self.sps = True, sps
         left = sps * (self.total - done)
         hint = ("; for a quick look try --image-size 96 --iters 250" if left > self.LONG else "")
-        self._say(f"{self.total - done:,} more steps at ~{sps:.3g} s/step on {self.device.type}: ~{duration(left)} "
-                  f"of steps, evaluations timed at the first{hint}")
+        self._say(f"{self.total - done:,} more steps at ~{sps:.3g} s/step on {self.device.type}: "
+                  f"~{duration(left)} of steps, evaluations timed at the first{hint}")
 
     def evaluated(self, done, seconds, n_left):
-        """After the first evaluation of this part: the expected time with the n_left evaluations still to come
-        (each as long as this one)."""
+        """After the first evaluation of this part: the expected time with the n_left evaluations still to
+        come (each as long as this one)."""
         if self.evaluations_said or getattr(self, "sps", None) is None:
             return
         self.evaluations_said = True
         left = self.sps * (self.total - done) + seconds * n_left
-        self._say(f"an evaluation took {seconds:.1f} s; with the {n_left} still to come, ~{duration(left)} left")
+        self._say(f"an evaluation took {seconds:.1f} s; with the {n_left} still to come, ~{duration(left)} "
+                  "left")
 
     def _say(self, line):
         if self.lines:
@@ -512,8 +521,8 @@ class Progress:
 
 
 class CheckpointClock:
-    """True every `minutes` of wall time (None or 0: never): checkpoints whatever --eval-every is. Saving reads
-    the state and draws nothing, so the trained weights do not depend on when it fires."""
+    """True every `minutes` of wall time (None or 0: never): checkpoints whatever --eval-every is. Saving
+    reads the state and draws nothing, so the trained weights do not depend on when it fires."""
 
     def __init__(self, minutes):
         self.every = minutes * 60 if minutes else None
@@ -533,7 +542,8 @@ def keep_freed_memory():
     glibc serves every block above 32 MiB (its largest mmap threshold) with a fresh mmap, released on free, so
     each step's large activations are page-faulted and zero-filled anew: at 224 px, batch 8 + 8, a Hermes step
     takes ~860k minor page faults, SupOnly ~160k (its batch is half as large, fewer blocks cross 32 MiB). With
-    mmap off and no trimming they are reused from the heap. Linux with glibc only; returns whether it applied."""
+    mmap off and no trimming they are reused from the heap. Linux with glibc only; returns whether it
+    applied."""
     import ctypes
     import platform
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":

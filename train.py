@@ -1,6 +1,6 @@
 """Train one joint Hermes model (segmentation + classification) from a few labeled and many unlabeled images.
 
-    python train.py                                              # built-in demo data, CPU-sized, a few minutes
+    python train.py  # built-in demo data, CPU-sized, a few minutes
     python train.py --dataset udiat --data-root PATH --labels 40 # the paper's configuration (Section 4.1)
 
 One step = one loss (eq. (15), `hermes.hermes_step`), one backward, then SGD steps the classification branch
@@ -49,12 +49,14 @@ def given_on_command_line(argv):
 
 
 def resolve(args, given=()):
-    """Fill the dataset-dependent defaults (the demo's CPU sizes, else the paper's §4.1) and check the arguments.
-    given: the options set on the command line; --data-root without --dataset names the dataset by its layout."""
+    """Fill the dataset-dependent defaults (the demo's CPU sizes, else the paper's §4.1) and check the
+    arguments. given: the options set on the command line; --data-root without --dataset names the dataset by
+    its layout."""
     if args.data_root is not None and "dataset" not in given and not args.resume:
         args.dataset = data.detect_dataset(args.data_root)
         print(f"--data-root {args.data_root}: the {args.dataset} layout (pass --dataset to choose another)")
-    if args.dataset not in DATASETS:   # checked here, not by argparse's choices: one line, not its usage block
+    # checked here, not by argparse's choices: one line, not its usage block
+    if args.dataset not in DATASETS:
         hint = f" (did you mean {args.dataset.lower()}?)" if args.dataset.lower() in DATASETS else ""
         raise cli.DataError(f"--dataset {args.dataset}: unknown dataset{hint}; the datasets are "
                             f"{', '.join(DATASETS)} (your own images: --dataset folder, README: Datasets)")
@@ -84,10 +86,11 @@ def resolve(args, given=()):
     if not demo and args.data_root is None:
         raise cli.DataError(f"--data-root is required for --dataset {args.dataset} (see README, Datasets)")
     if args.image_size % 32:
-        raise cli.DataError(f"--image-size {args.image_size} must be divisible by 32 (the encoder downsamples "
-                            f"32×), e.g. {max(32, 32 * round(args.image_size / 32))}")
+        raise cli.DataError(f"--image-size {args.image_size} must be divisible by 32 (the encoder "
+                            f"downsamples 32×), e.g. {max(32, 32 * round(args.image_size / 32))}")
     if args.iters < 1 or args.batch_size < 1:
-        raise cli.DataError(f"--iters and --batch-size must be positive, got {args.iters} and {args.batch_size}")
+        raise cli.DataError(f"--iters and --batch-size must be positive, got {args.iters} and "
+                            f"{args.batch_size}")
     return args
 
 
@@ -107,14 +110,15 @@ def make_optimizers(model, cfg, peer=None):
     trained = [p for p in peer.parameters() if p.requires_grad] if peer is not None else []
     cls_extra = cfg.get("method") in config.CLS_METHODS
     seg = model.seg_parameters() + ([] if cls_extra else trained)
-    # Adam: the fused kernel (one pass over all parameters; CPU, 25 M parameters: 0.03 instead of 0.10 s) where
-    # torch has it; the same update up to float rounding. A loaded state (e.g. a checkpoint of the unfused
-    # optimizer) keeps it fused: load_state_dict would otherwise take the saved groups' "fused" setting.
-    # SGD stays per-parameter: fused SGD raises when parameters without a momentum buffer get their first
-    # gradient after others (e.g. the ITA modules after --burn-in); it costs 0.03 s per step on CPU.
+    # Adam: the fused kernel (one pass over all parameters; CPU, 25 M parameters: 0.03 instead of 0.10 s)
+    # where torch has it; the same update up to float rounding. A loaded state (e.g. a checkpoint of the
+    # unfused optimizer) keeps it fused: load_state_dict would otherwise take the saved groups' "fused"
+    # setting. SGD stays per-parameter: fused SGD raises when parameters without a momentum buffer get their
+    # first gradient after others (e.g. the ITA modules after --burn-in); it costs 0.03 s per step on CPU.
     fused = True if seg[0].device.type in ("cpu", "cuda") else None
 
-    def fuse_again(opt):   # after load_state_dict: fused again, Adam's step counts where the fused kernel wants them
+    # after load_state_dict: fused again, Adam's step counts where the fused kernel wants them
+    def fuse_again(opt):
         for g in opt.param_groups:
             g["fused"] = fused
             for p in g["params"] if fused else ():
@@ -180,8 +184,8 @@ def step_batches(cfg, ds, idx_l, idx_u, device, start, total):
 
 
 def resolve_device(cfg):
-    """-> (device, amp, eval_amp). --amp and --channels-last are resolved once and saved in the config: a resumed
-    run keeps the precision and memory format it was trained in."""
+    """-> (device, amp, eval_amp). --amp and --channels-last are resolved once and saved in the config: a
+    resumed run keeps the precision and memory format it was trained in."""
     device = runner.pick_device(cfg["device"])
     if cfg["amp"] is None:
         cfg["amp"] = runner.native_bf16(device)
@@ -212,7 +216,8 @@ def build_model(cfg):
     except models.WeightsUnavailable as e:   # name both branches' files at once, not one per try
         raise models.WeightsUnavailable(models.missing_weights_message([cfg["seg_encoder"], "resnet18"],
                                                                        e.cause)) from e
-    for path, load in ((cfg.get("init"), lambda st: models.load_init(model, st.get("model", st), cfg["init_heads"],
+    for path, load in ((cfg.get("init"),
+                        lambda st: models.load_init(model, st.get("model", st), cfg["init_heads"],
                                                                      what=f"--init {cfg['init']}")),
                        (cfg.get("init_seg_encoder"), lambda st: models.load_resnet_init(
                            model, st, "seg", what=f"--init-seg-encoder {cfg['init_seg_encoder']}")),
@@ -246,7 +251,8 @@ class Run:
         t0 = time.perf_counter()
         seconds_before = float(ckpt.get("train_seconds", 0.0)) if ckpt is not None else 0.0
         self.elapsed = lambda: seconds_before + time.perf_counter() - t0  # wall time over all resumed parts
-        ds = data.load_dataset(cfg["dataset"], cfg["data_root"], image_size=cfg["image_size"], seed=cfg["seed"],
+        ds = data.load_dataset(cfg["dataset"], cfg["data_root"], image_size=cfg["image_size"],
+                               seed=cfg["seed"],
                                demo_size=cfg["demo_size"], unlabeled_dirs=cfg.get("unlabeled_dir"))
         load_s = time.perf_counter() - t0
         split = runner.run_split(cfg, ds, given)
@@ -274,10 +280,12 @@ class Run:
             print(f"resumed {self.out} at step {self.start}/{self.total}")
         self.log = runner.CsvLog(os.path.join(self.out, "log.csv"),
                                  resume_iter=self.start if ckpt is not None else None)
-        self.ckpt_path, self.best_path = os.path.join(self.out, "checkpoint.pt"), os.path.join(self.out, "best.pt")
+        self.ckpt_path, self.best_path = os.path.join(self.out, "checkpoint.pt"), os.path.join(self.out,
+                                                                                               "best.pt")
         self.batches = step_batches(cfg, ds, idx_l, idx_u, self.device, self.start, self.total)
         self.watch, self.final_metrics = FiniteWatch(self.device), None
-        self.step_seconds, self.n_since_log = 0.0, 0  # training time only: evaluation and checkpoints excluded
+        # training time only: evaluation and checkpoints excluded
+        self.step_seconds, self.n_since_log = 0.0, 0
 
     def step(self, it):
         """One training step at iteration `it` -> (loss, stats, {"seg": lr, "cls": lr})."""
@@ -285,7 +293,8 @@ class Run:
         lr_it = {k: poly_lr(cfg[f"lr_{k}"], it, self.total, cfg["poly_power"]) for k in ("seg", "cls")}
         set_lr(self.opts, lr_it)
         batch_l, batch_u = augment.memory_format(self.batches(it), cfg["channels_last"])
-        loss, stats = train_step(self.model, self.banks, self.opts, batch_l, batch_u, it, self.total, self.hcfg,
+        loss, stats = train_step(self.model, self.banks, self.opts, batch_l, batch_u, it, self.total,
+                                 self.hcfg,
                                  self.amp, self.peer)
         self.watch.update(loss, it)
         self.n_since_log += 1
@@ -306,21 +315,24 @@ class Run:
         self.step_seconds, self.n_since_log = 0.0, 0
         self.log.write(row)
         bar.set_postfix(loss=f"{row['loss']:.3f}", kept_pix=f"{row.get('kept_pix', 0):.2f}",
-                        kept_img=f"{row.get('kept_img', 0):.2f}", pl_acc=f"{row.get('pl_acc_pix_kept', 0):.3f}")
+                        kept_img=f"{row.get('kept_img', 0):.2f}",
+                        pl_acc=f"{row.get('pl_acc_pix_kept', 0):.3f}")
 
     def evaluate(self, done):
         metrics, _ = evaluate.evaluate_model(self.model, self.eval_loader, self.device, amp=self.eval_amp)
         self.log.write({"kind": "eval", "iter": done, **{k: metrics[k] for k in EVAL_KEYS}})
-        tqdm.write(f"step {done}: eval Dice {metrics['dice_mean']:.4f}  Acc {metrics['accuracy']:.4f}  balanced "
-                   f"{metrics['balanced_accuracy']:.4f}  AUC {metrics['auc']:.4f}  predicted malignant "
-                   f"{metrics['predicted_malignant']:.0%}")
+        tqdm.write(f"step {done}: eval Dice {metrics['dice_mean']:.4f}  Acc {metrics['accuracy']:.4f}  "
+                   f"balanced {metrics['balanced_accuracy']:.4f}  AUC {metrics['auc']:.4f}  predicted "
+                   f"malignant {metrics['predicted_malignant']:.0%}")
         self.final_metrics = metrics if done == self.total else None
         if metrics["dice_mean"] > self.best["dice"]:
             self.best = {"dice": metrics["dice_mean"], "iter": done}
-            save_atomic(runner.best_checkpoint(self.model, self.banks, done, self.best, self.cfg), self.best_path)
+            save_atomic(runner.best_checkpoint(self.model, self.banks, done, self.best, self.cfg),
+                        self.best_path)
 
     def save(self, done):
-        save_atomic(runner.checkpoint(self.model, self.banks, self.opts, done, self.best, self.cfg, self.elapsed(),
+        save_atomic(runner.checkpoint(self.model, self.banks, self.opts, done, self.best, self.cfg,
+                                      self.elapsed(),
                                       self.peer), self.ckpt_path)
 
     def finish(self):
@@ -333,9 +345,12 @@ class Run:
                            "selected_on": evaluate.SELECTED_ON_BEST},
                   "dataset": cfg["dataset"], "labels": cfg["labels"], "seed": cfg["seed"],
                   "train_seconds": round(self.elapsed(), 1)}
-        cli.write_json_atomic(result, os.path.join(self.out, "metrics.json"))   # from now on the run is finished
-        if not cfg.get("keep_optimizer"):   # a finished run is not resumed: its optimizer state is dead weight
-            save_atomic(runner.lean_checkpoint(self.model, self.banks, total, best, cfg, self.peer, final=True,
+        # from now on the run is finished
+        cli.write_json_atomic(result, os.path.join(self.out, "metrics.json"))
+        # a finished run is not resumed: its optimizer state is dead weight
+        if not cfg.get("keep_optimizer"):
+            save_atomic(runner.lean_checkpoint(self.model, self.banks, total, best, cfg, self.peer,
+                                               final=True,
                                                train_seconds=self.elapsed(), metrics=metrics), self.ckpt_path)
         return result
 
@@ -373,7 +388,8 @@ def _train(args, given):
             eval_now = done % cfg["eval_every"] == 0 or done == total
             stop = signals.requested is not None and done < total           # SIGINT, SIGTERM: save and stop
             stop_after = cfg.get("stop_after") is not None and done >= cfg["stop_after"]
-            save_now = (stop_after or (done < total and (done % cfg["ckpt_every"] == 0 or clock.due() or stop))
+            save_now = (stop_after or (done < total and (done % cfg["ckpt_every"] == 0 or clock.due()
+                                                         or stop))
                         or (done == total and cfg.get("keep_optimizer")))   # else the lean final one below
             if log_now or eval_now or save_now:
                 run.check_finite(stats)
@@ -382,14 +398,16 @@ def _train(args, given):
             if eval_now:
                 t_eval, ev = time.perf_counter(), cfg["eval_every"]
                 run.evaluate(done)
-                progress.evaluated(done, time.perf_counter() - t_eval, total // ev - done // ev + (total % ev > 0))
+                progress.evaluated(done, time.perf_counter() - t_eval,
+                                   total // ev - done // ev + (total % ev > 0))
             if save_now:
                 run.save(done)
                 clock.reset()
             if stop:
                 bar.close()
                 print(f"train.py: stopped by {runner.signal_name(signals.requested)} at step {done}/{total}; "
-                      f"checkpoint {run.ckpt_path}; continue with: {runner.continue_command(out)}", flush=True)
+                      f"checkpoint {run.ckpt_path}; continue with: {runner.continue_command(out)}",
+                      flush=True)
                 sys.exit(signals.exit_code)
             if stop_after:
                 print(f"stopped after step {done} (--stop-after); continue with --resume --out {out}")
@@ -402,8 +420,8 @@ def _train(args, given):
           f"Dice {m['dice_mean']:.4f} ± {m['dice_std']:.4f}  IoU {m['iou_mean']:.4f}  "
           f"HD95 {m['hd95_mean']:.2f} px  Acc {m['accuracy']:.4f} (sens {m['sensitivity']:.4f}, spec "
           f"{m['specificity']:.4f})  AUC {m['auc']:.4f}")
-    print(f"best evaluation Dice {best['dice']:.4f} at step {best['iter']} (best.pt, selected on the evaluation "
-          f"split)")
+    print(f"best evaluation Dice {best['dice']:.4f} at step {best['iter']} (best.pt, selected on the "
+          f"evaluation split)")
     return result
 
 

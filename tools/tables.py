@@ -1,8 +1,8 @@
 """Tables over several finished runs: the paper's Tables 1-2 layout (--summary) and groups of runs against a
 baseline (--compare). No torch: it reads config.json, metrics.json and log.csv.
 
-    python -m tools.tables summary runs/busi-72-seed* --out table.md       # = python evaluate.py --summary ...
-    python -m tools.tables compare runs/study/* --baseline SupOnly         # = python evaluate.py --compare ...
+    python -m tools.tables summary runs/busi-72-seed* --out table.md  # = python evaluate.py --summary ...
+    python -m tools.tables compare runs/study/* --baseline SupOnly  # = python evaluate.py --compare ...
 
 Runs are one row only when they are comparable: the same method name (from the switches) and the same value of
 every setting that changes results (config.py), seeds and split files aside. Runs that differ in anything else
@@ -24,7 +24,8 @@ if __package__ in (None, ""):  # run by path (python tools/NAME.py): the project
 import cli
 import config
 
-ORDER = ["SupOnly", "CPS", "ABD", "AD-MT", "SS-Net", "DCNet", "ShrinkMatch", "InterLUDE", "InfoMatch", "PEFAT",
+ORDER = ["SupOnly", "CPS", "ABD", "AD-MT", "SS-Net", "DCNet", "ShrinkMatch", "InterLUDE", "InfoMatch",
+         "PEFAT",
          "DTCL only", "IAS only", "ITCL only", "Hermes w/o DTCL", "Hermes w/o IAS",
          "Hermes w/o ITCL", "Hermes"]  # rows in the order of the paper's Tables 1-3 (baseline first, the
 # comparator CPS next as in Table 1, full method last)
@@ -38,16 +39,17 @@ COMPARE_METRICS = [("Dice", "dice_mean"), ("Acc", "accuracy")]
 def method_name(cfg):
     """Row name of a run from its switches (Table 3 vocabulary; IAS = the paper's SM/ITA).
 
-    All of dtcl, ias, itcl on -> "Hermes"; all off -> "SupOnly"; one on -> "<X> only"; two on -> "Hermes w/o <X>".
-    task "seg"/"cls" trains one branch, so ias and itcl (which need both) count as off and "SS"/"SC" is added;
-    threshold "confidence"/"none" adds "conf. threshold"/"no threshold" when dtcl is on (it only acts there).
-    Settings not in the paper (config.NOT_IN_PAPER) that differ from the paper's are noted too, e.g.
-    "Hermes (separate BN, lr 0.001)", and the from-scratch recipe: "seg lr" / "cls lr" when --lr-seg / --lr-cls
-    differ from --lr, "burn-in N" when N > 0 and the run has an unlabeled term (SupOnly has none to delay).
-    method "cps" (cps.py, the comparator of Table 1) is "CPS", whatever its (implied off) switches.
+    All of dtcl, ias, itcl on -> "Hermes"; all off -> "SupOnly"; one on -> "<X> only"; two on -> "Hermes w/o
+    <X>". task "seg"/"cls" trains one branch, so ias and itcl (which need both) count as off and "SS"/"SC" is
+    added; threshold "confidence"/"none" adds "conf. threshold"/"no threshold" when dtcl is on (it only acts
+    there). Settings not in the paper (config.NOT_IN_PAPER) that differ from the paper's are noted too, e.g.
+    "Hermes (separate BN, lr 0.001)", and the from-scratch recipe: "seg lr" / "cls lr" when --lr-seg /
+    --lr-cls differ from --lr, "burn-in N" when N > 0 and the run has an unlabeled term (SupOnly has none to
+    delay). method "cps" (cps.py, the comparator of Table 1) is "CPS", whatever its (implied off) switches.
     """
     task, threshold = cfg.get("task", "joint"), cfg.get("threshold", "dual")
-    on = {"DTCL": bool(cfg.get("dtcl", True)), "IAS": bool(cfg.get("ias", True)), "ITCL": bool(cfg.get("itcl", True))}
+    on = {"DTCL": bool(cfg.get("dtcl", True)), "IAS": bool(cfg.get("ias", True)),
+          "ITCL": bool(cfg.get("itcl", True))}
     if task != "joint":
         on["IAS"] = on["ITCL"] = False
     kept = [k for k, v in on.items() if v]
@@ -139,8 +141,8 @@ def load_runs(run_dirs):
 
 
 def eval_log(run_dir):
-    """{iter: {column: float}} of the eval rows of RUN_DIR/log.csv (train.py's periodic evaluations; a repeated
-    iteration keeps its last row, an empty cell is NaN); {} without a log.csv."""
+    """{iter: {column: float}} of the eval rows of RUN_DIR/log.csv (train.py's periodic evaluations; a
+    repeated iteration keeps its last row, an empty cell is NaN); {} without a log.csv."""
     path = os.path.join(run_dir, "log.csv")
     if not os.path.isfile(path):
         return {}
@@ -198,7 +200,8 @@ def summary_markdown(run_dirs):
     header = "| Method | " + " | ".join(f"{DATASET_NAMES.get(d, d)} {n} labels" for d, n in cols) + " |"
     text = []
     for title, key, skip_task in (("Dice (%)", "dice_mean", "cls"), ("Accuracy (%)", "accuracy", "seg")):
-        text += [f"### {title}: final checkpoint, mean ± std over runs (seeds; sample std, 0 for one run)", "",
+        text += [f"### {title}: final checkpoint, mean ± std over runs (seeds; sample std, 0 for one run)",
+                 "",
                  header, "|---|" + "---|" * len(cols)]
         for name in sorted(rows, key=_method_key):
             cells = [_cell([r["metrics"].get(key) for r in rows[name].get(c, [])
@@ -218,9 +221,9 @@ def summary_markdown(run_dirs):
 # ------------------------------------------------------------------------------------------ --compare
 def run_scores(run_dir):
     """Seed, final and best-of-evaluation scores of one run folder: {"seed", "final_<key>", "best_<key>",
-    "last_eval"} for the keys of COMPARE_METRICS. final = metrics.json (the final checkpoint; None while the run
-    is unfinished); best = the largest value of that column over log.csv's evaluations (each metric its own
-    best; selected on the evaluation split, so optimistic), None without evaluations."""
+    "last_eval"} for the keys of COMPARE_METRICS. final = metrics.json (the final checkpoint; None while the
+    run is unfinished); best = the largest value of that column over log.csv's evaluations (each metric its
+    own best; selected on the evaluation split, so optimistic), None without evaluations."""
     cfg_path, m_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "metrics.json")
     cfg, metrics = ({} if not os.path.isfile(q) else read_json(q) for q in (cfg_path, m_path))
     log = eval_log(run_dir)
@@ -235,9 +238,9 @@ def run_scores(run_dir):
 
 
 def group_runs(paths):
-    """{group: [run folders]} from NAME=RUN[,RUN...] items (a group named by the caller, in the order given) and
-    plain run folders (grouped by method_name of their config.json, after them in ORDER: SupOnly, CPS, ...).
-    Either kind of group whose runs are not comparable is split (split_rows)."""
+    """{group: [run folders]} from NAME=RUN[,RUN...] items (a group named by the caller, in the order given)
+    and plain run folders (grouped by method_name of their config.json, after them in ORDER: SupOnly, CPS,
+    ...). Either kind of group whose runs are not comparable is split (split_rows)."""
     groups, named = {}, {}
     for p in paths:
         name, sep, dirs = p.partition("=")
@@ -246,7 +249,8 @@ def group_runs(paths):
             missing = [d for d in dirs if not os.path.isdir(d)]
             if missing or not dirs:
                 raise cli.DataError(f"--compare: group {name!r}: "
-                                    + (f"no run folder {', '.join(missing)}" if missing else "no run folders given"))
+                                    + (f"no run folder {', '.join(missing)}" if missing else "no run folders "
+                                                                                             "given"))
             groups.setdefault(name, []).extend(dirs)
         else:
             cfg_path = os.path.join(p, "config.json")
@@ -265,9 +269,10 @@ def _context(cfg):
 
 
 def compare_groups(groups, baseline=None):
-    """Per group: mean ± sample std over its runs (seeds) of the final and best-of-evaluation Dice and accuracy,
-    and, when `baseline` names a group, the paired difference to it: Δ = run − baseline run of the same seed and
-    the same dataset, budget, image size and steps (CONTEXT), mean ± sample std over the pairs (n).
+    """Per group: mean ± sample std over its runs (seeds) of the final and best-of-evaluation Dice and
+    accuracy, and, when `baseline` names a group, the paired difference to it: Δ = run − baseline run of the
+    same seed and the same dataset, budget, image size and steps (CONTEXT), mean ± sample std over the pairs
+    (n).
 
     groups {name: [run folders]}; baseline: a group name, or the name before " [" of split groups.
     Returns [{"group", "runs", "n", "<kind>_<key>": (mean, std, n) or None,
@@ -287,7 +292,8 @@ def compare_groups(groups, baseline=None):
                 row[col] = (*cli.mean_std(vals), len(vals)) if vals else None
                 row["delta_" + col] = None
                 if bases and g not in bases:
-                    base = {(r["seed"], _context(r["config"])): r[col] for r in base_runs if r[col] is not None}
+                    base = {(r["seed"],
+                             _context(r["config"])): r[col] for r in base_runs if r[col] is not None}
                     d = [r[col] - base[(r["seed"], _context(r["config"]))] for r in runs
                          if r[col] is not None and (r["seed"], _context(r["config"])) in base]
                     row["delta_" + col] = (*cli.mean_std(d), len(d)) if d else None
@@ -310,16 +316,20 @@ def compare_markdown(groups, baseline=None, deltas_only=False):
     head = " | ".join(f"{title} {kind}" for kind, title, _ in cols)
     lines = []
     if not deltas_only:
-        lines += ["Final checkpoint (metrics.json) and best of the evaluations (log.csv; each metric its own best, "
-                  "selected on the evaluation split) in %, mean ± sample std over the runs (seeds):", "",
+        lines += ["Final checkpoint (metrics.json) and best of the evaluations (log.csv; each metric its own "
+                  "best, selected on the evaluation split) in %, mean ± sample std over the runs (seeds):",
+                  "",
                   f"| Group | runs | {head} |", "|---|---|" + "---|" * len(cols)]
-        lines += [f"| {r['group']} | {r['n']} | " + " | ".join(_pm(r[f'{k}_{key}']) for k, _, key in cols) + " |"
+        lines += [f"| {r['group']} | {r['n']} | "
+                  + " | ".join(_pm(r[f'{k}_{key}']) for k, _, key in cols) + " |"
                   for r in rows]
         lines.append("")
     if baseline is not None:
-        lines += [f"Paired difference to {baseline} (same seed, dataset, budget, image size and steps), percentage "
-                  "points, mean ± sample std over the pairs:", "", f"| Group | {head} |", "|---|" + "---|" * len(cols)]
-        lines += [f"| {r['group']} | " + " | ".join(_pm(r[f'delta_{k}_{key}'], True) for k, _, key in cols) + " |"
+        lines += [f"Paired difference to {baseline} (same seed, dataset, budget, image size and steps), "
+                  "percentage points, mean ± sample std over the pairs:", "", f"| Group | {head} |",
+                  "|---|" + "---|" * len(cols)]
+        lines += [f"| {r['group']} | "
+                  + " | ".join(_pm(r[f'delta_{k}_{key}'], True) for k, _, key in cols) + " |"
                   for r in rows if not (r["group"] == baseline or r["group"].startswith(baseline + " ["))]
         lines.append("")
     return "\n".join(lines)

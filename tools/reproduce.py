@@ -710,8 +710,17 @@ def config_mismatch(run_dir, args):
     cfg = read_json(os.path.join(run_dir, "config.json"))
     if cfg is None:
         return []
-    ns = vars(_train_parser().parse_args([str(a) for a in args]))
-    return [(k, cfg[k], v) for k, v in ns.items()
+    tokens = [str(a) for a in args]
+    ns = _train_parser().parse_args(tokens)
+    if cfg.get("recipe", "paper") != "paper" or ns.recipe != "auto":   # the recipe as train.py resolves it
+        import contextlib
+        import io
+        import train
+        with contextlib.redirect_stdout(io.StringIO()):
+            ns.pretrained = ns.pretrained if ns.pretrained is not None else ns.dataset != "demo"
+            ns.iters = ns.iters or (config.DEMO_ITERS if ns.dataset == "demo" else config.PAPER_ITERS)
+            config.resolve_recipe(ns, train.given_on_command_line(tokens))
+    return [(k, cfg[k], v) for k, v in vars(ns).items()
             if v is not None and k not in NEUTRAL and k in cfg and cfg[k] != v]
 
 

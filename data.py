@@ -601,18 +601,7 @@ def _n_train(n):
     return min(max((7 * n + 5) // 10, 1), n - 1)
 
 
-def parse_labels(value):
-    """--labels: a positive even budget (labels/2 per class), or "all" (every annotated training image)."""
-    if str(value).strip().lower() == LABELS_ALL:
-        return LABELS_ALL
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an even number of labeled images or {LABELS_ALL!r}, "
-                                         f"got {value!r}") from None
-
-
-LABELS_ALL = "all"
+from config import LABELS_ALL, image_size_for, parse_labels  # noqa: E402  (declared with the settings)
 
 
 def make_split(ds, labels, seed):
@@ -845,7 +834,7 @@ def main(argv=None):
     p.add_argument("--debug", action="store_true",
                    help=f"show the Python traceback of an error (or {DEBUG_ENV}=1)")
     args = p.parse_args(argv)
-    S = args.image_size or (96 if args.dataset == "demo" else 224)
+    S = args.image_size or image_size_for(args.dataset)
     t0 = time.perf_counter()
     ds = load_dataset(args.dataset, args.data_root, image_size=S, seed=args.seed, demo_size=args.demo_size,
                       unlabeled_dirs=args.unlabeled_dir)

@@ -41,7 +41,7 @@ DEMO_IMAGE_SIZE, PAPER_IMAGE_SIZE = 96, 224    # the demo is CPU-sized; §4.1: "
 DEMO_ITERS, PAPER_ITERS = 120, 3000
 
 
-# The comparators of Tables 1-2 (`--method`; comparators/ and cps.py): segmentation methods train the
+# The comparators of Tables 1-2 (`--method`; comparators/): segmentation methods train the
 # classification branch as SupOnly's, classification methods the segmentation branch.
 SEG_METHODS = {"cps": "CPS", "abd": "ABD", "admt": "AD-MT", "ssnet": "SS-Net", "dcnet": "DCNet"}
 CLS_METHODS = {"shrinkmatch": "ShrinkMatch", "interlude": "InterLUDE", "infomatch": "InfoMatch",

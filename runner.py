@@ -101,7 +101,7 @@ class RunLock:
     whose owner is gone (same host, no such process) is taken over, and said so."""
 
     def __init__(self, out):
-        self.path = os.path.normpath(os.path.abspath(out)) + ".lock"
+        self.out, self.path = out, os.path.normpath(os.path.abspath(out)) + ".lock"
         self.held = False
 
     def _owner(self):
@@ -123,7 +123,8 @@ class RunLock:
             return True
         return True
 
-    def acquire(self, out):
+    def acquire(self):
+        out = self.out
         me = {"pid": os.getpid(), "host": socket.gethostname(),
               "started": datetime.datetime.now().isoformat(timespec="seconds")}
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
@@ -477,7 +478,7 @@ class Progress:
 
     def __init__(self, start, total, device, every_s, lines):
         self.start, self.total, self.device, self.every_s, self.lines = start, total, device, every_s, lines
-        self.t_measure, self.announced, self.evaluations_said = None, False, False
+        self.t_measure, self.announced, self.evaluations_said, self.sps = None, False, False, None
         self.t_line = time.perf_counter()
         self.since_line = []   # seconds of the steps since the last line
 
@@ -506,7 +507,7 @@ class Progress:
     def evaluated(self, done, seconds, n_left):
         """After the first evaluation of this part: the expected time with the n_left evaluations still to
         come (each as long as this one)."""
-        if self.evaluations_said or getattr(self, "sps", None) is None:
+        if self.evaluations_said or self.sps is None:
             return
         self.evaluations_said = True
         left = self.sps * (self.total - done) + seconds * n_left

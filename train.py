@@ -9,6 +9,7 @@ written atomically to RUN_DIR/checkpoint.pt; `--resume` continues a killed run a
 Every option is declared once, in config.py.
 """
 import argparse
+import importlib
 import os
 import sys
 
@@ -24,7 +25,6 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import augment  # noqa: E402
-import cps  # noqa: E402
 import data  # noqa: E402
 import evaluate  # noqa: E402
 import hermes  # noqa: E402
@@ -149,7 +149,7 @@ def train_step(model, banks, opts, batch_l, batch_u, it, total, hcfg, amp=False,
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
         if plugin is None:
             loss, stats = hermes.hermes_step(model, banks, batch_l, batch_u, it, total, hcfg)
-        else:   # a comparator (cps.py, comparators/): its own step, the same contract
+        else:   # a comparator (comparators/cps.py, comparators/): its own step, the same contract
             loss, stats = plugin.step(model, peer, batch_l, batch_u, it, total, hcfg)
     for o in opts.values():
         o.zero_grad(set_to_none=True)
@@ -163,12 +163,7 @@ def train_step(model, banks, opts, batch_l, batch_u, it, total, hcfg, amp=False,
 
 def plugin_of(method):
     """The module of a comparator (`step`, `build_extra`, optional `after_step`), None for Hermes."""
-    if method == "hermes":
-        return None
-    if method == "cps":
-        return cps
-    import importlib
-    return importlib.import_module(f"comparators.{method}")
+    return None if method == "hermes" else importlib.import_module(f"comparators.{method}")
 
 
 def step_batches(cfg, ds, idx_l, idx_u, device, start, total):
@@ -359,7 +354,7 @@ def train(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     given = given_on_command_line(argv)
     args = resolve(build_parser().parse_args(argv), given)
-    lock = runner.RunLock(args.out).acquire(args.out)   # one writer per run folder, before anything is read
+    lock = runner.RunLock(args.out).acquire()   # one writer per run folder, before anything is read
     try:
         return _train(args, given)
     finally:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 import augment
 import hermes
-from losses import seg_supervised_loss, total_loss
+from losses import cls_supervised_loss, seg_supervised_loss, total_loss
 from models import check_input
 
 
@@ -61,6 +61,14 @@ def img_pl_stats(probs, pl, w, z_gt, tau):
             "pl_acc_img_kept": known((right * w * has).sum() / (w * has).sum().clamp_min(1)),
             "kept_img_conf": w_conf.mean(),
             "pl_acc_img_conf": known((right * w_conf * has).sum() / (w_conf * has).sum().clamp_min(1))}
+
+
+def suponly_step(model, x, z, seg, cfg, tau=math.nan):
+    """The burn-in step (it < cfg.burn_in) of every classification comparator: SupOnly, eq. (1) + eq. (2)."""
+    _, logits = cls_forward(model, x)
+    L = zero_parts(logits)
+    L["seg_l"], L["cls_l"] = seg, cls_supervised_loss(logits, z)
+    return finish(L, cfg, tau=tau)
 
 
 def finish(L, cfg, tau=math.nan, kappa=math.nan, img_stats=None):

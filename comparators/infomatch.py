@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from comparators.cls_common import cls_forward, finish, hi, img_pl_stats, seg_term, strong_view, zero_parts
+from comparators.cls_common import suponly_step, cls_forward, finish, hi, img_pl_stats, seg_term, strong_view, zero_parts
 from losses import cls_supervised_loss
 
 SETTINGS = config.comparator_settings("infomatch")   # declared in config.py with every other setting
@@ -106,10 +106,7 @@ def step(model, extra, batch_l, batch_u, it, total, cfg):
     B_l, B_u = x.shape[0], x_w.shape[0]
     seg = seg_term(model, x, y)
     if it < cfg.burn_in:
-        _, logits = cls_forward(model, x)
-        L = zero_parts(logits)
-        L["seg_l"], L["cls_l"] = seg, cls_supervised_loss(logits, z)
-        return finish(L, cfg)
+        return suponly_step(model, x, z, seg, cfg)
     x_s2 = strong_view(x_w)
     perm = torch.randperm(B_u).to(x.device)
     inside, lam = cutmix_boxes(B_u, x.shape[-1], x.device)

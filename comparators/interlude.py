@@ -37,7 +37,7 @@ import config
 import torch
 import torch.nn.functional as F
 
-from comparators.cls_common import cls_forward, finish, hi, img_pl_stats, seg_term, strong_view, zero_parts
+from comparators.cls_common import suponly_step, cls_forward, finish, hi, img_pl_stats, seg_term, strong_view, zero_parts
 from losses import cls_supervised_loss
 
 SETTINGS = config.comparator_settings("interlude")   # declared in config.py with every other setting
@@ -88,10 +88,7 @@ def step(model, extra, batch_l, batch_u, it, total, cfg):
     B_l, B_u = x.shape[0], x_w.shape[0]
     seg = seg_term(model, x, y)
     if it < cfg.burn_in:
-        _, logits = cls_forward(model, x)
-        L = zero_parts(logits)
-        L["seg_l"], L["cls_l"] = seg, cls_supervised_loss(logits, z)
-        return finish(L, cfg, tau=cfg.interlude_tau)
+        return suponly_step(model, x, z, seg, cfg, tau=cfg.interlude_tau)
     x_ls = strong_view(x)                                                            # the labeled strong view
     order, groups = interleave_order(B_l, B_u, x.device)
     _, logits = cls_forward(model, torch.cat([x, x_w, x_ls, x_s]),

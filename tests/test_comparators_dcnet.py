@@ -5,7 +5,6 @@ backward + optimizers) with finite losses and cps_step's statistics, and a state
 the identical next step."""
 import copy
 import math
-import types
 
 import pytest
 import torch
@@ -14,26 +13,14 @@ import torch.nn.functional as F
 import hermes
 from comparators import dcnet
 from models import HermesNet
+from tests.test_comparators_seg import _batches, _cfg as _seg_cfg  # the shared tiny inputs
 
 S, B = 32, 2
 sig = lambda v: 1.0 / (1.0 + math.exp(-v))
 
 
 def _cfg(**kw):
-    base = dict(dcnet.DEFAULTS)
-    base.update(lambda_seg=0.5, lambda_cls=1.0, burn_in=0, eta_max=0.75, eta_min=0.25)
-    base.update(kw)
-    return types.SimpleNamespace(**base)
-
-
-def _batches(seed):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, 3, S, S, generator=g)
-    y = (torch.rand(B, S, S, generator=g) > 0.6).long()
-    x_w = torch.randn(B, 3, S, S, generator=g)
-    y_gt = (torch.rand(B, S, S, generator=g) > 0.6).long()
-    return (x, y, torch.tensor([0, 1])), (x_w, x_w + 0.2 * torch.randn(B, 3, S, S, generator=g), y_gt,
-                                          torch.tensor([1, 0]))
+    return _seg_cfg(dcnet, **kw)
 
 
 def _two_pixels(a, b):

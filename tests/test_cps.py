@@ -1,4 +1,4 @@
-"""The control method (cps.py, losses.cross_pseudo_supervision_loss) and the from-scratch recipe switches
+"""The control method (comparators/cps.py, losses.cross_pseudo_supervision_loss) and the from-scratch recipe switches
 (--burn-in, --lr-seg, --lr-cls): hand-worked values, the loss against its parts, and runs that resume exactly."""
 import math
 import os
@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-import cps
+from comparators import cps
 import hermes
 import losses
 import train

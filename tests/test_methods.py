@@ -1,5 +1,5 @@
 """Every --method trains 3 steps through train.py on generated data with finite losses, resumes exactly, and is
-named by the summary table (comparators/, cps.py; Tables 1-2)."""
+named by the summary table (comparators/; Tables 1-2)."""
 import csv
 import math
 import os

@@ -23,7 +23,7 @@ TINY = ["--demo-size", "40", "--image-size", "64", "--labels", "4", "--batch-siz
 
 
 # -------------------------------------------------------------------------------------------- run lock
-HOLD = ("import sys, time, runner; lock = runner.RunLock(sys.argv[1]).acquire(sys.argv[1]); print('held', "
+HOLD = ("import sys, time, runner; lock = runner.RunLock(sys.argv[1]).acquire(); print('held', "
         "flush=True); time.sleep(60)")
 
 

@@ -21,8 +21,10 @@ DIR/EXP.md holds the table in the paper's layout: mean ± sample std over seeds 
 metrics.json, in %, with the paper's number beside each cell.
 """
 import argparse
+import contextlib
 import csv
 import datetime
+import io
 import json
 import os
 import shlex
@@ -59,7 +61,7 @@ TAIL_LINES = 15  # lines of a failed run's log shown in the report
 SWITCHES = ("dtcl", "ias", "itcl")  # Table 3: DTCL, SM/ITA, ITCL
 SUPONLY = {"dtcl": False, "ias": False, "itcl": False}  # README, Ablations: row 1
 HERMES = {}
-CPS = {"method": "cps"}  # cps.py: Table 1's comparator (the switches are added by method(); CPS_SWITCHES)
+CPS = {"method": "cps"}  # comparators/cps.py: Table 1's comparator (the switches are added by method(); CPS_SWITCHES)
 PAPER_LR = config.SETTINGS["lr"].default                          # §4.1 and Table 4's best
 PAPER_CONTRAST_LEVEL = config.SETTINGS["contrast_level"].default  # Table 5's best (Conv3)
 # Settings not in the paper that a row may add (the from-scratch recipe and the stabilisers of
@@ -226,7 +228,7 @@ def _table1(_):
             for title, m in (("SupOnly", method(**SUPONLY)), ("CPS (`--method cps`)", method(**CPS, **CPS_SWITCHES)),
                              ("Hermes", method(**HERMES)))]
     return Table(header, rows, ("Dice of the final checkpoint on the evaluation split (Table 1). CPS: cross "
-                                "pseudo supervision (Chen et al. 2021; cps.py), the paper's row CPS[4].",))
+                                "pseudo supervision (Chen et al. 2021; comparators/cps.py), the paper's row CPS[4].",))
 
 
 def _table2(_):
@@ -415,7 +417,7 @@ def study_experiment(recipe_text=STUDY_RECIPE, groups=None):
             f"Recipe (not in the paper; the '+ recipe' rows): `{shlex.join(method_options(method(**recipe)))}`.",
             "final = the last step's checkpoint (metrics.json); best = the largest value over the evaluations of "
             "log.csv (each metric its own; selected on the evaluation split, so optimistic).",
-            "CPS: cross pseudo supervision (Chen et al. 2021; cps.py), Table 1's comparator. No paper numbers: "
+            "CPS: cross pseudo supervision (Chen et al. 2021; comparators/cps.py), Table 1's comparator. No paper numbers: "
             "the paper fine-tunes ImageNet weights; these runs start from random weights."))
 
     return Experiment("study", "study (issue 18): SupOnly, CPS, Hermes, paper settings and a from-scratch recipe, "
@@ -711,15 +713,9 @@ def config_mismatch(run_dir, args):
     if cfg is None:
         return []
     tokens = [str(a) for a in args]
-    ns = _train_parser().parse_args(tokens)
-    if cfg.get("recipe", "paper") != "paper" or ns.recipe != "auto":   # the recipe as train.py resolves it
-        import contextlib
-        import io
-        import train
-        with contextlib.redirect_stdout(io.StringIO()):
-            ns.pretrained = ns.pretrained if ns.pretrained is not None else ns.dataset != "demo"
-            ns.iters = ns.iters or (config.DEMO_ITERS if ns.dataset == "demo" else config.PAPER_ITERS)
-            config.resolve_recipe(ns, train.given_on_command_line(tokens))
+    import train   # the command's settings as train.py resolves them (recipe included), quietly
+    with contextlib.redirect_stdout(io.StringIO()):
+        ns = train.resolve(_train_parser().parse_args(tokens), train.given_on_command_line(tokens))
     return [(k, cfg[k], v) for k, v in vars(ns).items()
             if v is not None and k not in NEUTRAL and k in cfg and cfg[k] != v]
 

@@ -45,7 +45,7 @@ def method_name(cfg):
     there). Settings not in the paper (config.NOT_IN_PAPER) that differ from the paper's are noted too, e.g.
     "Hermes (separate BN, lr 0.001)", and the from-scratch recipe: "seg lr" / "cls lr" when --lr-seg /
     --lr-cls differ from --lr, "burn-in N" when N > 0 and the run has an unlabeled term (SupOnly has none to
-    delay). method "cps" (cps.py, the comparator of Table 1) is "CPS", whatever its (implied off) switches.
+    delay). method "cps" (comparators/cps.py, the comparator of Table 1) is "CPS", whatever its (implied off) switches.
     """
     task, threshold = cfg.get("task", "joint"), cfg.get("threshold", "dual")
     on = {"DTCL": bool(cfg.get("dtcl", True)), "IAS": bool(cfg.get("ias", True)),

@@ -14,27 +14,13 @@ Evaluation uses the model's own U-Net, as the CPS paper infers with one network.
     >>> loss, stats = cps_step(model, peer, (x, y, z), (x_w, x_s, y_gt, z_gt), it=0, total=3000, cfg=cfg)
 """
 import torch
-import torch.nn as nn
 
 import hermes
+from comparators import common
 from losses import cls_supervised_loss, cross_pseudo_supervision_loss, seg_supervised_loss, total_loss
-from models import SegDecoder, SegEncoder, check_input
 
 
-class PeerSegNet(nn.Module):
-    """The second network of CPS: the model's U-Net (encoder + decoder, all-zero saliency input), initialised
-    apart. x (B,3,H,W) -> seg_logits (B,2,H,W)."""
-
-    def __init__(self, seg_encoder="resnet34", pretrained=False):
-        super().__init__()
-        self.encoder = SegEncoder(seg_encoder, pretrained)
-        self.decoder = SegDecoder(self.encoder.channels)
-
-    def forward(self, x):
-        check_input(x)
-        B, _, H, W = x.shape
-        logits, _ = self.decoder(self.encoder(x), x.new_zeros(B, 1, H // 4, W // 4))
-        return logits
+PeerSegNet = common.SegNet   # the second network of CPS: the model's U-Net, initialised apart
 
 
 def build_extra(model, cfg):

@@ -509,7 +509,7 @@ def _unlabeled_records(dirs, records, taken=()):
         if mine:
             n_masks = sum(os.path.realpath(p) in own_masks for p in mine)
             print(f"--unlabeled-dir {d} overlaps the dataset: left out its {len(mine)} own files "
-                  f"({n_masks} masks, {len(mine) - n_masks} labeled or evaluation images)")
+                  f"({n_masks} masks, {len(mine) - n_masks} images)")
             paths = [p for p in paths if os.path.realpath(p) not in own]
             if not paths:
                 raise DataError(f"--unlabeled-dir {d}: every image under it belongs to the dataset itself "

@@ -299,7 +299,8 @@ def evaluate_run(run_dir_or_ckpt, data_root=None, which="final", overlays=None, 
     finished = it is None or total is None or it >= total
     result = {**summary, "checkpoint": os.path.basename(ckpt_path), "iter": it, "iters": total,
               "finished": finished, "stopped_at": None if finished else f"step {it} of {total}",
-              "selected_on": SELECTED_ON_BEST if is_best else SELECTED_ON_FINAL,
+              "selected_on": SELECTED_ON_BEST if is_best else SELECTED_ON_FINAL if finished
+              else f"none (the last checkpoint of an unfinished run, step {it} of {total})",
               "method": method_name(config), "dataset": config["dataset"], "labels": config.get("labels"),
               "seed": config.get("seed"), "per_image_file": os.path.basename(csv_path)}
     cli.write_json_atomic(result, metrics_path)
@@ -373,8 +374,9 @@ def main(argv=None):
     print(f"{m['checkpoint']} (iter {m['iter']}, {m['method']}, {m['dataset']} {m['labels']} labels, "
           f"seed {m['seed']}); selected on: {m['selected_on']}")
     if m["stopped_at"]:
+        run_dir = os.path.dirname(os.path.abspath(m["metrics_file"]))
         print(f"UNFINISHED RUN: stopped at {m['stopped_at']}: these are not the run's final numbers "
-              f"(continue it with python train.py --out RUN --resume)")
+              f"(continue it with python train.py --out {run_dir} --resume)")
     print(format_metrics(m))
     print(f"written: {m['metrics_file']}" + (f", overlays in {args.overlays}" if args.overlays else ""))
     return m

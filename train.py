@@ -48,13 +48,13 @@ def given_on_command_line(argv):
     return set(vars(probe.parse_args(argv)))
 
 
-def resolve(args, given=()):
+def resolve(args, given=(), say=print):
     """Fill the dataset-dependent defaults (the demo's CPU sizes, else the paper's §4.1) and check the
     arguments. given: the options set on the command line; --data-root without --dataset names the dataset by
     its layout."""
     if args.data_root is not None and "dataset" not in given and not args.resume:
         args.dataset = data.detect_dataset(args.data_root)
-        print(f"--data-root {args.data_root}: the {args.dataset} layout (pass --dataset to choose another)")
+        say(f"--data-root {args.data_root}: the {args.dataset} layout (pass --dataset to choose another)")
     # checked here, not by argparse's choices: one line, not its usage block
     if args.dataset not in DATASETS:
         hint = f" (did you mean {args.dataset.lower()}?)" if args.dataset.lower() in DATASETS else ""
@@ -70,7 +70,7 @@ def resolve(args, given=()):
     if args.pretrained is None:
         args.pretrained = not demo
     if not args.resume:
-        print(config.resolve_recipe(args, given))
+        say(config.resolve_recipe(args, given))
     if args.lr_seg is None:
         args.lr_seg = args.lr
     if args.lr_cls is None:
@@ -353,8 +353,11 @@ class Run:
 def train(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     given = given_on_command_line(argv)
-    args = resolve(build_parser().parse_args(argv), given)
+    said = []   # what resolve found (dataset, recipe): printed once the run folder is ours
+    args = resolve(build_parser().parse_args(argv), given, say=said.append)
     lock = runner.RunLock(args.out).acquire()   # one writer per run folder, before anything is read
+    for line in said:
+        print(line)
     try:
         return _train(args, given)
     finally:

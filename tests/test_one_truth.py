@@ -98,7 +98,7 @@ def test_unlabeled_dir_over_the_data_root_adds_none_of_the_datasets_own_files(tm
     ds = data.load_dataset("folder", str(root), image_size=32, unlabeled_dirs=[str(root)])
     assert ds.from_dirs == 1 and ds.names[-1] == "extra/new"
     said = capsys.readouterr().out
-    assert "left out its 12 own files (6 masks, 6 labeled or evaluation images)" in said
+    assert "left out its 12 own files (6 masks, 6 images)" in said
 
 
 # -------------------------------------------------------------------------------------- unfinished runs
@@ -146,3 +146,16 @@ def test_compare_never_pools_two_datasets(tmp_path):
     # the UDIAT Hermes run pairs with the UDIAT SupOnly run; the folder run has no baseline to pair with
     assert rows["Hermes [dataset udiat]"]["delta_final_dice_mean"][0] == pytest.approx(0.1)
     assert rows["Hermes [dataset folder]"]["delta_final_dice_mean"] is None
+
+
+def test_baseline_names_the_method_whatever_its_notes(tmp_path):
+    runs = [_run(tmp_path, "h", {"dice_mean": 0.7, "accuracy": 0.8}, recipe="scratch", iters=8, lr_seg=1e-3,
+                 lr_cls=1e-2, burn_in=2, unlabeled_bn="separate"),
+            _run(tmp_path, "s", {"dice_mean": 0.6, "accuracy": 0.7}, recipe="scratch", iters=8, lr_seg=1e-3,
+                 lr_cls=1e-2, burn_in=2, unlabeled_bn="separate", dtcl=False, ias=False, itcl=False)]
+    groups = tables.group_runs(runs)
+    assert set(groups) == {"Hermes (scratch recipe)", "SupOnly (scratch recipe)"}
+    rows = {r["group"]: r for r in tables.compare_groups(groups, "SupOnly")}
+    assert rows["Hermes (scratch recipe)"]["delta_final_dice_mean"][0] == pytest.approx(0.1)
+    with pytest.raises(cli.DataError, match="no group 'CPS'"):
+        tables.compare_groups(groups, "CPS")

@@ -268,17 +268,27 @@ def _context(cfg):
     return tuple(json.dumps(cfg.get(k), default=str) for k in CONTEXT)
 
 
+def baseline_groups(groups, baseline):
+    """The groups `baseline` names: that group, else those whose name starts with it and a note or a split
+    ("SupOnly" -> "SupOnly (scratch recipe)", "SupOnly [dataset udiat]")."""
+    if baseline is None:
+        return []
+    if baseline in groups:
+        return [g for g in groups if g == baseline or g.startswith(baseline + " [")]
+    return [g for g in groups if g.startswith((baseline + " (", baseline + " ["))]
+
+
 def compare_groups(groups, baseline=None):
     """Per group: mean ± sample std over its runs (seeds) of the final and best-of-evaluation Dice and
     accuracy, and, when `baseline` names a group, the paired difference to it: Δ = run − baseline run of the
     same seed and the same dataset, budget, image size and steps (CONTEXT), mean ± sample std over the pairs
     (n).
 
-    groups {name: [run folders]}; baseline: a group name, or the name before " [" of split groups.
+    groups {name: [run folders]}; baseline: a group name, or its start (baseline_groups).
     Returns [{"group", "runs", "n", "<kind>_<key>": (mean, std, n) or None,
     "delta_<kind>_<key>": (mean, std, n) or None}] for kind final | best; fractions, not %."""
     scores = {g: [run_scores(d) for d in dirs] for g, dirs in groups.items()}
-    bases = [g for g in scores if baseline is not None and (g == baseline or g.startswith(baseline + " ["))]
+    bases = baseline_groups(scores, baseline)
     if baseline is not None and not bases:
         raise cli.DataError(f"--compare: no group {baseline!r} for --baseline; groups: {', '.join(scores)}")
     base_runs = [r for g in bases for r in scores[g]]
@@ -330,7 +340,7 @@ def compare_markdown(groups, baseline=None, deltas_only=False):
                   "|---|" + "---|" * len(cols)]
         lines += [f"| {r['group']} | "
                   + " | ".join(_pm(r[f'delta_{k}_{key}'], True) for k, _, key in cols) + " |"
-                  for r in rows if not (r["group"] == baseline or r["group"].startswith(baseline + " ["))]
+                  for r in rows if r["group"] not in baseline_groups(groups, baseline)]
         lines.append("")
     return "\n".join(lines)
 

@@ -471,26 +471,32 @@ def duration(seconds):
 
 class Progress:
     """The console side of a run: after the first few measured steps one line with the expected time (and a
-    quicker setting when it is long), then, when the output is no terminal (nohup, Slurm), a line at least
-    every --progress-seconds: step, loss, s/step, ETA. Reads the loss (one host sync) only when it prints."""
+    quicker setting when it is long), measured again once --burn-in ends (its SupOnly steps are cheaper than
+    the full ones), then, when the output is no terminal (nohup, Slurm), a line at least every
+    --progress-seconds: step, loss, s/step, ETA. Reads the loss (one host sync) only when it prints."""
     MEASURE = 3          # steps of this part timed before the estimate (the first, a warm-up, is left out)
     LONG = 3600          # above this, the estimate suggests a quicker setting
 
-    def __init__(self, start, total, device, every_s, lines):
+    def __init__(self, start, total, device, every_s, lines, burn_in=0):
         self.start, self.total, self.device, self.every_s, self.lines = start, total, device, every_s, lines
+        self.burn_in = burn_in if start < burn_in < total else None
+        self.phase = start    # the step the current measurement starts from
         self.t_measure, self.announced, self.evaluations_said, self.sps = None, False, False, None
+        self.eval_seconds, self.n_evals_left = None, None
         self.t_line = time.perf_counter()
         self.since_line = []   # seconds of the steps since the last line
 
     def step(self, done, seconds, loss):
         self.since_line.append(seconds)
-        part = done - self.start
+        part = done - self.phase
         if part == 1:
             self.t_measure = []
         elif self.t_measure is not None and not self.announced:
             self.t_measure.append(seconds)
-            if part >= self.MEASURE and self.total - self.start > self.MEASURE:
+            if part >= self.MEASURE and self.total - self.phase > self.MEASURE:
                 self._announce(done, sum(self.t_measure) / len(self.t_measure))
+        if done == self.burn_in:   # the full objective starts: time its steps anew
+            self.phase, self.t_measure, self.announced = done, None, False
         if self.lines and self.every_s is not None and time.perf_counter() - self.t_line >= self.every_s:
             sps = sum(self.since_line) / len(self.since_line)
             print(f"step {done}/{self.total}  loss {float(loss.detach()):.4f}  {sps:.3g} s/step  "
@@ -499,14 +505,24 @@ class Progress:
 
     def _announce(self, done, sps):
         self.announced, self.sps = True, sps
+        if self.burn_in is not None and done < self.burn_in:
+            self._say(f"{self.burn_in - done:,} more burn-in steps at ~{sps:.3g} s/step on {self.device.type}: "
+                      f"~{duration(sps * (self.burn_in - done))}; the {self.total - self.burn_in:,} full steps "
+                      f"after step {self.burn_in} are timed when they start")
+            self.sps = None   # not the rate of the steps that follow
+            return
         left = sps * (self.total - done)
+        evals = (f" + ~{duration(self.eval_seconds * self.n_evals_left)} for {self.n_evals_left} evaluations"
+                 if self.eval_seconds is not None else ", evaluations timed at the first")
+        self.evaluations_said = self.eval_seconds is not None   # said here: no second line for them
         hint = ("; for a quick look try --image-size 96 --iters 250" if left > self.LONG else "")
         self._say(f"{self.total - done:,} more steps at ~{sps:.3g} s/step on {self.device.type}: "
-                  f"~{duration(left)} of steps, evaluations timed at the first{hint}")
+                  f"~{duration(left)} of steps{evals}{hint}")
 
     def evaluated(self, done, seconds, n_left):
         """After the first evaluation of this part: the expected time with the n_left evaluations still to
         come (each as long as this one)."""
+        self.eval_seconds, self.n_evals_left = seconds, n_left
         if self.evaluations_said or self.sps is None:
             return
         self.evaluations_said = True

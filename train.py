@@ -374,7 +374,8 @@ def _train(args, given):
     run.model.train()
     bar = tqdm(range(run.start, total), initial=run.start, total=total, desc="hermes", dynamic_ncols=True,
                disable=None)
-    progress = runner.Progress(run.start, total, run.device, cfg.get("progress_seconds"), lines=bar.disable)
+    progress = runner.Progress(run.start, total, run.device, cfg.get("progress_seconds"), lines=bar.disable,
+                               burn_in=cfg.get("burn_in", 0))
     clock = runner.CheckpointClock(cfg.get("ckpt_minutes"))
     with runner.StopSignals(run.ckpt_path) as signals:
         for it in bar:

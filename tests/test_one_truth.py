@@ -159,3 +159,17 @@ def test_baseline_names_the_method_whatever_its_notes(tmp_path):
     assert rows["Hermes (scratch recipe)"]["delta_final_dice_mean"][0] == pytest.approx(0.1)
     with pytest.raises(cli.DataError, match="no group 'CPS'"):
         tables.compare_groups(groups, "CPS")
+
+
+def test_expected_time_is_measured_again_after_the_burn_in(capsys):
+    import torch
+    p = runner.Progress(0, 20, torch.device("cpu"), None, lines=True, burn_in=5)
+    loss = torch.zeros(())
+    for done in range(1, 21):
+        p.step(done, 1.0 if done <= 5 else 3.0, loss)   # burn-in steps 1 s, full steps 3 s
+        if done == 12:
+            p.evaluated(done, 2.0, 4)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("2 more burn-in steps at ~1 s/step") and "15 full steps after step 5" in out[0]
+    assert out[1].startswith("12 more steps at ~3 s/step on cpu: ~36 s of steps")
+    assert out[2] == "an evaluation took 2.0 s; with the 4 still to come, ~32 s left"   # 8 × 3 s + 4 × 2 s

@@ -112,8 +112,10 @@ def refuse_exposed(folders):
                 raise RuntimeError(f"{f} lies inside {m}, which the sandbox shows to students: move it elsewhere")
 
 
-def base_args():
-    """bwrap's options without the student's folders: namespaces, the system and the Python installation."""
+def base_args(tmp_mb=None):
+    """bwrap's options without the student's folders: namespaces, the system, a private /tmp (of tmp_mb MB)
+    and the Python installation, mounted after /tmp so that an installation under /tmp (a virtual
+    environment there, say) stays visible."""
     args = ["--unshare-all", "--unshare-user", "--disable-userns", "--uid", "65534", "--gid", "65534",
             "--cap-drop", "ALL", "--die-with-parent", "--new-session", "--hostname", "sandbox"]
     for d in SYSTEM:
@@ -123,6 +125,8 @@ def base_args():
             args += ["--ro-bind", d, d]
     for f in SYSTEM_FILES:
         args += ["--ro-bind-try", f, f]
+    if tmp_mb is not None:
+        args += ["--size", str(tmp_mb << 20), "--tmpfs", "/tmp"]
     for p in python_paths():
         args += ["--ro-bind", p, p]
     return args + ["--proc", "/proc", "--dev", "/dev"]
@@ -131,8 +135,8 @@ def base_args():
 def command(argv, work, runner, limits, env, out=None):
     """The bwrap command line that runs `argv` with the hand-in at /work, the runner at /runner (read-only) and
     `out`, when given, at /out (writable: a re-run's output)."""
-    args = [bwrap()] + base_args()
-    args += ["--size", str(limits.tmp_mb << 20), "--tmpfs", "/tmp", "--ro-bind", work, "/work"]
+    args = [bwrap()] + base_args(limits.tmp_mb)
+    args += ["--ro-bind", work, "/work"]
     args += ["--ro-bind", runner, "/runner"] if runner else []
     args += ["--bind", out, "/out"] if out else []
     args += ["--chdir", "/work", "--clearenv"]

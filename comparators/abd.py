@@ -10,7 +10,7 @@ two patch displacements that build new training images from the two views of an 
   ABD-I (labeled, inverse confidence): in each view the most confident patch is replaced by the other view's
     least confident patch, labels moved along; both networks learn the new images' labels.
 Patch confidence = the mean over the patch of the pixels' max softmax probability (ABD eq. (3)).
-The classification branch trains as SupOnly's (Hermes eq. 2). Evaluation uses the model's own U-Net.
+The classification branch trains as SupOnly's (Hermes eq. (2)). Evaluation uses the model's own U-Net.
 
 Equation numbers refer to the ABD paper as we read it (its text was not at hand when this was written: check
 them against the PDF). Where the paper is silent, the authors' train_ACDC_Cross_Teaching.py decides
@@ -85,7 +85,7 @@ def swap_patches(img1, img2, dst1, src2, dst2, src1, g, apply=None):
 
 
 def abd_r_choice(logits1, logits2, g, k):
-    """ABD-R's choice of patches (ABD eq. (3)-(5)) for views 1 and 2 of the same images.
+    """ABD-R's choice of patches (ABD eqs. (3)–(5)) for views 1 and 2 of the same images.
 
     b, d: the least confident patch of view 1, view 2 (replaced); c: among view 2's k most confident patches,
     the one with the smallest KL(output of view 1's patch b || its output) (moved into view 1 at b); a:
@@ -119,7 +119,7 @@ def abd_i_choice(logits1, logits2, g):
 
 
 def abd_i(x1, x2, y1, y2, logits1, logits2, g, apply):
-    """ABD-I (ABD eq. (6)-(7)): displaced labeled images and their labels. x (B,3,S,S), y (B,S,S),
+    """ABD-I (ABD eqs. (6)–(7)): displaced labeled images and their labels. x (B,3,S,S), y (B,S,S),
     apply (B,) bool -> (x1', x2', y1', y2')."""
     e, h, gg, f = abd_i_choice(logits1, logits2, g)
     x1n, x2n = swap_patches(x1, x2, e, h, gg, f, g, apply)
@@ -141,7 +141,7 @@ def cross_teaching_loss(logits1, logits2):
 
 
 def supervised_pair_loss(logits1, logits2, y):
-    """ABD eq. (1) for both networks: L_s(f_1) + L_s(f_2), L_s = ½ (CE + Dice) (Hermes eq. 1)."""
+    """ABD eq. (1) for both networks: L_s(f_1) + L_s(f_2), L_s = ½ (CE + Dice) (Hermes eq. (1))."""
     return seg_supervised_loss(logits1, y) + seg_supervised_loss(logits2, y)
 
 
@@ -175,7 +175,7 @@ def step(model, extra, batch_l, batch_u, it, total, cfg):
     L["seg_l"] = supervised_pair_loss(f1[:B_l], f2[:B_l], y)                       # ABD eq. (1)
     if cfg.abd_i_weight and it < cfg.abd_i_stop * total:                            # ABD-I
         apply = torch.rand(B_l, device=x.device) < cfg.abd_i_prob
-        xi1, xi2, yi1, yi2 = abd_i(x, x_ls, y, y, f1[:B_l], f2[:B_l], g, apply)    # ABD eq. (6)-(7)
+        xi1, xi2, yi1, yi2 = abd_i(x, x_ls, y, y, f1[:B_l], f2[:B_l], g, apply)    # ABD eqs. (6)–(7)
         xi, yi = torch.cat([xi1, xi2]), torch.cat([yi1, yi2])
         L["seg_l"] = L["seg_l"] + cfg.abd_i_weight * supervised_pair_loss(
             common.seg_logits(model, xi), extra(xi), yi)                           # ABD eq. (7)

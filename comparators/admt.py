@@ -114,7 +114,7 @@ def unlabeled_loss(logits_s, pl, conf, tau):
 
 
 def ema_alpha(it, cfg):
-    """The active teacher's EMA factor at step it (AD-MT eq. (2)-(3) with the code's start)."""
+    """The active teacher's EMA factor at step it (AD-MT eqs. (2)–(3) with the code's start)."""
     gs = it // 2
     if gs < cfg.admt_ema_copy:
         return 0.0
@@ -174,7 +174,7 @@ def step(model, extra, batch_l, batch_u, it, total, cfg):
                 conf_s, pl_s = cutmix([conf_s, pl_s], *mix)
             pl, conf = compromise(pl, conf, pl_s, conf_s, disagree)                 # AD-MT eq. (5)
         w = cfg.admt_cons_weight * common.sigmoid_rampup(it, cfg.admt_rampup * total)
-        L["seg_u"] = w * unlabeled_loss(pred_u, pl, conf, cfg.admt_threshold)       # AD-MT eq. (6)-(7)
+        L["seg_u"] = w * unlabeled_loss(pred_u, pl, conf, cfg.admt_threshold)       # AD-MT eqs. (6)–(7)
     L["seg_l"] = seg_supervised_loss(pred[:B_l], y)                                 # AD-MT eq. (1)
     L["cls_l"] = cls_supervised_loss(model.forward_cls(x)["cls_logits"], z)        # Hermes eq. (2), SupOnly
     coefficients = {**dict.fromkeys(L, 0.0), "seg_l": cfg.lambda_seg, "seg_u": cfg.lambda_seg,
@@ -194,6 +194,6 @@ def alternate(extra, period):
 
 
 def after_step(model, extra, it, total, cfg):
-    """After the optimizers: EMA of the active teacher (AD-MT eq. (2)-(3)), then the alternation clock."""
+    """After the optimizers: EMA of the active teacher (AD-MT eqs. (2)–(3)), then the alternation clock."""
     common.ema_update(extra.active(), model, ema_alpha(it, cfg))
     alternate(extra, cfg.admt_period)

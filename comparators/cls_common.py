@@ -1,6 +1,6 @@
 """Helpers shared by the classification comparators of Table 2 (shrinkmatch, interlude, infomatch, pefat).
 
-In all four the segmentation branch trains as SupOnly's (eq. 1 on the labeled images, `seg_term`) and the
+In all four the segmentation branch trains as SupOnly's (eq. (1) on the labeled images, `seg_term`) and the
 classification branch is the model's ResNet-18 without inter-task attention (`cls_forward`: the same layers
 and the same logits as HermesNet.forward_cls(x) without seg features, plus the 512-d pooled feature and an
 optional hook on the layer3 map that InterLUDE's embedding fusion uses). `finish` adds the terms as eq. (15)
@@ -35,7 +35,7 @@ def cls_forward(model, x, mix=None):
 
 
 def seg_term(model, x, y):
-    """Eq. (1) on the labeled images, the model's U-Net without saliency (SupOnly's segmentation branch)."""
+    """eq. (1) on the labeled images, the model's U-Net without saliency (SupOnly's segmentation branch)."""
     return seg_supervised_loss(model.forward_seg(x)["seg_logits"], y.long())
 
 
@@ -72,7 +72,7 @@ def suponly_step(model, x, z, seg, cfg, tau=math.nan):
 
 
 def finish(L, cfg, tau=math.nan, kappa=math.nan, img_stats=None):
-    """loss = λ_seg L^l_seg + λ_cls (cls_l + cls_u + cls_c) (eq. 15 with the method's terms) and the
+    """loss = λ_seg L^l_seg + λ_cls (cls_l + cls_u + cls_c) (eq. (15) with the method's terms) and the
     statistics of cps.cps_step: the seven parts, PL_STAT_KEYS, n_kept_pix, n_kept_img, loss, kappa, tau,
     n_anchors, bank_pix, bank_img. tau / kappa: the method's thresholds (NaN, blank in log.csv, where it has
     none)."""

@@ -3,7 +3,7 @@
 Not part of Hermes; a comparator of the paper's Table 1. An MC-Net-style U-Net: one shared encoder (the
 model's seg encoder) and two decoders, decoder 1 the model's own (bilinear upsampling), decoder 2 a second
 one in `build_extra` (learned transposed-convolution upsampling, as MC-Net's second decoder). Both learn the
-labels (Hermes eq. 1). On every image of the batch the two decoders' predictions are *decoupled* by a dynamic
+labels (Hermes eq. (1)). On every image of the batch the two decoders' predictions are *decoupled* by a dynamic
 threshold t (starting at 1/C, moved each step towards the decoders' mean max-probability with the run's
 progress as rate, clipped to [0.25, 0.95]):
   consistent part (both decoders above t for a class): each decoder learns the other's hard pseudo-labels
@@ -13,7 +13,7 @@ progress as rate, clipped to [0.25, 0.95]):
 and an attention-transfer term (Zagoruyko & Komodakis) pulls each encoder level's spatial attention map
 towards that of decoder 2's block at the same resolution (detached), weight 1000 (1 - w(t)); w(t) = 0.1 ·
 sigmoid ramp.
-The classification branch trains as SupOnly's (Hermes eq. 2). Evaluation uses the model's U-Net (decoder 1).
+The classification branch trains as SupOnly's (Hermes eq. (2)). Evaluation uses the model's U-Net (decoder 1).
 
 Equation numbers: the DCNet paper's text was not at hand, so no line here carries a "DCNet eq. (n)"; each
 names the line of the authors' code/train_dcnet_acdc.py (ACDC recipe, "train:") or code/utils/losses.py

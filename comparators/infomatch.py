@@ -7,7 +7,7 @@ predictions: pseudo supervision, the strong views and a CutMix of the weak views
 prediction where it passes a self-adaptive threshold (an EMA of the confidence, scaled per class by an EMA of
 the class probabilities, as FreeMatch). The data entropy is bounded below by the mutual information between
 two strongly augmented views, estimated contrastively (InfoNCE across the batch): maximising that estimate is
-the "entropy neural estimation". The segmentation branch trains as SupOnly's (eq. 1 on the labeled images).
+the "entropy neural estimation". The segmentation branch trains as SupOnly's (eq. (1) on the labeled images).
 
 Equation numbers: InfoMatch's §3 (arXiv 2404.11003) as reconstructed from its abstract and code; the paper's
 full text could not be read here, so check the numbers against the PDF before quoting them:

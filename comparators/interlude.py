@@ -7,7 +7,7 @@ embedding fusion (in the interleaved batch labeled-weak, unlabeled-weak, labeled
 each intermediate feature map is mixed with its neighbour's: h_i <- (1 - α) h_i + α h_{i+1}, cyclically) and
 delta consistency (the change of the prediction from weak to strong view is asked to be the same on an
 unlabeled image as on its paired labeled image: MSE between the two deltas, the labeled one detached).
-The segmentation branch trains as SupOnly's (eq. 1 on the labeled images).
+The segmentation branch trains as SupOnly's (eq. (1) on the labeled images).
 
 Equation numbers: InterLUDE's §3 (ICML 2024) as reconstructed from its abstract and code; the paper's
 full text could not be read here, so check the numbers against the PDF before quoting them:

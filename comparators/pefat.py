@@ -10,7 +10,7 @@ posterior of the low-loss component exceeds 0.7. Trustworthy images join the lab
 cross pseudo-labels; the rest are *uncertain*. Feature adversarial training (FAT) perturbs the pooled features
 (VAT-style power iteration on the classifier head): CE of the perturbed features to the labels for the
 trustworthy set, KL between the clean prediction of one view and the perturbed prediction of the other for the
-uncertain set. The segmentation branch trains as SupOnly's (eq. 1 on the labeled images).
+uncertain set. The segmentation branch trains as SupOnly's (eq. (1) on the labeled images).
 
 Equation numbers: PEFAT's §3 (CVPR 2023) as reconstructed from its abstract and code; the paper's full text
 could not be read here, so check the numbers against the PDF before quoting them:
@@ -185,7 +185,7 @@ def step(model, extra, batch_l, batch_u, it, total, cfg):
     n = B_l + 2 * trust.sum()
     L["cls_l"] = ce_l.sum() / n
     L["cls_u"] = (trust * ce_t).sum() / n
-    # eq. (5)-(6): FAT on the trustworthy set (labeled + trusted views with their labels)
+    # eqs. (5)–(6): FAT on the trustworthy set (labeled + trusted views with their labels)
     feats_t = torch.cat([f[:B_l], f1, f2])
     labels_t = torch.cat([z, y2, y1])
     w_t = torch.cat([trust.new_ones(B_l), trust, trust])

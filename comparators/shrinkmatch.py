@@ -7,7 +7,7 @@ its confidence reaches τ), plus a loss for the *uncertain* unlabeled images: fo
 shrunk by removing the classes ranked 2nd, 3rd, ... (the "confusion classes") until the top-1 class'
 renormalised confidence reaches τ; an auxiliary head then learns, on the strong view, the top-1 class in that
 shrunk space. That loss is reweighted by the weak view's confidence (principle 1) and by an EMA of the certain
-fraction (principle 2). The segmentation branch trains as SupOnly's (eq. 1 on the labeled images).
+fraction (principle 2). The segmentation branch trains as SupOnly's (eq. (1) on the labeled images).
 
 Equation numbers: ShrinkMatch's §3 (arXiv 2308.06777) as reconstructed from its abstract and code; the
 paper's full text could not be read here, so check the numbers against the PDF before quoting them:
@@ -82,7 +82,7 @@ def build_extra(model, cfg_dict=None):
 
 
 def shrunk_space(probs, tau):
-    """Eq. (3), vectorised: for each row of probs (B,C) (the weak view's probabilities), sorted descending,
+    """eq. (3), vectorised: for each row of probs (B,C) (the weak view's probabilities), sorted descending,
     the first sorted position k in 2..C-1 (0-based) whose tail gives p_(0) / (p_(0) + Σ_{j>=k} p_(j)) >= τ,
     else C-1. -> (order (B,C) long: the sorting permutation, k (B,) long, reached (B,) bool, conf (B,) the
     shrunk confidence at k). For C <= 2 there is no such space: k = C, reached False, conf = p_(0)."""
@@ -100,7 +100,7 @@ def shrunk_space(probs, tau):
 
 
 def shrink_loss(probs_w, logits_aux_s, tau):
-    """Eq. (4)-(5): Σ over uncertain rows (max p^w < τ) of w_i · CE in the shrunk space, divided by B
+    """eqs. (4)–(5): Σ over uncertain rows (max p^w < τ) of w_i · CE in the shrunk space, divided by B
     (principle 2's factor is applied by the caller). probs_w (B,C) detached weak probabilities,
     logits_aux_s (B,C) the auxiliary head on the strong view
     -> (loss 0-d, uncertain (B,) bool, reached (B,) bool)."""
@@ -138,8 +138,8 @@ def step(model, extra, batch_l, batch_u, it, total, cfg):
     p_w = hi(lw.detach()).softmax(1)                                              # (B_u,C)
     certain = (p_w.amax(1) >= tau).float()
     L["cls_u"] = cfg.shrinkmatch_lambda_u * (soft_ce(ls, p_w) * certain).mean()      # eq. (2)
-    l_shrink, _, _ = shrink_loss(p_w, extra.head(f[B_l + B_u:]), tau)                # eq. (3)-(5)
+    l_shrink, _, _ = shrink_loss(p_w, extra.head(f[B_l + B_u:]), tau)                # eqs. (3)–(5)
     extra.update_ratio(certain.mean(), cfg.shrinkmatch_ratio_momentum)               # eq. (6)
-    L["cls_c"] = cfg.shrinkmatch_lambda_shrink * extra.ratio * l_shrink               # eq. (6)-(7)
+    L["cls_c"] = cfg.shrinkmatch_lambda_shrink * extra.ratio * l_shrink               # eqs. (6)–(7)
     pl = p_w.argmax(1)
     return finish(L, cfg, tau=tau, img_stats=img_pl_stats(p_w, pl, certain, z_gt, tau))

@@ -2,10 +2,10 @@
 code: github.com/ycwu1997/SS-Net).
 
 Not part of Hermes; a comparator of the paper's Table 1. One U-Net (the model's) and two regularisers:
-  smoothness (SS-Net eq. (2)-(3)): virtual adversarial training. From a random unit direction d, one power
+  smoothness (SS-Net eqs. (2)–(3)): virtual adversarial training. From a random unit direction d, one power
     step gives the direction that most changes the prediction, d = ∇_d D(p(x + ξ d), p(x)) / ||·||, and the
     network learns D(p(x + ε d), p(x)) = 0 on all images (D: a soft Dice between softmax maps);
-  class separation (SS-Net eq. (4)-(5)): pixel features (the decoder's last map, projected) of confidently
+  class separation (SS-Net eqs. (4)–(5)): pixel features (the decoder's last map, projected) of confidently
     right labeled pixels of each foreground class fill a per-class memory of prototypes, chosen by a learned
     ranking; labeled pixels (by label) and unlabeled pixels (by pseudo-label) are pulled towards their class's
     prototypes, 1 - cos, weighted by learned per-feature and per-prototype weights.
@@ -185,7 +185,7 @@ def step(model, extra, batch_l, batch_u, it, total, cfg):
         w = cfg.ssnet_cons_weight * common.sigmoid_rampup(it, cfg.ssnet_rampup * total)
         net = lambda v: logits_and_features(model, v)[0]
         with frozen_bn_stats(model.seg_encoder), frozen_bn_stats(model.seg_decoder):
-            L["seg_u"] = w * vat_loss(net, xx, cfg.ssnet_xi, cfg.ssnet_epsilon)     # SS-Net eq. (2)-(3)
+            L["seg_u"] = w * vat_loss(net, xx, cfg.ssnet_xi, cfg.ssnet_epsilon)     # SS-Net eqs. (2)–(3)
         pred = logits.detach().argmax(1)                                             # (B,S,S)
         right = (pred[:B_l] == y) & (pred[:B_l] > 0)
         f_l = _pixels(emb[:B_l])

@@ -68,7 +68,7 @@ import math
 
 
 def plain(x):
-    """Doc of plain (eq. 1)."""
+    """Doc of plain (eq. (1))."""
     y = x + 1   # eq. (1)
     return y
 
@@ -164,7 +164,7 @@ def test_visible_tests_are_real_test_files_outside_the_projects_suite():
 
 
 def test_attention_task_quotes_the_relu_sentence():
-    """Eq. 3's formula has no ReLU; the sentence after it has: the task quotes the sentence."""
+    """eq. (3)'s formula has no ReLU; the sentence after it has: the task quotes the sentence."""
     task = " ".join(ASSIGNMENTS["attention"].task.replace(">", " ").split())
     assert "W_0 and W_1 represent the weights of the multi-layer perceptron (MLP), where a ReLU activation " \
            "follows W_0." in task
@@ -473,9 +473,9 @@ def test_grade_a_class_in_one_command_with_csv_and_json(tmp_path):
     assert len(rows) == 2 * len(ASSIGNMENTS["attention"].checks)
     tot = {s: sum(float(r["points"]) for r in rows if r["student"] == s) for s in (honest, wrong)}
     assert tot[honest] == ASSIGNMENTS["attention"].points and tot[wrong] < tot[honest], tot
-    assert all(r["check"].startswith("eq. 3") for r in rows if float(r["points"]) < float(r["max"])), rows
+    assert all(r["check"].startswith("eq. (3)") for r in rows if float(r["points"]) < float(r["max"])), rows
     s = res["summary"]["attention"]
-    assert s["students"] == 2 and s["full_marks"] == 1 and s["checks"][0]["check"].startswith("eq. 3")
+    assert s["students"] == 2 and s["full_marks"] == 1 and s["checks"][0]["check"].startswith("eq. (3)")
     with pytest.raises(SystemExit, match="--assignment"):
         from tools.course.cli import main
         main(["grade", honest])

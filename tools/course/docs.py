@@ -27,7 +27,7 @@ def checks_table():
 
 
 def worked_example():
-    """The grade of a student who coded eq. 3's formula without the ReLU of the sentence after it (a hand-in of
+    """The grade of a student who coded eq. (3)'s formula without the ReLU of the sentence after it (a hand-in of
     only models.py), graded as `grade` prints it (in-process: the same verdicts as the sandbox, on trusted code)."""
     import ast
     import shutil

@@ -73,7 +73,7 @@ def second_half_means(rows):
 
 def first_binding_step(total):
     """First step it (0-based, as hermes_step gets it) at which κ(it) < H(τ(it)) for two classes: from there on the
-    entropy bound of eq. 7 is stricter than the confidence bound. Uses the project's schedules (eq. 16-17)."""
+    entropy bound of eq. (7) is stricter than the confidence bound. Uses the project's schedules (eqs. (16)–(17))."""
     import sys
     from .grader import ROOT
     if ROOT not in sys.path:

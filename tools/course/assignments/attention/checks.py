@@ -1,7 +1,7 @@
-"""Graded checks of 'attention' (eq. 3-5). Each check records what the code computes; the grader compares the
+"""Graded checks of 'attention' (eqs. (3)–(5)). Each check records what the code computes; the grader compares the
 record with the reference's (tools/course/observe.py). Each equation is checked on its own:
-eq. 3 through M_c only; eq. 4 with M_c fixed (a hook replaces W_1's output, so M_c = σ(fixed values) whatever
-the student's eq. 3 does upstream); eq. 5 from the student's own M_c and M_s. A mistake in one equation costs
+eq. (3) through M_c only; eq. (4) with M_c fixed (a hook replaces W_1's output, so M_c = σ(fixed values) whatever
+the student's eq. (3) does upstream); eq. (5) from the student's own M_c and M_s. A mistake in one equation costs
 that equation's points only."""
 import torch
 
@@ -32,7 +32,7 @@ def _run(m, x_cls, x_seg):
 
 
 def _fixed_mc(m, C, seed, dtype=F64):
-    """Make W_1's output the fixed values z, so M_c = σ(z) (eq. 4 and 5 then see a known M_c)."""
+    """Make W_1's output the fixed values z, so M_c = σ(z) (eqs. (4) and (5) then see a known M_c)."""
     z = torch.randn(C, generator=gen(900 + seed), dtype=dtype) * 2
     return m.W_1.register_forward_hook(lambda mod, inp, out: z.expand_as(out))
 
@@ -67,11 +67,11 @@ def shapes(ctx, M):
     ctx.expect([tuple(t.shape) for t in (x_out, M_c, M_s)], "shapes of x_out, M_c, M_s")
 
 
-# ---------------------------------------------------------------------------- eq. 3 (M_c)
+# ---------------------------------------------------------------------------- eq. (3) (M_c)
 
 @check(1)
 def eq3_by_hand(ctx, M):
-    """eq. 3: the hand-worked channel attention of the visible tests (M_c = σ(4), σ(-4))"""
+    """eq. (3): the hand-worked channel attention of the visible tests (M_c = σ(4), σ(-4))"""
     m = _zeroed(M, 2, 1)
     with torch.no_grad():
         m.adapter.weight[:, 0, 0, 0] = 1.0
@@ -87,7 +87,7 @@ def eq3_by_hand(ctx, M):
 
 @check(4)
 def eq3_matches(ctx, M):
-    """eq. 3: M_c matches the reference module (same weights), several sizes"""
+    """eq. (3): M_c matches the reference module (same weights), several sizes"""
     for seed, (B, C, c_seg, h, w) in enumerate(SIZES):
         with ctx.part(f"C = {C}, {h}x{w}"):
             m = _module(M, C, c_seg, seed)
@@ -97,7 +97,7 @@ def eq3_matches(ctx, M):
 
 @check(1, needs=("eq3_matches",))
 def eq3_relu_after_w0(ctx, M):
-    """eq. 3: a ReLU follows W_0 (the sentence after eq. 3), so negative W_0 outputs do not reach W_1"""
+    """eq. (3): a ReLU follows W_0 (the sentence after eq. (3)), so negative W_0 outputs do not reach W_1"""
     m = _module(M, 8, 3, 21)
     with torch.no_grad():
         m.W_0.weight.copy_(-m.W_0.weight.abs())          # W_0's outputs mostly negative on positive inputs
@@ -107,7 +107,7 @@ def eq3_relu_after_w0(ctx, M):
 
 @check(1)
 def eq3_uses_x_seg(ctx, M):
-    """eq. 3: channel attention from the conv of [x_cls; adapter(x_seg)], pooled over space"""
+    """eq. (3): channel attention from the conv of [x_cls; adapter(x_seg)], pooled over space"""
     m = _module(M, 4, 5, 11)
     with torch.no_grad():                                # W_0's output positive: the ReLU passes it, M_c moves
         m.W_0.weight.copy_(m.W_0.weight.abs())
@@ -119,11 +119,11 @@ def eq3_uses_x_seg(ctx, M):
         ctx.expect(_run(m, x_cls, x_seg)[1], f"M_c with x_seg scaled by {scale}", atol=1e-9)
 
 
-# ---------------------------------------------------------------------------- eq. 4 (M_s, M_c fixed)
+# ---------------------------------------------------------------------------- eq. (4) (M_s, M_c fixed)
 
 @check(1)
 def eq4_by_hand(ctx, M):
-    """eq. 4: the hand-worked spatial attention of the visible tests (W_s reads the average, then the max map)"""
+    """eq. (4): the hand-worked spatial attention of the visible tests (W_s reads the average, then the max map)"""
     x_cls = torch.tensor([[[2.0, -2.0]], [[0.0, 4.0]]], dtype=F64)[None]
     x_seg = torch.zeros(1, 3, 1, 2, dtype=F64)
     for channel in (0, 1):
@@ -135,7 +135,7 @@ def eq4_by_hand(ctx, M):
 
 @check(4)
 def eq4_matches(ctx, M):
-    """eq. 4: M_s matches the reference with M_c fixed, several sizes"""
+    """eq. (4): M_s matches the reference with M_c fixed, several sizes"""
     for seed, (B, C, c_seg, h, w) in enumerate(SIZES):
         with ctx.part(f"C = {C}, {h}x{w}"):
             m = _module(M, C, c_seg, seed)
@@ -146,7 +146,7 @@ def eq4_matches(ctx, M):
 
 @check(2)
 def eq4_pool_order(ctx, M):
-    """eq. 4 pools x_m over channels as [AvgPool; MaxPool], in that order (M_c fixed)"""
+    """eq. (4) pools x_m over channels as [AvgPool; MaxPool], in that order (M_c fixed)"""
     for channel, name in ((0, "average"), (1, "max")):
         with ctx.part(f"{name} map"):
             m = _module(M, 6, 3, 5 + channel)
@@ -158,10 +158,10 @@ def eq4_pool_order(ctx, M):
                        f"M_s when W_s reads only its input channel {channel} (the {name} map)", atol=1e-9)
 
 
-# ---------------------------------------------------------------------------- eq. 5 (from the student's M_c, M_s)
+# ---------------------------------------------------------------------------- eq. (5) (from the student's M_c, M_s)
 
 def _attention_maps(ctx, M_c, M_s):
-    """Eq. 5 is checked with the student's own M_c and M_s; they must at least be attention maps (sigmoids), and
+    """eq. (5) is checked with the student's own M_c and M_s; they must at least be attention maps (sigmoids), and
     M_c must be the fixed σ(z) of the hook, which varies over the channels (constant maps pay nothing here)."""
     ctx.expect(bool(((M_c > 0) & (M_c < 1)).all() and ((M_s > 0) & (M_s < 1)).all()),
                "M_c and M_s lie strictly between 0 and 1 (sigmoid outputs)")
@@ -170,7 +170,7 @@ def _attention_maps(ctx, M_c, M_s):
 
 @check(2)
 def eq5_output(ctx, M):
-    """eq. 5: x_out = M_s ⊗ (M_c ⊗ x_cls), from your own M_c and M_s (M_c fixed)"""
+    """eq. (5): x_out = M_s ⊗ (M_c ⊗ x_cls), from your own M_c and M_s (M_c fixed)"""
     for seed, (B, C, c_seg, h, w) in enumerate(((1, 4, 3, 1, 1), (2, 8, 16, 3, 5), (2, 5, 2, 4, 6))):
         with ctx.part(f"C = {C}"):
             m = _module(M, C, c_seg, seed)

@@ -1,4 +1,4 @@
-"""Visible checks of the 'attention' assignment (eq. 3-5):
+"""Visible checks of the 'attention' assignment (eqs. (3)–(5)):
 python -m pytest tests/test_assignment_attention.py
 
 The grader runs these and hidden cases (random weights and sizes against the reference module, gradients)."""

@@ -1,6 +1,6 @@
-"""Visible checks of the 'dice' assignment (eq. 9): python -m pytest tests/test_assignment_dice.py
+"""Visible checks of the 'dice' assignment (eq. (9)): python -m pytest tests/test_assignment_dice.py
 
-The grader runs these and hidden cases (random batches against the reference, gradients, eq. 1)."""
+The grader runs these and hidden cases (random batches against the reference, gradients, eq. (1))."""
 import math
 
 import pytest

@@ -21,7 +21,7 @@ QUESTIONS = (
     'Up to step `kappa_binds_from`, the dual-threshold curves lie exactly on the confidence curves. Why? (For two classes, u(p) is a function of max p alone.)',
     "Over the second half, which rule gives the most accurate pseudo-masks, by how many points, and at what cost in kept pixels? Does your run show the gain of the paper's Fig. 1?",
     'Fig. 1 of the paper is on CIFAR-10 (10 classes). Why can the uncertainty bound remove *different* predictions from the confidence bound there, but not here?',
-    'Were unlabeled images kept for classification (`img_kept_conf`)? What does that mean for L^u_cls and the image contrast (eq. 10, 12) in this run?',
+    'Were unlabeled images kept for classification (`img_kept_conf`)? What does that mean for L^u_cls and the image contrast (eqs. (10), (12)) in this run?',
 )
 
 

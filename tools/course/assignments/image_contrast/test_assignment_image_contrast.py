@@ -1,4 +1,4 @@
-"""Visible checks of the 'image-contrast' assignment (eq. 12-13):
+"""Visible checks of the 'image-contrast' assignment (eqs. (12)–(13)):
 python -m pytest tests/test_assignment_image_contrast.py
 
 The grader runs these and hidden cases (random batches and banks against the reference, other temperatures,
@@ -32,7 +32,7 @@ def test_all_one_label_all_weights_one():
 
 
 def test_unreliable_images_keep_only_their_other_view():
-    # weights (1, 0) per image: w_ip = w_i w_p = 0 except for the other view (eq. 13): L_i = ln den_i - s_{i,i+2}
+    # weights (1, 0) per image: w_ip = w_i w_p = 0 except for the other view (eq. (13)): L_i = ln den_i - s_{i,i+2}
     L = [log_den(i) - s(i, (i + 2) % 4) for i in range(4)]
     out = losses.image_contrastive_loss(V, torch.zeros(4, dtype=torch.long),
                                         torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=torch.float64), 1.0)

@@ -1,4 +1,4 @@
-"""Graded checks of 'pixel-contrast' (eq. 11 and the anchor sampling of §3.4). Each check records what the code
+"""Graded checks of 'pixel-contrast' (eq. (11) and the anchor sampling of §3.4). Each check records what the code
 computes; the grader compares the record with the reference's (tools/course/observe.py). The loss and the
 anchors are checked separately: a mistake in one costs none of the other's points.
 
@@ -23,29 +23,29 @@ def _anchor_case(g, K, M_, D, n_cls, dtype):
     return a, la, k, lk
 
 
-# ---------------------------------------------------------------------------- eq. 11
+# ---------------------------------------------------------------------------- eq. (11)
 
 @check(1)
 def loss_by_hand(ctx, M):
-    """eq. 11: the hand-worked anchors and keys of the visible tests (τ = 1 and τ = 0.5)"""
+    """eq. (11): the hand-worked anchors and keys of the visible tests (τ = 1 and τ = 0.5)"""
     a = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
     k = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]], dtype=torch.float64)
     ctx.expect(M.losses.pixel_contrastive_loss(a, torch.tensor([0, 1, 2]), k, torch.tensor([0, 1, 1]),
-                                               temperature=1.0), "eq. 11 at τ = 1", atol=1e-10)
+                                               temperature=1.0), "eq. (11) at τ = 1", atol=1e-10)
     ctx.expect(M.losses.pixel_contrastive_loss(a[:2], torch.tensor([0, 1]), k, torch.tensor([0, 1, 1]),
-                                               temperature=0.5), "eq. 11 at τ = 0.5", atol=1e-10)
+                                               temperature=0.5), "eq. (11) at τ = 0.5", atol=1e-10)
 
 
 @check(3)
 def loss_matches(ctx, M):
-    """pixel_contrastive_loss (eq. 11) matches the reference on random anchors and keys"""
+    """pixel_contrastive_loss (eq. (11)) matches the reference on random anchors and keys"""
     for seed in range(3):
         with ctx.part(f"seed {seed}"):
             for K, Mk, D, n_cls in ((1, 1, 2, 2), (5, 7, 3, 2), (13, 21, 8, 2), (9, 30, 4, 3)):
                 for dtype in (torch.float32, torch.float64):
                     a, la, k, lk = _anchor_case(gen(seed * 31 + K), K, Mk, D, n_cls, dtype)
                     ctx.expect(M.losses.pixel_contrastive_loss(a, la, k, lk, 0.07),
-                               f"eq. 11, {K} anchors, {Mk} keys, D {D}, {n_cls} classes, {dtype}",
+                               f"eq. (11), {K} anchors, {Mk} keys, D {D}, {n_cls} classes, {dtype}",
                                atol=1e-4 if dtype == torch.float32 else 1e-9, rtol=1e-5)
 
 
@@ -54,7 +54,7 @@ def loss_uses_temperature(ctx, M):
     """pixel_contrastive_loss uses its temperature argument"""
     a, la, k, lk = _anchor_case(gen(3), 6, 11, 5, 2, torch.float64)
     for T in (0.07, 0.1, 0.2, 1.0):
-        ctx.expect(M.losses.pixel_contrastive_loss(a, la, k, lk, temperature=T), f"eq. 11 at τ = {T}", atol=1e-9)
+        ctx.expect(M.losses.pixel_contrastive_loss(a, la, k, lk, temperature=T), f"eq. (11) at τ = {T}", atol=1e-9)
 
 
 @check(2)
@@ -65,7 +65,7 @@ def loss_skips_anchors_without_positive(ctx, M):
     a, _, k, _ = _anchor_case(gen(4), 8, 9, 4, 2, torch.float64)
     la = torch.tensor([0, 1, 2, 2, 0, 3, 1, 2])      # classes 2 and 3 have no key
     lk = torch.tensor([0, 1, 1, 0, 0, 1, 0, 1, 1])
-    ctx.expect(M.losses.pixel_contrastive_loss(a, la, k, lk, 1.0), "eq. 11 with 4 of 8 anchors without positive",
+    ctx.expect(M.losses.pixel_contrastive_loss(a, la, k, lk, 1.0), "eq. (11) with 4 of 8 anchors without positive",
                atol=1e-9)
 
 
@@ -78,7 +78,7 @@ def loss_degenerate_zero(ctx, M):
         with ctx.part(what):
             x = a.clone().requires_grad_(True)
             out = M.losses.pixel_contrastive_loss(x, la, k, lk, 0.07)
-            expect_loss_and_finite_grad(ctx, out, x, f"eq. 11 with {what}", atol=1e-7)
+            expect_loss_and_finite_grad(ctx, out, x, f"eq. (11) with {what}", atol=1e-7)
 
 
 @check(1, needs=('loss_matches',))
@@ -87,28 +87,28 @@ def loss_empty_inputs(ctx, M):
     a, la, k, lk = _anchor_case(gen(6), 4, 5, 3, 2, torch.float32)
     for args, what in (((a[:0], la[:0], k, lk), "no anchors"), ((a, la, k[:0], lk[:0]), "no keys")):
         with ctx.part(what):
-            ctx.expect(M.losses.pixel_contrastive_loss(*args, 0.07), f"eq. 11 with {what}")
+            ctx.expect(M.losses.pixel_contrastive_loss(*args, 0.07), f"eq. (11) with {what}")
 
 
 @check(1)
 def loss_low_temperature(ctx, M):
-    """eq. 11 stays finite and right at τ = 0.01 in float32 (log-sum-exp)"""
+    """eq. (11) stays finite and right at τ = 0.01 in float32 (log-sum-exp)"""
     g = gen(7)
     base = torch.nn.functional.normalize(torch.ones(6, 4) + 1e-2 * torch.randn(6, 4, generator=g), dim=1)
     la, lk = torch.tensor([0, 1, 0, 1, 0, 1]), torch.tensor([1, 1, 0, 0, 1, 0])
     ctx.expect(M.losses.pixel_contrastive_loss(base, la, base, lk, 0.01),
-               "eq. 11 on near-identical float32 embeddings at τ = 0.01", atol=2e-3, rtol=1e-3)
+               "eq. (11) on near-identical float32 embeddings at τ = 0.01", atol=2e-3, rtol=1e-3)
 
 
 @check(2)
 def loss_gradients(ctx, M):
-    """eq. 11: gradient w.r.t. the anchors matches the reference"""
+    """eq. (11): gradient w.r.t. the anchors matches the reference"""
     for seed in range(3):
         with ctx.part(f"seed {seed}"):
             a, la, k, lk = _anchor_case(gen(40 + seed), 7, 12, 5, 2, torch.float64)
             x = a.clone().requires_grad_(True)
             M.losses.pixel_contrastive_loss(x, la, k, lk, 0.1).backward()
-            ctx.expect(x.grad, "d(eq. 11)/d(anchors)", atol=1e-8)
+            ctx.expect(x.grad, "d(eq. (11))/d(anchors)", atol=1e-8)
 
 
 # ---------------------------------------------------------------------------- anchors (§3.4)

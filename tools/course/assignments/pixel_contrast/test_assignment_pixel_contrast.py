@@ -1,4 +1,4 @@
-"""Visible checks of the 'pixel-contrast' assignment (eq. 11, §3.4 anchors):
+"""Visible checks of the 'pixel-contrast' assignment (eq. (11), §3.4 anchors):
 python -m pytest tests/test_assignment_pixel_contrast.py
 
 The grader runs these and hidden cases (random anchors/keys against the reference, other temperatures,

@@ -1,4 +1,4 @@
-"""Graded checks of 'saliency' (eq. 6). Each check records what the code computes; the grader compares the
+"""Graded checks of 'saliency' (eq. (6)). Each check records what the code computes; the grader compares the
 record with the reference's (tools/course/observe.py)."""
 import torch
 import torch.nn as nn

@@ -1,4 +1,4 @@
-"""Visible checks of the 'saliency' assignment (eq. 6):
+"""Visible checks of the 'saliency' assignment (eq. (6)):
 python -m pytest tests/test_assignment_saliency.py
 
 The grader runs these and hidden cases (small CNNs with BatchNorm and a ResNet-18 against the reference,

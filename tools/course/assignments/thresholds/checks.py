@@ -1,6 +1,6 @@
-"""Graded checks of 'thresholds' (eq. 7-8, 16-17). Each check records what the code computes (ctx.expect,
+"""Graded checks of 'thresholds' (eqs. (7)–(8), (16)–(17)). Each check records what the code computes (ctx.expect,
 ctx.number, ctx.raises); the grader compares the record with the reference's (tools/course/observe.py).
-Eq. 7's checks replace hermes.uncertainty by fixed values, so a mistake in eq. 8 does not cost eq. 7's points."""
+eq. (7)'s checks replace hermes.uncertainty by fixed values, so a mistake in eq. (8) does not cost eq. (7)'s points."""
 import torch
 
 from tools.course.observe import gen
@@ -12,11 +12,11 @@ def _probs(g, B, C, spatial, dtype, sharp):
 
 
 def _fixed_u(ctx, M, u):
-    """eq. 7 with u(p) given: hermes.uncertainty returns `u` whatever its input (the student's eq. 8 is not used)."""
+    """eq. (7) with u(p) given: hermes.uncertainty returns `u` whatever its input (the student's eq. (8) is not used)."""
     return ctx.patch(M.hermes, "uncertainty", lambda probs, eps=1e-8: u)
 
 
-# ---------------------------------------------------------------------------- eq. 8
+# ---------------------------------------------------------------------------- eq. (8)
 
 @check(1)
 def uncertainty_by_hand(ctx, M):
@@ -28,7 +28,7 @@ def uncertainty_by_hand(ctx, M):
 
 @check(3)
 def uncertainty_matches(ctx, M):
-    """uncertainty (eq. 8) matches the reference: 2-5 classes, maps and vectors, float32/64"""
+    """uncertainty (eq. (8)) matches the reference: 2-5 classes, maps and vectors, float32/64"""
     for seed in range(3):
         with ctx.part(f"seed {seed}"):
             g = gen(seed)
@@ -52,7 +52,7 @@ def uncertainty_zero_probabilities_and_eps(ctx, M):
             ctx.expect(M.hermes.uncertainty(q, eps=eps), f"uncertainty(probs, eps={eps})", atol=1e-9)
 
 
-# ---------------------------------------------------------------------------- eq. 7 (u fixed)
+# ---------------------------------------------------------------------------- eq. (7) (u fixed)
 
 @check(1)
 def mask_by_hand(ctx, M):
@@ -71,7 +71,7 @@ def mask_by_hand(ctx, M):
 
 @check(3)
 def mask_matches(ctx, M):
-    """dual_threshold_mask (eq. 7) matches the reference on random maps, κ and τ (u fixed)"""
+    """dual_threshold_mask (eq. (7)) matches the reference on random maps, κ and τ (u fixed)"""
     for seed in range(4):
         with ctx.part(f"seed {seed}"):
             g = gen(100 + seed)
@@ -114,22 +114,22 @@ def mask_keeps_ties(ctx, M):
         ctx.expect(M.hermes.dual_threshold_mask(p, 0.5, 0.875), "w with max p = τ = 0.875 and u = κ = 0.5")
 
 
-# ---------------------------------------------------------------------------- eq. 16-17
+# ---------------------------------------------------------------------------- eqs. (16)–(17)
 
 @check(1)
 def schedules_by_hand(ctx, M):
     """κ and τ: the hand-worked values of the visible tests"""
-    with ctx.part("κ (eq. 16)"):
+    with ctx.part("κ (eq. (16))"):
         for it in (0, 25, 50, 100):
             ctx.number(M.hermes.uncertainty_threshold(it, 100), f"κ({it}, 100)", atol=1e-6)
-    with ctx.part("τ (eq. 17)"):
+    with ctx.part("τ (eq. (17))"):
         for it in (0, 50, 100):
             ctx.number(M.hermes.confidence_threshold(it, 100), f"τ({it}, 100)", atol=1e-6)
 
 
 @check(2)
 def kappa_matches(ctx, M):
-    """uncertainty_threshold (eq. 16) matches the reference, other η too"""
+    """uncertainty_threshold (eq. (16)) matches the reference, other η too"""
     for it, total in ((0, 1), (1, 1), (0, 3000), (750, 3000), (1500, 3000), (2999, 3000), (7, 60), (60, 60)):
         for eta_max, eta_min in ((0.75, 0.25), (0.9, 0.1), (0.5, 0.5)):
             ctx.number(M.hermes.uncertainty_threshold(it, total, eta_max, eta_min),
@@ -148,7 +148,7 @@ def kappa_decays(ctx, M):
 
 @check(2)
 def tau_matches(ctx, M):
-    """confidence_threshold (eq. 17) matches the reference"""
+    """confidence_threshold (eq. (17)) matches the reference"""
     for it, total in ((0, 1), (1, 1), (0, 3000), (750, 3000), (2999, 3000), (7, 60), (60, 60), (1, 3)):
         ctx.number(M.hermes.confidence_threshold(it, total), f"τ(it={it}, total={total})")
 

@@ -1,4 +1,4 @@
-"""Visible checks of the 'thresholds' assignment (eq. 7, 8, 16, 17):
+"""Visible checks of the 'thresholds' assignment (eqs. (7), (8), (16), (17)):
 python -m pytest tests/test_assignment_thresholds.py
 
 The grader runs these and hidden cases (random shapes, 3+ classes, ties, other η, edge cases)."""

@@ -506,7 +506,7 @@ class Progress:
     def _announce(self, done, sps):
         self.announced, self.sps = True, sps
         if self.burn_in is not None and done < self.burn_in:
-            self._say(f"{self.burn_in - done:,} more burn-in steps at ~{sps:.3g} s/step on {self.device.type}: "
+            self._say(f"{self.burn_in - done:,} more steps at ~{sps:.3g} s/step on {self.device.type} (burn-in): "
                       f"~{duration(sps * (self.burn_in - done))}; the {self.total - self.burn_in:,} full steps "
                       f"after step {self.burn_in} are timed when they start")
             self.sps = None   # not the rate of the steps that follow

@@ -170,6 +170,6 @@ def test_expected_time_is_measured_again_after_the_burn_in(capsys):
         if done == 12:
             p.evaluated(done, 2.0, 4)
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("2 more burn-in steps at ~1 s/step") and "15 full steps after step 5" in out[0]
+    assert out[0].startswith("2 more steps at ~1 s/step on cpu (burn-in)") and "15 full steps after step 5" in out[0]
     assert out[1].startswith("12 more steps at ~3 s/step on cpu: ~36 s of steps")
     assert out[2] == "an evaluation took 2.0 s; with the 4 still to come, ~32 s left"   # 8 × 3 s + 4 × 2 s

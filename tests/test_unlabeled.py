@@ -23,8 +23,11 @@ import hermes
 import train
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The run machinery is tested with the paper's settings (cheaper steps than the scratch recipe's separate
+# BatchNorm passes); the default recipe has its own tests (test_config, test_methods, test_one_truth).
 TINY = ["--image-size", "32", "--batch-size", "2", "--seg-encoder", "resnet18", "--n-anchors", "8",
-        "--pixel-bank-size", "32", "--image-bank-size", "8", "--log-every", "1", "--eval-every", "100"]
+        "--pixel-bank-size", "32", "--image-bank-size", "8", "--log-every", "1", "--eval-every", "100",
+        "--recipe", "paper"]
 
 
 def img(path, seed, size=(20, 24), fmt=None):

@@ -89,13 +89,13 @@ def _num(x):
 
 def method_slug(m):
     """'hermes', 'suponly', the switches left on ('dtcl', 'ias-itcl', ...), 'ss-'/'sc-' for one task, then
-    '-thr-confidence', '-lr2e-4', '-conv1' for the other options; 'cps' for --method cps; the recipe as
+    '-thr-confidence', '-lr2e-4', '-conv1' for the other options; 'cps', 'abd', ... for a --method comparator; the recipe as
     '-lrseg1e-3-lrcls1e-2-burnin500' (RECIPE_OPTIONS' tags), so another recipe gets other run folders."""
     d = dict(m)
     on = [s for s in SWITCHES if d.get(s, True)]
     name = "hermes" if len(on) == len(SWITCHES) else "suponly" if not on else "-".join(on)
-    if d.get("method") == "cps":
-        name = "cps"
+    if d.get("method") in config.METHODS:   # a comparator (comparators/): its --method name
+        name = d["method"]
     name = {"seg": "ss-", "cls": "sc-"}.get(d.get("task"), "") + name
     if "threshold" in d:
         name += f"-thr-{d['threshold']}"
@@ -134,25 +134,43 @@ class Run:
 
 
 # ------------------------------------------------------------------------------------ the paper's numbers
-# Table 1 (Dice %, mean ± std), rows "SupOnly", "CPS[4]" and "Hermes", columns in the paper's order.
-TABLE1 = {
-    ("busi", 216): {"suponly": (83.62, 0.21), "cps": (84.84, 0.35), "hermes": (87.48, 0.47)},
-    ("busi", 144): {"suponly": (79.28, 0.84), "cps": (80.21, 0.48), "hermes": (84.41, 0.51)},
-    ("busi", 72): {"suponly": (71.84, 0.45), "cps": (72.21, 0.61), "hermes": (75.68, 0.22)},
-    ("udiat", 60): {"suponly": (85.78, 0.39), "cps": (86.22, 0.46), "hermes": (88.73, 0.48)},
-    ("udiat", 40): {"suponly": (83.28, 0.47), "cps": (84.03, 0.48), "hermes": (87.15, 0.32)},
-    ("udiat", 20): {"suponly": (78.74, 0.63), "cps": (79.52, 0.38), "hermes": (83.23, 0.28)},
-    ("sztus", 120): {"suponly": (77.24, 0.59), "cps": (77.84, 0.55), "hermes": (80.23, 0.46)},
-    ("sztus", 60): {"suponly": (73.42, 0.41), "cps": (74.26, 0.54), "hermes": (77.33, 0.37)},
+# Table 1 (Dice %, mean ± std): one row per method (slug), columns in the paper's order.
+_T1_COLS = (("busi", 216), ("busi", 144), ("busi", 72), ("udiat", 60), ("udiat", 40), ("udiat", 20),
+            ("sztus", 120), ("sztus", 60))
+_T1_ROWS = {
+    "suponly": ((83.62, 0.21), (79.28, 0.84), (71.84, 0.45), (85.78, 0.39), (83.28, 0.47), (78.74, 0.63),
+                (77.24, 0.59), (73.42, 0.41)),
+    "cps": ((84.84, 0.35), (80.21, 0.48), (72.21, 0.61), (86.22, 0.46), (84.03, 0.48), (79.52, 0.38),
+            (77.84, 0.55), (74.26, 0.54)),
+    "abd": ((85.91, 0.25), (82.77, 0.56), (73.93, 0.44), (87.21, 0.28), (85.57, 0.35), (81.73, 0.43),
+            (78.92, 0.48), (76.08, 0.43)),
+    "admt": ((85.02, 0.49), (81.27, 0.61), (72.64, 0.32), (86.75, 0.67), (84.51, 0.56), (80.54, 0.55),
+             (78.48, 0.49), (75.21, 0.49)),
+    "diffrect": ((85.54, 0.41), (82.41, 0.53), (73.48, 0.59), (86.97, 0.81), (85.12, 0.41), (81.21, 0.44),
+                 (78.67, 0.53), (74.84, 0.51)),
+    "dcnet": ((85.11, 0.63), (81.88, 0.64), (73.03, 0.41), (87.52, 0.53), (84.77, 0.47), (80.92, 0.39),
+              (78.06, 0.55), (74.47, 0.52)),
+    "ssnet": ((85.27, 0.52), (82.21, 0.47), (73.25, 0.71), (86.42, 0.62), (84.95, 0.56), (81.03, 0.48),
+              (78.29, 0.51), (75.13, 0.47)),
+    "hermes": ((87.48, 0.47), (84.41, 0.51), (75.68, 0.22), (88.73, 0.48), (87.15, 0.32), (83.23, 0.28),
+               (80.23, 0.46), (77.33, 0.37)),
 }
-# Table 2 (accuracy %, mean ± std), rows "SupOnly" and "Hermes"; the paper reports no UDIAT accuracy and no
-# BUSI 72-label column here (Table 3 has BUSI 72: 81.17 / 84.77).
-TABLE2 = {
-    ("busi", 216): {"suponly": (91.06, 0.48), "hermes": (94.51, 0.32)},
-    ("busi", 144): {"suponly": (87.51, 0.52), "hermes": (90.20, 0.31)},
-    ("sztus", 120): {"suponly": (78.96, 0.31), "hermes": (83.65, 0.28)},
-    ("sztus", 60): {"suponly": (75.61, 0.39), "hermes": (81.24, 0.29)},
+TABLE1 = {col: {m: row[j] for m, row in _T1_ROWS.items()} for j, col in enumerate(_T1_COLS)}
+# Table 2 (accuracy %, mean ± std); the paper reports no UDIAT accuracy and no BUSI 72-label column here
+# (Table 3 has BUSI 72: 81.17 / 84.77).
+_T2_COLS = (("busi", 216), ("busi", 144), ("sztus", 120), ("sztus", 60))
+_T2_ROWS = {
+    "suponly": ((91.06, 0.48), (87.51, 0.52), (78.96, 0.31), (75.61, 0.39)),
+    "pefat": ((91.38, 0.46), (87.82, 0.45), (79.67, 0.42), (76.27, 0.53)),
+    "infomatch": ((91.67, 0.54), (87.96, 0.41), (80.15, 0.46), (77.97, 0.47)),
+    "interlude": ((92.31, 0.35), (88.21, 0.32), (81.69, 0.36), (79.32, 0.37)),
+    "shrinkmatch": ((91.89, 0.36), (88.02, 0.38), (80.89, 0.47), (78.48, 0.44)),
+    "hermes": ((94.51, 0.32), (90.20, 0.31), (83.65, 0.28), (81.24, 0.29)),
 }
+TABLE2 = {col: {m: row[j] for m, row in _T2_ROWS.items()} for j, col in enumerate(_T2_COLS)}
+# Comparators the paper's tables have and this code does not (row slug -> why).
+NOT_BUILT = {"diffrect": ("DiffRect", "DiffRect (latent diffusion label rectification) is not built here "
+                                     "(README, Comparators)")}
 # Table 3 (BUSI, 72 labels): index -> (DTCL, SM/ITA, ITCL, SS Dice, SC Acc, joint Dice, joint Acc); "-" = None.
 TABLE3 = {
     1: (False, False, False, 71.79, 81.08, 71.84, 81.17),
@@ -221,23 +239,39 @@ class Experiment:
         return sorted({r.dataset for r in self.runs()} - {"demo"})
 
 
+def _comparator_rows(slugs, table, metric):
+    """[title, Cell ...] rows of Table 1 or 2: SupOnly, the comparators in the paper's order, Hermes. A comparator
+    not built here keeps its row, with the paper's number and no runs."""
+    rows = []
+    for slug in slugs:
+        if slug == "suponly":
+            title, m = "SupOnly", method(**SUPONLY)
+        elif slug == "hermes":
+            title, m = "Hermes", method(**HERMES)
+        else:
+            title, m = f"{config.METHODS.get(slug, slug)} (`--method {slug}`)", method(method=slug, **CPS_SWITCHES)
+        if slug in NOT_BUILT:
+            rows.append([f"{NOT_BUILT[slug][0]} (not built)"] + [
+                "– (paper {:.2f} ± {:.2f})".format(*table[col][slug]) for col in table])
+            continue
+        rows.append([title] + [Cell(d, n, m, metric, table[(d, n)][slug]) for d, n in table])
+    return rows
+
+
 def _table1(_):
-    cols = list(TABLE1)
-    header = ["Method"] + [f"{DATASET_TITLES[d]} {n} labels" for d, n in cols]
-    rows = [[title] + [Cell(d, n, m, "dice_mean", TABLE1[(d, n)][method_slug(m)]) for d, n in cols]
-            for title, m in (("SupOnly", method(**SUPONLY)), ("CPS (`--method cps`)", method(**CPS, **CPS_SWITCHES)),
-                             ("Hermes", method(**HERMES)))]
-    return Table(header, rows, ("Dice of the final checkpoint on the evaluation split (Table 1). CPS: cross "
-                                "pseudo supervision (Chen et al. 2021; comparators/cps.py), the paper's row CPS[4].",))
+    header = ["Method"] + [f"{DATASET_TITLES[d]} {n} labels" for d, n in TABLE1]
+    return Table(header, _comparator_rows(_T1_ROWS, TABLE1, "dice_mean"), (
+        "Dice of the final checkpoint on the evaluation split (Table 1). The comparators (comparators/, "
+        "README: Comparators) train their segmentation U-Net(s) by their own method and the classification "
+        "branch as SupOnly's; CPS is the paper's row CPS[4].", NOT_BUILT["diffrect"][1] + "."))
 
 
 def _table2(_):
-    cols = list(TABLE2)
-    header = ["Method"] + [f"{DATASET_TITLES[d]} {n} labels" for d, n in cols]
-    rows = [[title] + [Cell(d, n, m, "accuracy", TABLE2[(d, n)][method_slug(m)]) for d, n in cols]
-            for title, m in (("SupOnly", method(**SUPONLY)), ("Hermes", method(**HERMES)))]
-    return Table(header, rows, ("Accuracy of the final checkpoint on the evaluation split (Table 2). These are "
-                                "the runs of table1: one joint run gives both tables.",))
+    header = ["Method"] + [f"{DATASET_TITLES[d]} {n} labels" for d, n in TABLE2]
+    return Table(header, _comparator_rows(_T2_ROWS, TABLE2, "accuracy"), (
+        "Accuracy of the final checkpoint on the evaluation split (Table 2). SupOnly and Hermes are table1's runs "
+        "(one joint run gives both tables); the comparators train their classifier by their own method and the "
+        "segmentation branch as SupOnly's.",))
 
 
 def _table3(_):
@@ -307,10 +341,11 @@ def _demo(_):
 
 
 EXPERIMENTS = {e.name: e for e in [
-    Experiment("table1", "Table 1: Dice, BUSI / UDIAT / SZ-TUS × label budgets, SupOnly vs CPS vs Hermes",
+    Experiment("table1", "Table 1: Dice, BUSI / UDIAT / SZ-TUS × label budgets, SupOnly vs the segmentation "
+               "comparators vs Hermes",
                PAPER_SEEDS, _table1, varies=frozenset(SWITCHES + ("method",))),
-    Experiment("table2", "Table 2: accuracy, BUSI / SZ-TUS × label budgets, SupOnly vs Hermes (table1's runs)",
-               PAPER_SEEDS, _table2, varies=frozenset(SWITCHES)),
+    Experiment("table2", "Table 2: accuracy, BUSI / SZ-TUS × label budgets, SupOnly vs the classification "
+               "comparators vs Hermes", PAPER_SEEDS, _table2, varies=frozenset(SWITCHES + ("method",))),
     Experiment("table3", "Table 3: ablation rows (DTCL, SM/ITA, ITCL; SS / SC), BUSI 72 labels", PAPER_SEEDS,
                _table3, varies=frozenset(SWITCHES + ("task",))),
     Experiment("table4", "Table 4: learning rate 8e-5 ... 3e-4, BUSI 72 labels, Hermes", PAPER_SEEDS, _table4,

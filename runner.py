@@ -32,7 +32,9 @@ import config
 import data
 import hermes
 
-EVAL_KEYS = ["dice_mean", "iou_mean", "hd95_mean", "accuracy", "auc", "area_ratio"]
+# balanced accuracy and the share of images called malignant show a one-class classifier at every evaluation
+EVAL_KEYS = ["dice_mean", "iou_mean", "hd95_mean", "accuracy", "auc", "area_ratio", "balanced_accuracy",
+             "predicted_malignant"]
 LOG_COLUMNS = ["kind", "iter", *hermes.STAT_KEYS, "lr_seg", "lr_cls", "sec_per_step", *EVAL_KEYS]
 # The resume rules are the settings' own (config.py: each field's `resume` and `missing`).
 RESUME_OVERRIDABLE, RESUME_MISSING, RESUME_FROM_COMMAND = (config.RESUME_OVERRIDABLE, config.RESUME_MISSING,

@@ -32,7 +32,7 @@ ORDER = ["SupOnly", "CPS", "ABD", "AD-MT", "SS-Net", "DCNet", "ShrinkMatch", "In
 DATASET_NAMES = {"busi": "BUSI", "udiat": "UDIAT", "sztus": "SZ-TUS", "folder": "folder", "demo": "demo"}
 # What a paired difference must share with its baseline run.
 CONTEXT = ("dataset", "labels", "image_size", "iters")
-COMPARE_METRICS = [("Dice", "dice_mean"), ("Acc", "accuracy")]
+COMPARE_METRICS = [("Dice", "dice_mean"), ("Acc", "accuracy"), ("BalAcc", "balanced_accuracy"), ("AUC", "auc")]
 
 
 # ------------------------------------------------------------------------------------------ method names
@@ -227,6 +227,8 @@ def run_scores(run_dir):
     cfg_path, m_path = os.path.join(run_dir, "config.json"), os.path.join(run_dir, "metrics.json")
     cfg, metrics = ({} if not os.path.isfile(q) else read_json(q) for q in (cfg_path, m_path))
     log = eval_log(run_dir)
+    if "balanced_accuracy" not in metrics and {"sensitivity", "specificity"} <= set(metrics):  # older runs
+        metrics["balanced_accuracy"] = (metrics["sensitivity"] + metrics["specificity"]) / 2
     out = {"run": run_dir, "seed": cfg.get("seed"), "last_eval": max(log) if log else None, "config": cfg}
     for _, key in COMPARE_METRICS:
         v = metrics.get(key)

@@ -71,3 +71,27 @@ def test_term_gradient_norms_vs_naive_backward(setup):
 def test_cli_names_a_missing_run_folder(tmp_path):
     with pytest.raises(cli.MissingFileError, match="config.json not found"):
         diagnose.main([str(tmp_path)])
+
+
+@pytest.mark.parametrize("form", ["paper", "residual"])
+def test_ita_gain_per_stage_against_a_naive_recomputation(form):
+    """ita_gain: per stage the means of M_c, M_s and ||x_out|| / ||x_cls||, recomputed here image by image from
+    the attention module's own inputs; the paper's product of two sigmoids can only shrink the features (gain in
+    (0, 1)), the residual form x_cls (1 + M_c M_s) only grow them (gain in (1, 2))."""
+    torch.manual_seed(0)
+    model = HermesNet(seg_encoder="resnet18", pretrained=False, ita_form=form).train()
+    x = torch.randn(3, 3, 32, 32)
+    got = diagnose.ita_gain(model, x)
+    assert model.training and [r["stage"] for r in got] == [1, 2, 3]
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append((i[0], o))) for m in model.ita]
+    model.eval()
+    with torch.no_grad():
+        model(x, ias=True)
+    for h in hooks:
+        h.remove()
+    for r, (x_cls, (x_out, m_c, m_s)) in zip(got, seen):
+        gains = [float(x_out[b].norm() / x_cls[b].norm()) for b in range(x.shape[0])]
+        assert r["gain"] == pytest.approx(sum(gains) / len(gains), rel=1e-5)
+        assert r["M_c"] == pytest.approx(float(m_c.mean()), rel=1e-5) and 0 < r["M_s"] < 1
+        assert (0 < r["gain"] < 1) if form == "paper" else (1 < r["gain"] < 2)

@@ -55,6 +55,31 @@ def term_gradient_norms(model, banks, batch_l, batch_u, it, total, cfg, groups=G
     return out
 
 
+def ita_gain(model, x):
+    """What inter-task attention (eqs. (3)–(5)) does to the classification features at each ResNet stage it
+    follows: [{"stage", "M_c", "M_s" (means), "gain": ||x_out|| / ||x_cls|| (per image, then mean)}], in eval
+    mode, for images x (B,3,S,S). The paper's form multiplies x_cls by M_c M_s (each in (0, 1)), so a gain
+    near 0 means the classifier sees almost nothing of its own features."""
+    seen = []
+
+    def hook(module, inputs, output):
+        x_cls, (x_out, m_c, m_s) = inputs[0], output
+        gain = x_out.flatten(1).norm(dim=1) / x_cls.flatten(1).norm(dim=1).clamp_min(1e-12)   # (B,)
+        seen.append({"M_c": float(m_c.mean()), "M_s": float(m_s.mean()), "gain": float(gain.mean())})
+
+    handles = [m.register_forward_hook(hook) for m in model.ita]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x, ias=True)
+    finally:
+        model.train(was)
+        for h in handles:
+            h.remove()
+    return [{"stage": i + 1, **r} for i, r in enumerate(seen)]
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Gradient norm of each weighted term of eq. (15) on each part of "
                                             "the model, from a run's checkpoint (or random init).")
@@ -63,6 +88,8 @@ def main(argv=None):
                                                               "the checkpoint's, at step 0")
     p.add_argument("--batches", type=int, default=4, help="training batches averaged over (default 4)")
     p.add_argument("--out", default=None, help="also write the table as JSON here")
+    p.add_argument("--ita", action="store_true", help="instead: what inter-task attention does to the "
+                                                      "classification features (ita_gain) on labeled batches")
     p.add_argument("--debug", action="store_true", help=f"show the Python traceback of an error (or {cli.DEBUG_ENV}=1)")
     args = p.parse_args(argv)
     files = {f: os.path.join(args.run, f) for f in ("config.json", "split.json", "checkpoint.pt")}
@@ -85,6 +112,17 @@ def main(argv=None):
         it = int(ckpt["iter"])
     model.train()
     batches = augment.DeviceBatches(ds, idx_l, idx_u, cfg["batch_size"], cfg["seed"])
+    if args.ita:
+        stages = [ita_gain(model, batches(it + i)[0][0]) for i in range(args.batches)]
+        mean = [{k: sum(s[j][k] for s in stages) / len(stages) for k in stages[0][j]} for j in range(len(stages[0]))]
+        print(f"{args.run} (step {it}, ita_form {cfg.get('ita_form', 'paper')}): inter-task attention on the "
+              f"classification features, mean of {len(stages)} labeled batches")
+        print("| after ResNet stage | mean M_c | mean M_s | ‖x_out‖ / ‖x_cls‖ |\n|---|---|---|---|")
+        for r in mean:
+            print(f"| layer{r['stage']:.0f} | {r['M_c']:.3f} | {r['M_s']:.3f} | {r['gain']:.3f} |")
+        if args.out:
+            cli.write_json_atomic({"run": args.run, "step": it, "ita": mean}, args.out)
+        return mean
     rows = [term_gradient_norms(model, copy.deepcopy(banks), *batches(it + i), min(it + i, cfg["iters"] - 1),
                                 cfg["iters"], hcfg) for i in range(args.batches)]
     mean = {k: {g: sum(r[k][g] for r in rows) / len(rows) for g in GROUPS} for k in hermes.PARTS}

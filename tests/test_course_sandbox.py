@@ -153,7 +153,10 @@ def test_a_class_with_cheats_in_one_command(tmp_path):
             assert totals[who] <= 0.1 * top, (who, [r for r in grades[who]["results"] if r["points"]])
         assert "time budget of 10 s" in grades["sleeper"]["results"][0]["msg"]
         assert "notes: not a regular file" in grades["fifo"]["results"][0]["msg"]
-        assert any("malformed record" in r["msg"] for r in grades["vandal"]["results"])
+        # the 40 MB of junk on the grading channel is refused; on a loaded machine writing it can outlast the
+        # time budget first (seen once in a full suite run beside two training jobs): either way, no points
+        vandal_msgs = [r["msg"] for r in grades["vandal"]["results"]]
+        assert any("malformed record" in m or "time budget" in m or "longer than" in m for m in vandal_msgs), vandal_msgs
         assert took < 240
         time.sleep(5)                                    # the vandal's background process would have struck by now
         assert not _processes_with(marker) and not _processes_with("run_child.py")

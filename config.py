@@ -43,7 +43,8 @@ DEMO_ITERS, PAPER_ITERS = 120, 3000
 
 # The comparators of Tables 1-2 (`--method`; comparators/): segmentation methods train the
 # classification branch as SupOnly's, classification methods the segmentation branch.
-SEG_METHODS = {"cps": "CPS", "abd": "ABD", "admt": "AD-MT", "ssnet": "SS-Net", "dcnet": "DCNet"}
+SEG_METHODS = {"cps": "CPS", "abd": "ABD", "admt": "AD-MT", "ssnet": "SS-Net", "dcnet": "DCNet",
+               "diffrect": "DiffRect"}
 CLS_METHODS = {"shrinkmatch": "ShrinkMatch", "interlude": "InterLUDE", "infomatch": "InfoMatch",
                "pefat": "PEFAT"}
 METHODS = {**SEG_METHODS, **CLS_METHODS}
@@ -265,6 +266,36 @@ class HermesConfig:
         "'bilinear' (as decoder 1)", group=COMPARATORS,
         paper='not Hermes: networks/unet.py MCNet2d_KD: decoder1 bilinear (up_type 1), decoder2 '
         'ConvTranspose2d (up_type 0)', comparator='dcnet')
+    # --method diffrect: comparators/diffrect.py
+    diffrect_cons_weight: float = setting(
+        0.1, 'DiffRect: weight w of the unlabeled terms (segmentation network and rectifier)',
+        group=COMPARATORS,
+        paper='not Hermes: train_diffrect_ACDC.py --consistency 0.1 (--ref_consistency_weight -1: the '
+        'same w for the rectifier)', comparator='diffrect')
+    diffrect_rampup: float = setting(
+        1.0, 'DiffRect: fraction of the run over which w ramps up (sigmoid ramp)', group=COMPARATORS,
+        paper='not Hermes: train_diffrect_ACDC.py: sigmoid_rampup(iter_num // 150, 200), i.e. all 30,000 '
+        'iterations', comparator='diffrect')
+    diffrect_threshold: float = setting(
+        0.8, "DiffRect: pseudo-label threshold on the min-max normalised probabilities "
+        "((p_c - min p) / max p; a pixel with no class above it is labeled background)", group=COMPARATORS,
+        paper='not Hermes: train_diffrect_ACDC.py --conf_thresh 0.8', comparator='diffrect')
+    diffrect_rect_start: float = setting(
+        0.03333333333333333, 'DiffRect: fraction of the run after which the rectified pseudo-labels '
+        'train the segmentation network', group=COMPARATORS,
+        paper='not Hermes: train_diffrect_ACDC.py --refine_start 1000 of 30,000 iterations',
+        comparator='diffrect')
+    diffrect_timesteps: int = setting(
+        10, "DiffRect: diffusion steps T of the latent diffusion (cosine schedule)", group=COMPARATORS,
+        paper='not Hermes: train_diffrect_ACDC.py --ts 10 --ldm_beta_sch cosine', comparator='diffrect')
+    diffrect_sample_steps: int = setting(
+        2, 'DiffRect: DDIM steps when the rectifier samples a rectified latent', group=COMPARATORS,
+        paper='not Hermes: train_diffrect_ACDC.py --ts_sample 2', comparator='diffrect')
+    diffrect_width: int = setting(
+        8, "DiffRect: channels of the rectifier's first level (x2 per level, 4 levels; the latent has 8x "
+        "this many at 1/8 of the image side)", group=COMPARATORS,
+        paper='not Hermes: ours, CPU-sized (networks/unet_de.py UNet_LDMV2: 16 channels, 5 levels, a 256-'
+        'channel latent at 1/16)', comparator='diffrect')
     # --method shrinkmatch: comparators/shrinkmatch.py
     shrinkmatch_tau: float = setting(
         0.95, 'confidence threshold τ of L_u and of the shrunk space', group=COMPARATORS,

@@ -12,9 +12,11 @@ two patch displacements that build new training images from the two views of an 
 Patch confidence = the mean over the patch of the pixels' max softmax probability (ABD eq. (3)).
 The classification branch trains as SupOnly's (Hermes eq. (2)). Evaluation uses the model's own U-Net.
 
-Equation numbers refer to the ABD paper as we read it (its text was not at hand when this was written: check
-them against the PDF). Where the paper is silent, the authors' train_ACDC_Cross_Teaching.py decides
-(SETTINGS).
+Equation numbers: NOT verified against the paper. A check was tried, but the search index within reach holds
+only the head of https://ar5iv.labs.arxiv.org/html/2405.00378 (title, abstract, start of §1), not the method
+section, so each "ABD eq. (n)" here is still the writer's reading of the paper's layout: check it against the
+PDF (CVPR 2024 or arXiv 2405.00378) before quoting it. Where the paper is silent, the authors'
+train_ACDC_Cross_Teaching.py decides (SETTINGS).
 """
 import config
 import torch

@@ -1,19 +1,22 @@
 """AD-MT: Alternate Diverse Teaching (Zhao, Wang, Wang, Yuan, Zhou; ECCV 2024;
 code: github.com/ZhenZHAO/AD-MT).
 
-Not part of Hermes; a comparator of the paper's Table 1. One student (the model's U-Net) and two mean
-teachers (EMA copies of it, `build_extra`). Random Periodic Alternate (RPA) updating: only one teacher
-is updated by EMA at a time (AD-MT eq. (2)), for a period drawn uniformly from 1..P steps, then the other (AD-MT eq. (3)); the
-data path alternates with it: while teacher 1 is active the student sees the strong view of the unlabeled
+Not part of Hermes; a comparator of the paper's Table 1. One student (the model's U-Net) and two mean teachers
+(EMA copies of it, `build_extra`). Random Periodic Alternate (RPA) updating: only one teacher is updated by
+EMA at a time (AD-MT eq. (2)), for a period drawn uniformly from 1..P steps, then the other (AD-MT eq. (3));
+the data path alternates with it: while teacher 1 is active the student sees the strong view of the unlabeled
 images, while teacher 2 is active a CutMix of the weak views (diverse teaching). Conflict Combating (CC): the
 teachers' softmax outputs on the weak view are ensembled (AD-MT eq. (4)); where the teachers disagree and the
 student is more confident and also disagrees, the student's own weak-view prediction is the pseudo-label
-(AD-MT eq. (5)). The unlabeled loss is a Dice on the pixels with confidence >= τ (AD-MT eq. (6)); the total
-is L_s + w(t) L_u (AD-MT eq. (7)). The classification branch trains as SupOnly's. Evaluation: the student.
+(AD-MT eq. (5)). The unlabeled loss is a Dice on the pixels with confidence >= τ (AD-MT eq. (6)); the total is
+L_s + w(t) L_u (AD-MT eq. (7)). The classification branch trains as SupOnly's. Evaluation: the student.
 
-Equation numbers refer to the AD-MT paper as we read it (its text was not at hand when this was written: check
-them against the PDF). Where the paper is silent, the authors' code (train_post_2d_aut.py with
-cfgs/config_2d_aut.yml, the ACDC recipe) decides (SETTINGS).
+Equation numbers: NOT verified against the paper. A check was tried, but the search index within reach holds
+only the heads of https://ar5iv.labs.arxiv.org/html/2311.17325 and https://arxiv.org/html/2311.17325v2 (title,
+abstract, start of §1), not the method section, so each "AD-MT eq. (n)" here is still the writer's reading of
+the paper's layout: check it against the PDF (ECCV 2024 or arXiv 2311.17325) before quoting it. Where the
+paper is silent, the authors' code (train_post_2d_aut.py with cfgs/config_2d_aut.yml, the ACDC recipe) decides
+(SETTINGS).
 """
 import config
 import torch

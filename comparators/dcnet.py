@@ -1,11 +1,11 @@
 """DCNet: Decoupled Consistency (Chen, Fei, Chen, Huang; MICCAI 2023; code: github.com/wxfaaaaa/DCNet).
 
 Not part of Hermes; a comparator of the paper's Table 1. An MC-Net-style U-Net: one shared encoder (the
-model's seg encoder) and two decoders, decoder 1 the model's own (bilinear upsampling), decoder 2 a second
-one in `build_extra` (learned transposed-convolution upsampling, as MC-Net's second decoder). Both learn the
-labels (Hermes eq. (1)). On every image of the batch the two decoders' predictions are *decoupled* by a dynamic
-threshold t (starting at 1/C, moved each step towards the decoders' mean max-probability with the run's
-progress as rate, clipped to [0.25, 0.95]):
+model's seg encoder) and two decoders, decoder 1 the model's own (bilinear upsampling), decoder 2 a second one
+in `build_extra` (learned transposed-convolution upsampling, as MC-Net's second decoder). Both learn the
+labels (Hermes eq. (1)). On every image of the batch the two decoders' predictions are *decoupled* by a
+dynamic threshold t (starting at 1/C, moved each step towards the decoders' mean max-probability with the
+run's progress as rate, clipped to [0.25, 0.95]):
   consistent part (both decoders above t for a class): each decoder learns the other's hard pseudo-labels
     with cross-entropy, weight 0.3; once the mean confidence reaches 0.95, on all pixels;
   inconsistent part (the rest): an MSE between the two decoders' softmax at temperature 0.5, the larger of the
@@ -15,8 +15,10 @@ towards that of decoder 2's block at the same resolution (detached), weight 1000
 sigmoid ramp.
 The classification branch trains as SupOnly's (Hermes eq. (2)). Evaluation uses the model's U-Net (decoder 1).
 
-Equation numbers: the DCNet paper's text was not at hand, so no line here carries a "DCNet eq. (n)"; each
-names the line of the authors' code/train_dcnet_acdc.py (ACDC recipe, "train:") or code/utils/losses.py
+Equation numbers: NOT checked against the paper, whose full text was out of reach (the search index within
+reach holds only abstract pages, e.g. https://zhixidata.com/details/1/847516943, the MICCAI 2023 record with
+doi 10.1007/978-3-031-43907-0_53, and no arXiv copy turned up), so no line here carries a "DCNet eq. (n)";
+each names the line of the authors' code/train_dcnet_acdc.py (ACDC recipe, "train:") or code/utils/losses.py
 ("losses:") it follows. Where we differ from that code, or read it closely (SETTINGS, `decouple`, `ce_loss`):
   - labeled loss: the code's Dice only (DiceLoss, mean over classes); here Hermes eq. (1), ½ (CE + Dice), as
     for every comparator;

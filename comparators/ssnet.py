@@ -12,8 +12,11 @@ Not part of Hermes; a comparator of the paper's Table 1. One U-Net (the model's)
 Total (SS-Net eq. (6)): L_seg + w(t) (L_vat + 0.1 (L_c^l + L_c^u)). The classification branch trains as
 SupOnly's. Evaluation uses the model's U-Net. The heads and the memory live in `build_extra`.
 
-Equation numbers refer to the SS-Net paper as we read it (its text was not at hand when this was written:
-check them against the PDF). The authors' train_ss_2d.py and utils/losses.py decide the details (SETTINGS).
+Equation numbers: NOT verified against the paper. A check was tried, but the search index within reach holds
+only the head of https://ar5iv.labs.arxiv.org/html/2203.01324 (title, abstract, start of §1), not the method
+section, so each "SS-Net eq. (n)" here is still the writer's reading of the paper's layout: check it against
+the PDF (MICCAI 2022 or arXiv 2203.01324) before quoting it. The authors' train_ss_2d.py and utils/losses.py
+decide the details (SETTINGS).
 """
 import config
 import contextlib

@@ -7,10 +7,13 @@ predictions: pseudo supervision, the strong views and a CutMix of the weak views
 prediction where it passes a self-adaptive threshold (an EMA of the confidence, scaled per class by an EMA of
 the class probabilities, as FreeMatch). The data entropy is bounded below by the mutual information between
 two strongly augmented views, estimated contrastively (InfoNCE across the batch): maximising that estimate is
-the "entropy neural estimation". The segmentation branch trains as SupOnly's (eq. (1) on the labeled images).
+the "entropy neural estimation". The segmentation branch trains as SupOnly's (Hermes eq. (1) on the labeled
+images).
 
-Equation numbers: InfoMatch's §3 (arXiv 2404.11003) as reconstructed from its abstract and code; the paper's
-full text could not be read here, so check the numbers against the PDF before quoting them:
+Equation numbers: NOT verified against the paper. They are InfoMatch's §3 (arXiv 2404.11003) as reconstructed
+from its abstract and code; a check was tried, but the search index within reach holds only the head of
+https://arxiv.org/html/2404.11003v3 (title, abstract, start of §1), not §3, so check the numbers against the
+PDF before quoting them:
     InfoMatch eq. (1)  L_x = CE(f(x), y)
     InfoMatch eq. (2)  self-adaptive threshold τ(c) = τ_t · p̃_t(c) / max_c' p̃_t(c'),
                        τ_t = EMA of mean max p^w, p̃_t = EMA of mean p^w (momentum 0.999)
@@ -115,16 +118,17 @@ def step(model, extra, batch_l, batch_u, it, total, cfg):
     lw, lm, l1, l2 = logits[B_l:].split(B_u)
     L = zero_parts(logits)
     L["seg_l"] = seg
-    L["cls_l"] = cls_supervised_loss(logits[:B_l], z)                                # eq. (1)
+    L["cls_l"] = cls_supervised_loss(logits[:B_l], z)                                # InfoMatch eq. (1)
     p_w = hi(lw.detach()).softmax(1)
-    extra.update(p_w, cfg.infomatch_ema)                                             # eq. (2)
+    extra.update(p_w, cfg.infomatch_ema)                                             # InfoMatch eq. (2)
     conf, pl = p_w.max(1)
     thr = extra.thresholds(pl)
     m = (conf >= thr).to(p_w.dtype)
     ce = lambda lg, t: F.cross_entropy(hi(lg), t, reduction="none")
     l_mix = (lam * ce(lm, pl) * m + (1 - lam) * ce(lm, pl[perm]) * m[perm]).mean()
-    l_u = 0.5 * l_mix + 0.25 * (ce(l1, pl) * m).mean() + 0.25 * (ce(l2, pl) * m).mean()  # eq. (3)
+    l_u = 0.5 * l_mix + 0.25 * (ce(l1, pl) * m).mean() + 0.25 * (ce(l2, pl) * m).mean()  # InfoMatch eq. (3)
     L["cls_u"] = cfg.infomatch_lambda_u * l_u
-    l_nce, _ = info_nce_entropy(hi(l1).softmax(1), hi(l2).softmax(1), cfg.infomatch_mi_temperature)  # eq. (4)
-    L["cls_c"] = cfg.infomatch_lambda_mi * l_nce                                     # eq. (5)
+    # InfoMatch eq. (4)
+    l_nce, _ = info_nce_entropy(hi(l1).softmax(1), hi(l2).softmax(1), cfg.infomatch_mi_temperature)
+    L["cls_c"] = cfg.infomatch_lambda_mi * l_nce                                     # InfoMatch eq. (5)
     return finish(L, cfg, tau=thr.mean(), img_stats=img_pl_stats(p_w, pl, m, z_gt, 0.95))

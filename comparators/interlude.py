@@ -7,10 +7,12 @@ embedding fusion (in the interleaved batch labeled-weak, unlabeled-weak, labeled
 each intermediate feature map is mixed with its neighbour's: h_i <- (1 - α) h_i + α h_{i+1}, cyclically) and
 delta consistency (the change of the prediction from weak to strong view is asked to be the same on an
 unlabeled image as on its paired labeled image: MSE between the two deltas, the labeled one detached).
-The segmentation branch trains as SupOnly's (eq. (1) on the labeled images).
+The segmentation branch trains as SupOnly's (Hermes eq. (1) on the labeled images).
 
-Equation numbers: InterLUDE's §3 (ICML 2024) as reconstructed from its abstract and code; the paper's
-full text could not be read here, so check the numbers against the PDF before quoting them:
+Equation numbers: NOT verified against the paper. They are InterLUDE's §3 (ICML 2024) as reconstructed from
+its abstract and code; a check was tried, but the search index within reach holds only the heads of
+https://arxiv.org/html/2403.10658v1 and https://openreview.net/forum?id=wilej5VnqL (title, abstract, start of
+§1), not §3, so check the numbers against the PDF before quoting them:
     InterLUDE eq. (1)  L_l = CE(f(x^w), y)
     InterLUDE eq. (2)  L_u = (1/B_u) Σ_j 1[max q_j >= τ] CE(f(u^s_j), argmax q_j), q_j = softmax(f(u^w_j) / T)
     InterLUDE eq. (3)  embedding fusion: h̃_i = (1 - α) h_i + α h_{i+1} in the interleaved order (α = 0.1)
@@ -92,12 +94,12 @@ def step(model, extra, batch_l, batch_u, it, total, cfg):
     x_ls = strong_view(x)                                                            # the labeled strong view
     order, groups = interleave_order(B_l, B_u, x.device)
     _, logits = cls_forward(model, torch.cat([x, x_w, x_ls, x_s]),
-                            mix=lambda h: fuse(h, order, cfg.interlude_alpha))       # eq. (3)
+                            mix=lambda h: fuse(h, order, cfg.interlude_alpha))       # InterLUDE eq. (3)
     lw, uw = logits[:B_l], logits[B_l:B_l + B_u]
     ls, us = logits[B_l + B_u:2 * B_l + B_u], logits[2 * B_l + B_u:]
     L = zero_parts(logits)
     L["seg_l"] = seg
-    L["cls_l"] = cls_supervised_loss(lw, z)                                          # eq. (1)
+    L["cls_l"] = cls_supervised_loss(lw, z)                                          # InterLUDE eq. (1)
     q = (hi(uw.detach()) / cfg.interlude_T).softmax(1)
     conf, pl = q.max(1)
     mask = (conf >= cfg.interlude_tau).to(q.dtype)

@@ -10,10 +10,12 @@ posterior of the low-loss component exceeds 0.7. Trustworthy images join the lab
 cross pseudo-labels; the rest are *uncertain*. Feature adversarial training (FAT) perturbs the pooled features
 (VAT-style power iteration on the classifier head): CE of the perturbed features to the labels for the
 trustworthy set, KL between the clean prediction of one view and the perturbed prediction of the other for the
-uncertain set. The segmentation branch trains as SupOnly's (eq. (1) on the labeled images).
+uncertain set. The segmentation branch trains as SupOnly's (Hermes eq. (1) on the labeled images).
 
-Equation numbers: PEFAT's §3 (CVPR 2023) as reconstructed from its abstract and code; the paper's full text
-could not be read here, so check the numbers against the PDF before quoting them:
+Equation numbers: NOT verified against the paper. They are PEFAT's §3 (CVPR 2023) as reconstructed from its
+abstract and code; a check was tried, but the search index within reach holds only abstract pages (the CVF
+open-access page of the paper, https://cvpr.thecvf.com/virtual/2023/poster/21228), not §3, and the authors'
+code/train.py names no equation numbers, so check the numbers against the PDF before quoting them:
     PEFAT eq. (1)  warm-up: L_w = CE(labeled) + L_nce(f(v1), f(v2)), InfoNCE with cosine / T (T = 0.05)
     PEFAT eq. (2)  pseudo-loss: ℓ_i = ½ (norm CE(f(v2_i), ŷ1_i) + norm CE(f(v1_i), ŷ2_i)),
                    norm = min-max over the batch
@@ -164,8 +166,8 @@ def step(model, extra, batch_l, batch_u, it, total, cfg):
     ce_l = F.cross_entropy(hi(logits[:B_l]), z, reduction="none")                   # (B_l,)
     extra.push(ce_l.detach())
     if not on or warm:
-        L["cls_l"] = ce_l.mean()                                                     # eq. (1): CE part
-        if on:                                                                       # eq. (1): InfoNCE part
+        L["cls_l"] = ce_l.mean()                                                     # PEFAT eq. (1): CE part
+        if on:                                                                   # PEFAT eq. (1): InfoNCE part
             L["cls_c"] = info_nce(f[B_l:B_l + B_u], f[B_l + B_u:], cfg.pefat_nce_temperature)
         return finish(L, cfg)
     if not bool(extra.fitted):                                                       # once, after the warm-up
@@ -174,25 +176,26 @@ def step(model, extra, batch_l, batch_u, it, total, cfg):
         extra.fitted.fill_(True)
     head = model.cls_net.fc
     f1, f2, lg1, lg2 = f[B_l:B_l + B_u], f[B_l + B_u:], logits[B_l:B_l + B_u], logits[B_l + B_u:]
-    ell, y1, y2 = pseudo_loss(lg1, lg2)                                              # eq. (2)
+    ell, y1, y2 = pseudo_loss(lg1, lg2)                                              # PEFAT eq. (2)
     with torch.no_grad():
         p_clean = clean_posterior(ell.to(extra.gmm_mean.dtype), extra.gmm_mean, extra.gmm_var,
                                   extra.gmm_weight)
-    trust = (p_clean > cfg.pefat_trust).to(ce_l.dtype)                               # eq. (3)
+    trust = (p_clean > cfg.pefat_trust).to(ce_l.dtype)                               # PEFAT eq. (3)
     unc = 1.0 - trust
-    # eq. (4): one mean over labeled ∪ trustworthy (view 1 to ŷ2, view 2 to ŷ1)
+    # PEFAT eq. (4): one mean over labeled ∪ trustworthy (view 1 to ŷ2, view 2 to ŷ1)
     ce_t = F.cross_entropy(hi(lg1), y2, reduction="none") + F.cross_entropy(hi(lg2), y1, reduction="none")
     n = B_l + 2 * trust.sum()
     L["cls_l"] = ce_l.sum() / n
     L["cls_u"] = (trust * ce_t).sum() / n
-    # eqs. (5)–(6): FAT on the trustworthy set (labeled + trusted views with their labels)
+    # PEFAT eqs. (5)–(6): FAT on the trustworthy set (labeled + trusted views with their labels)
     feats_t = torch.cat([f[:B_l], f1, f2])
     labels_t = torch.cat([z, y2, y1])
     w_t = torch.cat([trust.new_ones(B_l), trust, trust])
     ce_of = lambda lg: F.cross_entropy(hi(lg), labels_t, reduction="none")
     r_t = adversarial_direction(head, feats_t, ce_of, cfg.pefat_xi, cfg.pefat_eps, cfg.pefat_power_iters)
     fat_t = (w_t * ce_of(head(feats_t + r_t))).sum() / n
-    # eq. (5), (7): FAT on the uncertain set, cross-view KL to the other view's clean prediction
+    # PEFAT eq. (5) with PEFAT eq. (7): FAT on the uncertain set, cross-view KL to the other view's clean
+    # prediction
     p1, p2 = hi(lg1).softmax(1).detach(), hi(lg2).softmax(1).detach()
     tgt = torch.cat([p2, p1])                                                       # view 1 feats -> p2, ...
     kl_of = lambda lg: F.kl_div(F.log_softmax(hi(lg), 1), tgt, reduction="none").sum(1)
@@ -200,6 +203,6 @@ def step(model, extra, batch_l, batch_u, it, total, cfg):
     r_u = adversarial_direction(head, feats_u, kl_of, cfg.pefat_xi, cfg.pefat_eps, cfg.pefat_power_iters)
     w_u = torch.cat([unc, unc])
     fat_u = (w_u * kl_of(head(feats_u + r_u))).sum() / unc.sum().clamp_min(1)      # batchmean over the set
-    L["cls_c"] = cfg.pefat_lambda_fat_t * fat_t + cfg.pefat_lambda_fat_u * fat_u   # eq. (8)
+    L["cls_c"] = cfg.pefat_lambda_fat_t * fat_t + cfg.pefat_lambda_fat_u * fat_u   # PEFAT eq. (8)
     p_w = hi(lg1.detach()).softmax(1)
     return finish(L, cfg, tau=cfg.pefat_trust, img_stats=img_pl_stats(p_w, y1, trust, z_gt, cfg.pefat_trust))

@@ -7,10 +7,12 @@ its confidence reaches τ), plus a loss for the *uncertain* unlabeled images: fo
 shrunk by removing the classes ranked 2nd, 3rd, ... (the "confusion classes") until the top-1 class'
 renormalised confidence reaches τ; an auxiliary head then learns, on the strong view, the top-1 class in that
 shrunk space. That loss is reweighted by the weak view's confidence (principle 1) and by an EMA of the certain
-fraction (principle 2). The segmentation branch trains as SupOnly's (eq. (1) on the labeled images).
+fraction (principle 2). The segmentation branch trains as SupOnly's (Hermes eq. (1) on the labeled images).
 
-Equation numbers: ShrinkMatch's §3 (arXiv 2308.06777) as reconstructed from its abstract and code; the
-paper's full text could not be read here, so check the numbers against the PDF before quoting them:
+Equation numbers: NOT verified against the paper. They are ShrinkMatch's §3 (arXiv 2308.06777) as
+reconstructed from its abstract and code; a check was tried, but the search index within reach holds only the
+head of https://ar5iv.labs.arxiv.org/html/2308.06777 (title, abstract, start of §1), not §3, so check the
+numbers against the PDF before quoting them:
     ShrinkMatch eq. (1)  L_x = CE(f(x), y)
     ShrinkMatch eq. (2)  L_u = (1/B_u) Σ_i 1[max p^w_i >= τ] H(p^w_i, p^s_i)
     ShrinkMatch eq. (3)  shrunk confidence of sample i with classes 2..k-1 removed (sorted p^w, descending):
@@ -82,17 +84,18 @@ def build_extra(model, cfg_dict=None):
 
 
 def shrunk_space(probs, tau):
-    """eq. (3), vectorised: for each row of probs (B,C) (the weak view's probabilities), sorted descending,
-    the first sorted position k in 2..C-1 (0-based) whose tail gives p_(0) / (p_(0) + Σ_{j>=k} p_(j)) >= τ,
-    else C-1. -> (order (B,C) long: the sorting permutation, k (B,) long, reached (B,) bool, conf (B,) the
-    shrunk confidence at k). For C <= 2 there is no such space: k = C, reached False, conf = p_(0)."""
+    """ShrinkMatch eq. (3), vectorised: for each row of probs (B,C) (the weak view's probabilities), sorted
+    descending, the first sorted position k in 2..C-1 (0-based) whose tail gives
+    p_(0) / (p_(0) + Σ_{j>=k} p_(j)) >= τ, else C-1. -> (order (B,C) long: the sorting permutation, k (B,)
+    long, reached (B,) bool, conf (B,) the shrunk confidence at k). For C <= 2 there is no such space: k = C,
+    reached False, conf = p_(0)."""
     B, C = probs.shape
     p, order = probs.sort(1, descending=True)                                        # (B,C)
     if C <= 2:
         return order, torch.full((B,), C, dtype=torch.long, device=probs.device), \
             torch.zeros(B, dtype=torch.bool, device=probs.device), p[:, 0]
     tail = p.flip(1).cumsum(1).flip(1)                                  # tail[:, k] = Σ_{j>=k} p_(j)
-    conf = p[:, :1] / (p[:, :1] + tail[:, 2:])                          # (B,C-2): k = 2..C-1  eq. (3)
+    conf = p[:, :1] / (p[:, :1] + tail[:, 2:])                      # (B,C-2): k = 2..C-1  ShrinkMatch eq. (3)
     ok = conf >= tau
     first = torch.where(ok.any(1), ok.float().argmax(1), torch.full_like(ok[:, 0], C - 3, dtype=torch.long))
     k = first + 2
@@ -100,8 +103,8 @@ def shrunk_space(probs, tau):
 
 
 def shrink_loss(probs_w, logits_aux_s, tau):
-    """eqs. (4)–(5): Σ over uncertain rows (max p^w < τ) of w_i · CE in the shrunk space, divided by B
-    (principle 2's factor is applied by the caller). probs_w (B,C) detached weak probabilities,
+    """ShrinkMatch eqs. (4)–(5): Σ over uncertain rows (max p^w < τ) of w_i · CE in the shrunk space, divided
+    by B (principle 2's factor is applied by the caller). probs_w (B,C) detached weak probabilities,
     logits_aux_s (B,C) the auxiliary head on the strong view
     -> (loss 0-d, uncertain (B,) bool, reached (B,) bool)."""
     B, C = probs_w.shape
@@ -115,8 +118,8 @@ def shrink_loss(probs_w, logits_aux_s, tau):
     pos = torch.arange(C, device=probs_w.device)[None]                               # (1,C)
     keep = (pos == 0) | (pos >= k[:, None])                                           # {top-1} ∪ {k..C-1}
     ce = -F.log_softmax(sorted_logits.masked_fill(~keep, float("-inf")), 1)[:, 0]   # target: the top-1 class
-    w = maxp * reached.float() * uncertain.float()                                    # eq. (5), principle 1
-    return (w * ce).sum() / B, uncertain, reached                                     # eq. (4)
+    w = maxp * reached.float() * uncertain.float()                          # ShrinkMatch eq. (5), principle 1
+    return (w * ce).sum() / B, uncertain, reached                                     # ShrinkMatch eq. (4)
 
 
 def step(model, extra, batch_l, batch_u, it, total, cfg):
@@ -129,7 +132,7 @@ def step(model, extra, batch_l, batch_u, it, total, cfg):
     seg = seg_term(model, x, y)
     f, logits = cls_forward(model, torch.cat([x, x_w, x_s]) if on else x)            # one BN batch
     L = zero_parts(logits)
-    L["seg_l"] = seg                                                                  # eq. (1) of Hermes
+    L["seg_l"] = seg                                                                  # Hermes eq. (1)
     L["cls_l"] = cls_supervised_loss(logits[:B_l], z)                                 # ShrinkMatch eq. (1)
     if not on:
         return finish(L, cfg, tau=cfg.shrinkmatch_tau)
@@ -137,9 +140,9 @@ def step(model, extra, batch_l, batch_u, it, total, cfg):
     lw, ls = logits[B_l:B_l + B_u], logits[B_l + B_u:]
     p_w = hi(lw.detach()).softmax(1)                                              # (B_u,C)
     certain = (p_w.amax(1) >= tau).float()
-    L["cls_u"] = cfg.shrinkmatch_lambda_u * (soft_ce(ls, p_w) * certain).mean()      # eq. (2)
-    l_shrink, _, _ = shrink_loss(p_w, extra.head(f[B_l + B_u:]), tau)                # eqs. (3)–(5)
-    extra.update_ratio(certain.mean(), cfg.shrinkmatch_ratio_momentum)               # eq. (6)
-    L["cls_c"] = cfg.shrinkmatch_lambda_shrink * extra.ratio * l_shrink               # eqs. (6)–(7)
+    L["cls_u"] = cfg.shrinkmatch_lambda_u * (soft_ce(ls, p_w) * certain).mean()      # ShrinkMatch eq. (2)
+    l_shrink, _, _ = shrink_loss(p_w, extra.head(f[B_l + B_u:]), tau)               # ShrinkMatch eqs. (3)–(5)
+    extra.update_ratio(certain.mean(), cfg.shrinkmatch_ratio_momentum)               # ShrinkMatch eq. (6)
+    L["cls_c"] = cfg.shrinkmatch_lambda_shrink * extra.ratio * l_shrink             # ShrinkMatch eqs. (6)–(7)
     pl = p_w.argmax(1)
     return finish(L, cfg, tau=tau, img_stats=img_pl_stats(p_w, pl, certain, z_gt, tau))

@@ -52,15 +52,15 @@ def test_dry_run_commands_parse_with_train_parser(name, tmp_path, capsys):
 def test_runs_match_the_papers_tables_and_share_folders():
     ex = reproduce.EXPERIMENTS
     names = {k: {r.name for r in e.runs()} for k, e in ex.items() if not e.unsupported}
-    # Table 1: SupOnly, CPS, ABD, AD-MT, DCNet, SS-Net, Hermes (DiffRect not built) × 8 columns × 3 seeds
-    assert len(names["table1"]) == 7 * 8 * 3 and len(names["table3"]) == (6 + 4) * 3
+    # Table 1: SupOnly, CPS, ABD, AD-MT, DiffRect, DCNet, SS-Net, Hermes × 8 columns × 3 seeds
+    assert len(names["table1"]) == 8 * 8 * 3 and len(names["table3"]) == (6 + 4) * 3
     assert len(names["table2"]) == 6 * 4 * 3
     both = {"busi-216-suponly-seed0", "sztus-60-hermes-seed2"}
     assert both <= names["table2"] & names["table1"]  # one joint run gives both tables
     assert {"busi-72-abd-seed0", "udiat-20-admt-seed1", "sztus-60-ssnet-seed2", "busi-144-dcnet-seed0"} <= names["table1"]
     assert {"busi-216-pefat-seed0", "sztus-60-shrinkmatch-seed2", "busi-144-interlude-seed1",
             "sztus-120-infomatch-seed0"} <= names["table2"]
-    assert not any("diffrect" in n for n in names["table1"])  # not built: a row with the paper's numbers only
+    assert "udiat-60-diffrect-seed0" in names["table1"]
     assert reproduce.TABLE1[("busi", 72)]["abd"] == (73.93, 0.44) and reproduce.TABLE1[("udiat", 40)]["admt"] == (84.51, 0.56)
     assert reproduce.TABLE2[("busi", 216)]["interlude"] == (92.31, 0.35)
     assert {"busi-72-suponly-seed0", "busi-72-hermes-seed2"} <= names["table1"] & names["table3"]
@@ -334,8 +334,8 @@ def test_slurm_time_limit_warning_saves_and_requeues(tmp_path, capsys):
 
 
 def test_collect_names_each_comparator_row(tmp_path, capsys):
-    """table1 / table2 --collect: a finished comparator run lands in its own row; DiffRect keeps the paper's
-    numbers in a row marked not built."""
+    """table1 / table2 --collect: a finished comparator run lands in its own row, the others show the paper's
+    number beside a dash."""
     out = tmp_path / "runs"
     for name, method, metrics in (("busi-72-abd-seed0", "abd", {"dice_mean": 0.7012, "accuracy": 0.8}),
                                   ("busi-216-pefat-seed1", "pefat", {"dice_mean": 0.5, "accuracy": 0.6543})):
@@ -346,7 +346,7 @@ def test_collect_names_each_comparator_row(tmp_path, capsys):
     t1 = (out / "table1.md").read_text()
     abd_row = next(line for line in t1.splitlines() if line.startswith("| ABD (`--method abd`)"))
     assert abd_row.split("|")[4].strip().startswith("70.12 (1 of 3 seeds)")
-    assert "| DiffRect (not built) | – (paper 85.54 ± 0.41)" in t1
+    assert "| DiffRect (`--method diffrect`) | — (paper 85.54 ± 0.41)" in t1
     assert reproduce.main(["table2", "--out", str(out), "--collect"]) == 0
     pefat_row = next(line for line in (out / "table2.md").read_text().splitlines() if line.startswith("| PEFAT"))
     assert pefat_row.split("|")[2].strip().startswith("65.43 (1 of 3 seeds)")

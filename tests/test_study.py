@@ -20,7 +20,7 @@ from tools import reproduce as R
 
 def test_table1_has_cps_row_with_papers_numbers():
     runs = {r.name for r in R.EXPERIMENTS["table1"].runs()}
-    assert len(runs) == 7 * 8 * 3 and "busi-72-cps-seed2" in runs and "sztus-60-cps-seed0" in runs
+    assert len(runs) == 8 * 8 * 3 and "busi-72-cps-seed2" in runs and "sztus-60-cps-seed0" in runs
     assert R.TABLE1[("busi", 72)]["cps"] == (72.21, 0.61) and R.TABLE1[("sztus", 60)]["cps"] == (74.26, 0.54)
     assert R.method_options(R.method(method="cps", dtcl=False, ias=False, itcl=False)) == [
         "--method", "cps", "--no-dtcl", "--no-ias", "--no-itcl"]

@@ -168,9 +168,6 @@ _T2_ROWS = {
     "hermes": ((94.51, 0.32), (90.20, 0.31), (83.65, 0.28), (81.24, 0.29)),
 }
 TABLE2 = {col: {m: row[j] for m, row in _T2_ROWS.items()} for j, col in enumerate(_T2_COLS)}
-# Comparators the paper's tables have and this code does not (row slug -> why).
-NOT_BUILT = {"diffrect": ("DiffRect", "DiffRect (latent diffusion label rectification) is not built here "
-                                     "(README, Comparators)")}
 # Table 3 (BUSI, 72 labels): index -> (DTCL, SM/ITA, ITCL, SS Dice, SC Acc, joint Dice, joint Acc); "-" = None.
 TABLE3 = {
     1: (False, False, False, 71.79, 81.08, 71.84, 81.17),
@@ -240,8 +237,7 @@ class Experiment:
 
 
 def _comparator_rows(slugs, table, metric):
-    """[title, Cell ...] rows of Table 1 or 2: SupOnly, the comparators in the paper's order, Hermes. A comparator
-    not built here keeps its row, with the paper's number and no runs."""
+    """[title, Cell ...] rows of Table 1 or 2: SupOnly, the comparators in the paper's order, Hermes."""
     rows = []
     for slug in slugs:
         if slug == "suponly":
@@ -249,11 +245,7 @@ def _comparator_rows(slugs, table, metric):
         elif slug == "hermes":
             title, m = "Hermes", method(**HERMES)
         else:
-            title, m = f"{config.METHODS.get(slug, slug)} (`--method {slug}`)", method(method=slug, **CPS_SWITCHES)
-        if slug in NOT_BUILT:
-            rows.append([f"{NOT_BUILT[slug][0]} (not built)"] + [
-                "– (paper {:.2f} ± {:.2f})".format(*table[col][slug]) for col in table])
-            continue
+            title, m = f"{config.METHODS[slug]} (`--method {slug}`)", method(method=slug, **CPS_SWITCHES)
         rows.append([title] + [Cell(d, n, m, metric, table[(d, n)][slug]) for d, n in table])
     return rows
 
@@ -263,7 +255,7 @@ def _table1(_):
     return Table(header, _comparator_rows(_T1_ROWS, TABLE1, "dice_mean"), (
         "Dice of the final checkpoint on the evaluation split (Table 1). The comparators (comparators/, "
         "README: Comparators) train their segmentation U-Net(s) by their own method and the classification "
-        "branch as SupOnly's; CPS is the paper's row CPS[4].", NOT_BUILT["diffrect"][1] + "."))
+        "branch as SupOnly's; CPS is the paper's row CPS[4]; DiffRect's rectifier is scaled down (comparators/diffrect.py).",))
 
 
 def _table2(_):

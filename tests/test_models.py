@@ -334,3 +334,24 @@ def test_residual_ita_adds_the_input():
     torch.testing.assert_close(out_r, x_cls + out_p)                               # x_cls + M_s ⊗ M_c ⊗ x_cls
     with pytest.raises(ValueError, match="ita_form"):
         HermesNet(seg_encoder="resnet18", ita_form="gated")
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_a_closed_spatial_gate_kills_the_papers_ita_and_not_the_residual_form(residual):
+    """docs/classifier-study.md: a spatial gate saturated at 0 (M_s ≈ 0 at every pixel, seen in a collapsed run)
+    zeroes eq. (5)'s x_out and every gradient through it, the gate's own included, so it cannot reopen;
+    x_cls + M_s M_c x_cls (--ita-form residual) passes the features and their gradient unchanged."""
+    torch.manual_seed(0)
+    ita = InterTaskAttention(8, 4, residual=residual)
+    with torch.no_grad():
+        ita.W_s.bias.fill_(-60.0)
+    x = torch.rand(2, 8, 5, 5, requires_grad=True)                      # post-ReLU features: nonnegative
+    out, _, m_s = ita(x, torch.randn(2, 4, 5, 5))
+    assert float(m_s.max()) < 1e-20
+    out.sum().backward()
+    if residual:
+        torch.testing.assert_close(out, x.detach(), atol=1e-6, rtol=0)
+        torch.testing.assert_close(x.grad, torch.ones_like(x), atol=1e-6, rtol=0)
+    else:
+        assert float(out.abs().max()) < 1e-18 and float(x.grad.abs().max()) < 1e-18
+        assert float(ita.W_s.weight.grad.abs().max()) < 1e-18 and float(ita.W_s.bias.grad.abs().max()) < 1e-18

@@ -594,3 +594,22 @@ def test_grade_from_a_roster(tmp_path, capsys):
     assert any("made for fig1, graded as ablation" in w for w in out["grades"][1]["warnings"])
     assert set(out["summary"]) == {"fig1", "ablation"}
     assert len(list(csv.DictReader(open(tmp_path / "g.csv")))) == sum(len(ASSIGNMENTS[n].checks) for n in ("fig1", "ablation"))
+
+
+def test_the_task_commands_give_the_settings_the_grader_checks():
+    """Each training command of the experiment assignments' TASK.md, resolved by train.py as the student's run
+    is, has every setting check_config demands (the from-scratch default recipe once failed them all)."""
+    import shlex
+    import train
+    from tools.course import experiments
+    for name in ("fig1", "ablation"):
+        with open(os.path.join(ROOT, "tools", "course", "assignments", name, "TASK.md")) as f:
+            cmds = [line.split("#")[0].strip() for line in f if line.strip().startswith("python train.py")]
+        assert cmds, name
+        for cmd in cmds:
+            argv = shlex.split(cmd)[2:]
+            args = train.resolve(train.build_parser().parse_args(argv), train.given_on_command_line(argv),
+                                 say=lambda _: None)
+            want = dict(experiments.EXP_CONFIG, **experiments.PAPER_SWITCHES)
+            got = {k: getattr(args, k) for k in want}
+            assert got == want, (cmd, {k: (got[k], v) for k, v in want.items() if got[k] != v})

@@ -385,7 +385,8 @@ class Settings(HermesConfig):
     recipe: str = setting("auto", "how to train: paper = §4.1's fine-tuning settings; scratch = the "
                                   "from-scratch "
                           "recipe (RECIPES: per-branch lrs, burn-in a quarter of the steps, separate "
-                          "BatchNorm for unlabeled passes; docs/gain-study.md); auto = scratch when both "
+                          "BatchNorm for unlabeled passes, residual inter-task attention; docs/gain-study.md, "
+                          "docs/classifier-study.md); auto = scratch when both "
                           "encoders start from random weights (no --pretrained, no --init*), else paper. "
                           "Options given on the command line win over the recipe's", group=COMMON,
                           missing="paper", choices=["auto", "paper", "scratch"])
@@ -493,10 +494,13 @@ SETTINGS = {f.name: f for f in fields(Settings)}
 # The two ways to train (README: Training). paper: §4.1 as written (every setting's own default). scratch: the
 # from-scratch recipe of docs/gain-study.md (BUSI-72, 64 px, 2,000 steps, 3 seeds: +6.3 Dice for SupOnly,
 # +11.7 for Hermes over the paper's settings; with separate BatchNorm Hermes +1.8 over SupOnly with the
-# recipe); "quarter" = a quarter of --iters. Applied to every method alike (SupOnly, CPS, comparators,
-# Hermes).
+# recipe) and docs/classifier-study.md (residual inter-task attention: with eq. (5)'s product a spatial gate
+# closed at 0 cut the classifier off its own features in 1 of 3 seeds, which then ended predicting one class);
+# "quarter" = a quarter of --iters. Applied to every method alike (SupOnly, CPS, comparators, Hermes; only
+# Hermes has inter-task attention).
 RECIPES = {"paper": {},
-           "scratch": {"lr_seg": 1e-3, "lr_cls": 1e-2, "burn_in": "quarter", "unlabeled_bn": "separate"}}
+           "scratch": {"lr_seg": 1e-3, "lr_cls": 1e-2, "burn_in": "quarter", "unlabeled_bn": "separate",
+                       "ita_form": "residual"}}
 
 
 def resolve_recipe(args, given):

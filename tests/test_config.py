@@ -103,10 +103,12 @@ def _resolved(*argv):
 
 def test_recipe_auto_is_scratch_from_random_weights_and_paper_from_pretrained(capsys):
     a = _resolved("--iters", "2000")
-    assert (a.recipe, a.lr_seg, a.lr_cls, a.burn_in, a.unlabeled_bn) == ("scratch", 1e-3, 1e-2, 500, "separate")
+    assert (a.recipe, a.lr_seg, a.lr_cls, a.burn_in, a.unlabeled_bn, a.ita_form) == (
+        "scratch", 1e-3, 1e-2, 500, "separate", "residual")
     assert "recipe scratch (both encoders start from random weights)" in capsys.readouterr().out
     p = _resolved("--iters", "2000", "--pretrained")
-    assert (p.recipe, p.lr_seg, p.lr_cls, p.burn_in, p.unlabeled_bn) == ("paper", 1e-4, 1e-4, 0, "shared")
+    assert (p.recipe, p.lr_seg, p.lr_cls, p.burn_in, p.unlabeled_bn, p.ita_form) == (
+        "paper", 1e-4, 1e-4, 0, "shared", "paper")
     assert _resolved("--init", "x.pt").recipe == "paper"
     forced = _resolved("--recipe", "paper")
     assert (forced.lr_seg, forced.burn_in, forced.unlabeled_bn) == (1e-4, 0, "shared")

@@ -613,3 +613,18 @@ def test_the_task_commands_give_the_settings_the_grader_checks():
             want = dict(experiments.EXP_CONFIG, **experiments.PAPER_SWITCHES)
             got = {k: getattr(args, k) for k in want}
             assert got == want, (cmd, {k: (got[k], v) for k, v in want.items() if got[k] != v})
+
+
+def test_a_virtual_environment_in_the_checkout_is_not_copied(tmp_path):
+    """project_files: a venv made inside the checkout (untracked, not ignored) stays out of every student copy
+    (a fresh-clone run with .venv/ inside copied 5.5 GB per pristine copy and filled the disk)."""
+    from tools.course import handout
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    (tmp_path / "train.py").write_text("x = 1\n")
+    for venv in (".venv", "envs/py311"):
+        (tmp_path / venv / "lib").mkdir(parents=True)
+        (tmp_path / venv / "pyvenv.cfg").write_text("home = /usr/bin\n")
+        (tmp_path / venv / "lib" / "site.py").write_text("y = 2\n")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "site.py").write_text("z = 3\n")
+    assert handout.project_files(str(tmp_path)) == ["notes/site.py", "train.py"]

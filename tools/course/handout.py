@@ -32,6 +32,9 @@ def project_files(root=ROOT):
             files += [os.path.relpath(os.path.join(d, n), root).replace(os.sep, "/") for n in names
                       if not n.startswith(".") and not n.endswith(".pyc")]
     teacher = lambda f: f in TEACHER_FILES or f.startswith("tests/test_course")
+    # a virtual environment inside the checkout (python -m venv .venv) is no project file: gigabytes per copy
+    venvs = tuple(f[:-len("pyvenv.cfg")] for f in files if f.endswith("/pyvenv.cfg"))
+    files = [f for f in files if not f.startswith(venvs)] if venvs else files
     return sorted(f for f in set(files) if not teacher(f) and not f.startswith(NOT_COPIED)
                   and "/__pycache__/" not in f and os.path.isfile(os.path.join(root, f)))
 

@@ -177,3 +177,14 @@ def test_pseudo_label_groups_kept_vs_all_band_by_hand(tmp_path, capsys):
     assert "| CPS | 90.00 | 90.00 | 0.00 | 100.00 |" in res["text"]
     with Image.open(out) as im:
         assert im.size == (1000, 600) and len(im.getcolors(1 << 20)) > 10
+
+
+def test_other_methods_settings_never_split_a_row():
+    """A Hermes run whose config.json has a comparator's settings (written by newer code, e.g. on --resume) and
+    one without them are one row; a comparator's own setting still splits its runs."""
+    old = {"method": "hermes", "seed": 0, "lr": 1e-4}
+    new = dict(old, seed=1, diffrect_width=8, abd_grid=4)
+    assert T.signature(old) == T.signature(new)
+    assert list(T.split_rows({"Hermes": [old, new]}, key_of=lambda c: c)) == ["Hermes"]
+    a, b = {"method": "abd", "seed": 0, "abd_grid": 4}, {"method": "abd", "seed": 1, "abd_grid": 8}
+    assert list(T.split_rows({"ABD": [a, b]}, key_of=lambda c: c)) == ["ABD [abd_grid 4]", "ABD [abd_grid 8]"]

@@ -97,7 +97,10 @@ def signature(cfg):
         if full.get(k) is None:
             full[k] = full.get("lr")
     skip = config.NEUTRAL_KEYS | config.PER_RUN
-    return {k: v for k, v in full.items() if k not in skip}
+    method = full.get("method", "hermes")
+    # a comparator's own settings act only in that comparator's runs (and older runs lack newer ones)
+    other = {k for k, f in config.SETTINGS.items() if f.metadata["comparator"] not in (None, method)}
+    return {k: v for k, v in full.items() if k not in skip and k not in other}
 
 
 def _same(values):

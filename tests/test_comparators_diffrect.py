@@ -4,7 +4,6 @@ sampling) against naive loops, each network trained only by its own terms, a 2-s
 cps_step's statistics, a state_dict round trip that gives the identical next step, and the burn-in."""
 import copy
 import math
-import types
 
 import pytest
 import torch
@@ -14,26 +13,14 @@ import hermes
 from comparators import common
 from comparators import diffrect as dr
 from models import HermesNet
+from tests.test_comparators_seg import _batches, _cfg as _seg_cfg  # the shared tiny inputs
 
 S, B = 32, 2
 F64 = torch.float64
 
 
 def _cfg(**kw):
-    base = {name: default for name, default, *_ in dr.SETTINGS}
-    base.update(lambda_seg=0.5, lambda_cls=1.0, burn_in=0, eta_max=0.75, eta_min=0.25)
-    base.update(kw)
-    return types.SimpleNamespace(**base)
-
-
-def _batches(seed):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(B, 3, S, S, generator=g)
-    y = (torch.rand(B, S, S, generator=g) > 0.6).long()
-    x_w = torch.randn(B, 3, S, S, generator=g)
-    y_gt = (torch.rand(B, S, S, generator=g) > 0.6).long()
-    return (x, y, torch.tensor([0, 1])), (x_w, x_w + 0.2 * torch.randn(B, 3, S, S, generator=g), y_gt,
-                                          torch.tensor([1, 0]))
+    return _seg_cfg(dr, **kw)
 
 
 def _probs(lesion):

@@ -7,10 +7,8 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import hermes
-from comparators import common
 from comparators import diffrect as dr
 from models import HermesNet
 from tests.test_comparators_seg import _batches, _cfg as _seg_cfg  # the shared tiny inputs

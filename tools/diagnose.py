@@ -114,12 +114,13 @@ def main(argv=None):
     batches = augment.DeviceBatches(ds, idx_l, idx_u, cfg["batch_size"], cfg["seed"])
     if args.ita:
         stages = [ita_gain(model, batches(it + i)[0][0]) for i in range(args.batches)]
-        mean = [{k: sum(s[j][k] for s in stages) / len(stages) for k in stages[0][j]} for j in range(len(stages[0]))]
+        mean = [{"stage": r["stage"], **{k: sum(s[j][k] for s in stages) / len(stages) for k in ("M_c", "M_s", "gain")}}
+                for j, r in enumerate(stages[0])]
         print(f"{args.run} (step {it}, ita_form {cfg.get('ita_form', 'paper')}): inter-task attention on the "
               f"classification features, mean of {len(stages)} labeled batches")
         print("| after ResNet stage | mean M_c | mean M_s | ‖x_out‖ / ‖x_cls‖ |\n|---|---|---|---|")
         for r in mean:
-            print(f"| layer{r['stage']:.0f} | {r['M_c']:.3f} | {r['M_s']:.3f} | {r['gain']:.3f} |")
+            print(f"| layer{r['stage']} | {r['M_c']:.3f} | {r['M_s']:.3f} | {r['gain']:.3f} |")
         if args.out:
             cli.write_json_atomic({"run": args.run, "step": it, "ita": mean}, args.out)
         return mean

@@ -17,12 +17,22 @@ from PIL import Image
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def cli(script, *args, cwd, env=None):
-    """Run `python script args` from `cwd` as a user would (one thread, no debug unless env says so)."""
+def clis(*calls, cwd, env=None):
+    """Run each `(script, *args)` of calls as `python script args` from `cwd` as a user would (one thread, no debug
+    unless env says so), side by side: each pays a torch import (~4 s of CPU), which two cores halve."""
     e = {k: v for k, v in os.environ.items() if k != "HERMES_DEBUG"}
     e.update(OMP_NUM_THREADS="1", PYTHONWARNINGS="default", **(env or {}))
-    return subprocess.run([sys.executable, os.path.join(REPO, script), *map(str, args)], cwd=cwd, env=e,
-                          capture_output=True, text=True, timeout=300)
+    procs = [subprocess.Popen([sys.executable, os.path.join(REPO, script), *map(str, args)], cwd=cwd, env=e,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for script, *args in calls]
+    done = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        done.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    return done
+
+
+def cli(script, *args, cwd, env=None):
+    return clis((script, *args), cwd=cwd, env=env)[0]
 
 
 def snapshot(folder):
@@ -174,42 +184,45 @@ def test_train_resume_without_checkpoint_touches_nothing(tmp_path):
 
 
 def test_train_truncated_checkpoint_out_file_and_debug(tmp_path):
-    run = fake_run(tmp_path / "run")
+    run, again = fake_run(tmp_path / "run"), fake_run(tmp_path / "again")   # two folders: one writer each
     (tmp_path / "notes.txt").write_text("mine")
     before = snapshot(tmp_path)
-    assert_clean_error(cli("train.py", "--resume", "--out", run, cwd=tmp_path), str(run / "checkpoint.pt"),
-                       "without --resume")
-    assert_clean_error(cli("train.py", "--out", tmp_path / "notes.txt", cwd=tmp_path), "notes.txt", "is a file")
-    r = cli("train.py", "--resume", "--out", run, cwd=tmp_path, env={"HERMES_DEBUG": "1"})
-    assert r.returncode != 0 and "Traceback" in r.stderr
+    truncated, is_file, debug = clis(("train.py", "--resume", "--out", run), ("train.py", "--out", tmp_path / "notes.txt"),
+                                     ("train.py", "--resume", "--out", again, "--debug"), cwd=tmp_path)
+    assert_clean_error(truncated, str(run / "checkpoint.pt"), "without --resume")
+    assert_clean_error(is_file, "notes.txt", "is a file")
+    assert debug.returncode != 0 and "Traceback" in debug.stderr
     assert snapshot(tmp_path) == before
 
 
 def test_evaluate_and_bench_errors(tmp_path):
     run = fake_run(tmp_path / "run")
     before = snapshot(tmp_path)
-    assert_clean_error(cli("evaluate.py", run, cwd=tmp_path), str(run / "checkpoint.pt"))
-    assert_clean_error(cli("evaluate.py", tmp_path / "nowhere", cwd=tmp_path), "nowhere")
-    assert_clean_error(cli("tools/bench.py", "--dataset", "busi", "--data-root", tmp_path / "nowhere", cwd=tmp_path),
-                       "nowhere")
+    truncated, nowhere, bench = clis(("evaluate.py", run), ("evaluate.py", tmp_path / "nowhere"),
+                                     ("tools/bench.py", "--dataset", "busi", "--data-root", tmp_path / "nowhere"),
+                                     cwd=tmp_path)
+    assert_clean_error(truncated, str(run / "checkpoint.pt"))
+    assert_clean_error(nowhere, "nowhere")
+    assert_clean_error(bench, "nowhere")
     assert snapshot(tmp_path) == before
 
 
 def test_first_errors_name_the_fix_in_one_line(tmp_path):
-    for name in ("UDIAT", "ddti"):
-        r = cli("train.py", "--dataset", name, cwd=tmp_path)
+    (tmp_path / "UDIAT" / "BUS" / "original").mkdir(parents=True)        # a --data-root one level too high
+    (tmp_path / "UDIAT" / "BUS" / "DatasetB.xlsx").write_bytes(b"")
+    (tmp_path / "BUSI" / "benign").mkdir(parents=True)                    # ... and one level too low
+    (tmp_path / "BUSI" / "malignant").mkdir()
+    *names, high, low = clis(
+        ("train.py", "--dataset", "UDIAT"), ("train.py", "--dataset", "ddti"),
+        ("train.py", "--dataset", "udiat", "--data-root", tmp_path / "UDIAT", "--no-pretrained"),
+        ("tools/bench.py", "--dataset", "busi", "--data-root", tmp_path / "BUSI" / "benign"), cwd=tmp_path)
+    for name, r in zip(("UDIAT", "ddti"), names):
         assert_clean_error(r, f"--dataset {name}", "demo, busi, udiat, sztus, folder", "--dataset folder")
         assert len(r.stderr.strip().splitlines()) == 1 and "usage" not in r.stderr
         assert ("did you mean udiat" in r.stderr) == (name == "UDIAT")
-    (tmp_path / "UDIAT" / "BUS" / "original").mkdir(parents=True)        # a --data-root one level too high
-    (tmp_path / "UDIAT" / "BUS" / "DatasetB.xlsx").write_bytes(b"")
-    r = cli("train.py", "--dataset", "udiat", "--data-root", tmp_path / "UDIAT", "--no-pretrained", cwd=tmp_path)
-    assert_clean_error(r, "DatasetB.xlsx", f"--data-root {tmp_path / 'UDIAT' / 'BUS'}")
-    (tmp_path / "BUSI" / "benign").mkdir(parents=True)                    # ... and one level too low
-    (tmp_path / "BUSI" / "malignant").mkdir()
-    r = cli("tools/bench.py", "--dataset", "busi", "--data-root", tmp_path / "BUSI" / "benign", cwd=tmp_path)
-    assert_clean_error(r, "benign and malignant", f"--data-root {tmp_path / 'BUSI'}")
-    assert "(" + "'" not in r.stderr                                       # no Python tuple
+    assert_clean_error(high, "DatasetB.xlsx", f"--data-root {tmp_path / 'UDIAT' / 'BUS'}")
+    assert_clean_error(low, "benign and malignant", f"--data-root {tmp_path / 'BUSI'}")
+    assert "(" + "'" not in low.stderr                                       # no Python tuple
 
 
 def test_offline_pretrained_names_every_file(monkeypatch):

@@ -104,7 +104,7 @@ def test_second_signal_aborts_at_once_and_the_folder_is_no_trap(tmp_path):
     assert len(aside) == 1 and snapshot(str(tmp_path / aside[0])) == before
 
 
-def test_killed_before_any_checkpoint_then_started_again(tmp_path):
+def test_killed_before_any_checkpoint_then_started_again(tmp_path, capsys):
     """SIGKILL (no handler runs): the same command again starts afresh, the partial files kept aside."""
     out = str(tmp_path / "run")
     child = Child(*LONG, "--out", out)
@@ -112,10 +112,11 @@ def test_killed_before_any_checkpoint_then_started_again(tmp_path):
     child.p.kill()
     child.finish()
     assert not os.path.exists(os.path.join(out, "checkpoint.pt"))
-    child = Child(*TINY, "--iters", "2", "--out", out)
-    rc, stdout, stderr = child.finish()
-    assert rc == 0, stderr
-    assert "moved it to" in stdout and os.path.isfile(os.path.join(out, "metrics.json"))
+    before = snapshot(out)
+    assert train.train(TINY + ["--iters", "2", "--out", out])["iter"] == 2     # in this process: no second import
+    assert "moved it to" in capsys.readouterr().out and os.path.isfile(os.path.join(out, "metrics.json"))
+    aside = [f for f in os.listdir(tmp_path) if f.startswith("run.incomplete-")]
+    assert len(aside) == 1 and snapshot(str(tmp_path / aside[0])) == before
 
 
 def test_resume_of_a_finished_run_changes_nothing(tmp_path, capsys):

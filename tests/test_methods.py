@@ -10,7 +10,7 @@ import config
 import train
 from tools import tables
 
-TINY = ["--dataset", "demo", "--demo-size", "40", "--image-size", "64", "--labels", "4", "--batch-size", "2",
+TINY = ["--dataset", "demo", "--demo-size", "40", "--image-size", "32", "--labels", "4", "--batch-size", "2",
         "--seg-encoder", "resnet18", "--log-every", "1", "--iters", "3", "--eval-every", "3"]
 
 

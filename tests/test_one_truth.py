@@ -18,7 +18,7 @@ from tests.test_data import fake_set, make_busi, make_sztus, make_udiat
 from tools import tables
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--demo-size", "40", "--image-size", "64", "--labels", "4", "--batch-size", "2", "--seg-encoder",
+TINY = ["--demo-size", "40", "--image-size", "32", "--labels", "4", "--batch-size", "2", "--seg-encoder",
         "resnet18", "--n-anchors", "16", "--pixel-bank-size", "64", "--image-bank-size", "8", "--log-every", "1"]
 
 

@@ -234,7 +234,7 @@ def test_sweep_skips_resumes_restarts_and_reports_failures(tmp_path, fake_train,
     assert len(fake_train()) == 4
 
 
-TINY = ["--demo-size", "80", "--iters", "2", "--eval-every", "2", "--batch-size", "2", "--seg-encoder", "resnet18",
+TINY = ["--demo-size", "80", "--iters", "2", "--image-size", "32", "--eval-every", "2", "--batch-size", "2", "--seg-encoder", "resnet18",
         "--n-anchors", "16", "--pixel-bank-size", "64", "--image-bank-size", "8", "--log-every", "1"]
 
 

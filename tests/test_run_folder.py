@@ -18,7 +18,7 @@ from test_cli import snapshot
 
 # The run machinery is tested with the paper's settings (cheaper steps than the scratch recipe's separate
 # BatchNorm passes); the default recipe has its own tests (test_config, test_methods, test_one_truth).
-TINY = ["--dataset", "demo", "--demo-size", "40", "--image-size", "64", "--labels", "4", "--batch-size", "2",
+TINY = ["--dataset", "demo", "--demo-size", "40", "--image-size", "32", "--labels", "4", "--batch-size", "2",
         "--seg-encoder", "resnet18", "--n-anchors", "16", "--pixel-bank-size", "64", "--image-bank-size", "8",
         "--log-every", "1",
         "--recipe", "paper"]

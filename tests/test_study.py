@@ -72,7 +72,7 @@ def make_busi(root, n=60, size=64):
 def test_tiny_real_study_writes_table_and_figures(tmp_path, capsys):
     make_busi(tmp_path / "busi")
     out = str(tmp_path / "s")
-    tiny = ["--iters", "2", "--eval-every", "1", "--image-size", "64", "--batch-size", "2", "--seg-encoder",
+    tiny = ["--iters", "2", "--eval-every", "1", "--image-size", "32", "--batch-size", "2", "--seg-encoder",
             "resnet18", "--n-anchors", "16", "--pixel-bank-size", "64", "--image-bank-size", "8", "--log-every", "1"]
     argv = ["study", "--out", out, "--data-root", f"busi={tmp_path / 'busi'}", "--seeds", "0", "--groups", "suponly", "cps", "hermes-recipe",
             "--recipe", "--lr-seg 1e-3 --burn-in 1", "--jobs", "2", *tiny]

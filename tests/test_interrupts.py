@@ -59,21 +59,24 @@ def ckpt_iter(out):
     return torch.load(os.path.join(out, "checkpoint.pt"), weights_only=True)["iter"]
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_saves_the_step_and_names_the_command(tmp_path, sig):
-    out = str(tmp_path / "run")
-    child = Child(*LONG, "--out", out)
-    child.wait_for("more steps at ~")          # the expected-time line, after 3 measured steps
-    child.p.send_signal(sig)
-    rc, stdout, stderr = child.finish()
-    assert rc == 128 + sig, (rc, stdout, stderr)
-    last = stdout.strip().splitlines()[-1]
-    assert f"stopped by {signal.Signals(sig).name} at step " in last and "--resume" in last and out in last
-    step = int(last.split(" at step ")[1].split("/")[0])
-    assert step >= 3 and ckpt_iter(out) == step
-    assert "step 1/200  loss " in stdout and "s/step  ETA " in stdout       # progress lines: output not a terminal
-    assert "more steps at ~" in stdout and "on cpu" in stdout
-    assert not [f for f in os.listdir(out) if ".tmp" in f]
+def test_signals_save_the_step_and_name_the_command(tmp_path):
+    """SIGINT to one run, SIGTERM to another (side by side: each child pays a torch import)."""
+    sigs = (signal.SIGINT, signal.SIGTERM)
+    outs = [str(tmp_path / f"run-{signal.Signals(sig).name}") for sig in sigs]
+    children = [Child(*LONG, "--out", out) for out in outs]
+    for child, sig in zip(children, sigs):
+        child.wait_for("more steps at ~")          # the expected-time line, after 3 measured steps
+        child.p.send_signal(sig)
+    for child, sig, out in zip(children, sigs, outs):
+        rc, stdout, stderr = child.finish()
+        assert rc == 128 + sig, (rc, stdout, stderr)
+        last = stdout.strip().splitlines()[-1]
+        assert f"stopped by {signal.Signals(sig).name} at step " in last and "--resume" in last and out in last
+        step = int(last.split(" at step ")[1].split("/")[0])
+        assert step >= 3 and ckpt_iter(out) == step
+        assert "step 1/200  loss " in stdout and "s/step  ETA " in stdout       # progress lines: not a terminal
+        assert "more steps at ~" in stdout and "on cpu" in stdout
+        assert not [f for f in os.listdir(out) if ".tmp" in f]
     # the printed command continues the run (here stopped again one step later by the hidden --stop-after)
     command = last.split("continue with: ")[1].split()
     assert command[-3:] == ["--out", out, "--resume"]

@@ -32,9 +32,11 @@ def test_a_second_writer_is_refused_while_the_first_lives_new_and_resume(tmp_pat
     holder = subprocess.Popen([sys.executable, "-c", HOLD, out], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        for extra in ([], ["--resume"]):
-            r = subprocess.run([sys.executable, "train.py", *TINY, "--iters", "2", "--out", out, *extra], cwd=ROOT,
-                               capture_output=True, text=True, timeout=120)
+        both = [subprocess.Popen([sys.executable, "train.py", *TINY, "--iters", "2", "--out", out, *extra], cwd=ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for extra in ([], ["--resume"])]                     # side by side: each pays a torch import
+        for p in both:
+            r = subprocess.CompletedProcess(p.args, p.wait(timeout=120), *p.communicate())
             assert r.returncode != 0
             assert f"PID {holder.pid}" in r.stderr and "another train.py" in r.stderr, r.stderr
             assert not os.path.exists(out)   # nothing written

@@ -301,12 +301,14 @@ def write_slurm(tmp_path, capsys, name, *options):
 def test_slurm_script_runs_two_tasks_under_a_fake_scheduler(tmp_path, capsys):
     out, script = write_slurm(tmp_path, capsys, "sweep", *TINY)
     runs = reproduce.EXPERIMENTS["demo"].runs()
-    for task in (0, 2):
-        p = slurm_task(script, task, tmp_path)
+    tasks = {task: slurm_task(script, task, tmp_path) for task in (0, 2)}     # side by side, as an array runs
+    for task, p in tasks.items():
         assert p.wait(timeout=900) == 0, p.stdout.read()
         m = json.load(open(out / runs[task].name / "metrics.json"))
         assert m["iter"] == 2
-        assert "finished already" in slurm_task(script, task, tmp_path).communicate(timeout=300)[0]
+    again = {task: slurm_task(script, task, tmp_path) for task in tasks}
+    for task, p in again.items():
+        assert "finished already" in p.communicate(timeout=300)[0], task
     assert not (tmp_path / "scontrol.calls").exists()
 
 

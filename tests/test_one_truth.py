@@ -13,7 +13,7 @@ import cli
 import data
 import runner
 import train
-from tests.test_cli import make_folder_set
+from tests.test_cli import clis, make_folder_set
 from tests.test_data import fake_set, make_busi, make_sztus, make_udiat
 from tools import tables
 
@@ -32,11 +32,8 @@ def test_a_second_writer_is_refused_while_the_first_lives_new_and_resume(tmp_pat
     holder = subprocess.Popen([sys.executable, "-c", HOLD, out], cwd=ROOT, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        both = [subprocess.Popen([sys.executable, "train.py", *TINY, "--iters", "2", "--out", out, *extra], cwd=ROOT,
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                for extra in ([], ["--resume"])]                     # side by side: each pays a torch import
-        for p in both:
-            r = subprocess.CompletedProcess(p.args, p.wait(timeout=120), *p.communicate())
+        for r in clis(*[("train.py", *TINY, "--iters", "2", "--out", out, *extra) for extra in ([], ["--resume"])],
+                      cwd=ROOT):                                     # side by side: each pays a torch import
             assert r.returncode != 0
             assert f"PID {holder.pid}" in r.stderr and "another train.py" in r.stderr, r.stderr
             assert not os.path.exists(out)   # nothing written

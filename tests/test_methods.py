@@ -14,33 +14,25 @@ TINY = ["--dataset", "demo", "--demo-size", "40", "--image-size", "32", "--label
         "--seg-encoder", "resnet18", "--log-every", "1", "--iters", "3", "--eval-every", "3"]
 
 
-def _log(d):
-    """log.csv's rows without the wall-clock column."""
-    return [{k: v for k, v in r.items() if k != "sec_per_step"} for r in csv.DictReader(
-        open(os.path.join(d, "log.csv")))]
-
-
 @pytest.mark.parametrize("method", [m for m in config.METHODS if m != "cps"])
-def test_method_trains_three_steps_resumes_exactly_and_is_named(tmp_path, method):
-    """3 steps with finite losses; the same 3 steps stopped after step 1 and resumed log the same rows (the
-    comparators' extra networks, memories, EMAs and queues are in the checkpoint); named by the summary."""
-    out, part = str(tmp_path / method), str(tmp_path / "part")
-    args = TINY + ["--method", method] + (["--admt-threshold", "0"] if method == "admt" else [])
-    train.train(args + ["--out", out])
-    rows = [r for r in _log(out) if r["kind"] == "train"]
+def test_method_trains_three_steps_and_is_named(tmp_path, method):
+    out = str(tmp_path / method)
+    extra = ["--admt-threshold", "0"] if method == "admt" else []
+    train.train(TINY + ["--method", method, "--out", out, *extra])
+    rows = [r for r in csv.DictReader(open(os.path.join(out, "log.csv"))) if r["kind"] == "train"]
     assert len(rows) == 3 and all(math.isfinite(float(r["loss"])) for r in rows)
     md = tables.summary_markdown([out])
     assert f"| {config.METHODS[method]} (scratch recipe) |" in md
-    if method != "hermes":                         # Hermes: across the burn-in, below
-        train.train(args + ["--out", part, "--stop-after", "1"])
-        train.train(args + ["--out", part, "--resume"])
-        assert _log(out) == _log(part)
 
 
-def test_hermes_resumes_exactly_across_the_burn_in(tmp_path):
+@pytest.mark.parametrize("method", ["hermes", "admt", "pefat"])   # the default (scratch) recipe
+def test_comparator_resumes_exactly(tmp_path, method):
     full, part = str(tmp_path / "full"), str(tmp_path / "part")
-    args = TINY + ["--iters", "6", "--eval-every", "6", "--burn-in", "2"]     # the default (scratch) recipe
+    extra = ["--iters", "6", "--eval-every", "6", "--burn-in", "2"] if method == "hermes" else []  # across burn-in
+    args = TINY + ["--method", method, *extra]
     train.train(args + ["--out", full])
     train.train(args + ["--out", part, "--stop-after", "1"])
     train.train(args + ["--out", part, "--resume"])
-    assert _log(full) == _log(part)
+    read = lambda d: [{k: v for k, v in r.items() if k != "sec_per_step"} for r in csv.DictReader(
+        open(os.path.join(d, "log.csv")))]
+    assert read(full) == read(part)

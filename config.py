@@ -129,6 +129,9 @@ class HermesConfig:
                                   choices=["dice", "ce", "dice+ce"])
     unsup_weight: float = setting(1.0, "factor on L^u_seg and L^u_cls (the authors' code: 0.1)", group=EXTRA,
                                   note="unlabeled ×{:g}", tag="uw")
+    unsup_weight_cls: float = setting(None, "factor on L^u_cls alone, default --unsup-weight "
+                                      "(docs/classifier-study.md)", group=EXTRA, type=float, missing=None,
+                                      note="L^u_cls ×{:g}", tag="uwc")
     contrast_warmup: int = setting(0, "steps before the contrastive terms count (the authors' code: 10 "
                                       "epochs)",
                                    group=EXTRA, note="contrast warm-up {}", tag="cwarm")

@@ -456,13 +456,15 @@ def eq15_coefficients(cfg, it):
         λ_seg (L^l_seg + μ L^u_seg + α L^seg_c) + λ_cls (L^l_cls + μ L^u_cls + β L^cls_c) + γ L^u_itc
 
     λ_seg, λ_cls, α, β, γ: the paper's constants (cfg, §4.1). Not in the paper, and 1 with the defaults:
-    μ = cfg.unsup_weight; α and β count from step cfg.contrast_warmup on (0 before); γ is ramped up as
-    γ exp(-5 (1 - it/R)²) until step R = cfg.gamma_ramp (HermesConfig says where each comes from)."""
+    μ = cfg.unsup_weight (on L^u_cls cfg.unsup_weight_cls when that is set); α and β count from step
+    cfg.contrast_warmup on (0 before); γ is ramped up as γ exp(-5 (1 - it/R)²) until step R = cfg.gamma_ramp
+    (HermesConfig says where each comes from)."""
     mu = cfg.unsup_weight
+    mu_cls = mu if cfg.unsup_weight_cls is None else cfg.unsup_weight_cls
     warm = 1.0 if it >= cfg.contrast_warmup else 0.0
     ramp = math.exp(-5.0 * (1.0 - min(it / cfg.gamma_ramp, 1.0)) ** 2) if cfg.gamma_ramp > 0 else 1.0
     return {"seg_l": cfg.lambda_seg, "seg_u": cfg.lambda_seg * mu, "seg_c": cfg.lambda_seg * cfg.alpha * warm,
-            "cls_l": cfg.lambda_cls, "cls_u": cfg.lambda_cls * mu, "cls_c": cfg.lambda_cls * cfg.beta * warm,
+            "cls_l": cfg.lambda_cls, "cls_u": cfg.lambda_cls * mu_cls, "cls_c": cfg.lambda_cls * cfg.beta * warm,
             "itc": cfg.gamma * ramp}
 
 

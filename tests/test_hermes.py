@@ -514,6 +514,10 @@ def test_eq15_coefficients_warmup_ramp_and_unlabeled_factor():
     assert c["seg_c"] == pytest.approx(0.4) and c["cls_c"] == pytest.approx(0.2)
     assert hermes.eq15_coefficients(cfg, 100)["itc"] == pytest.approx(0.1)
     assert hermes.eq15_coefficients(cfg, 250)["itc"] == pytest.approx(0.1)
+    cfg = hermes.HermesConfig(unsup_weight=0.1, unsup_weight_cls=0.0)          # μ on L^u_cls alone
+    c = hermes.eq15_coefficients(cfg, 0)
+    assert c["cls_u"] == 0.0 and c["seg_u"] == pytest.approx(0.05) and c["cls_l"] == 1.0
+    assert hermes.eq15_coefficients(hermes.HermesConfig(unsup_weight_cls=0.3), 0)["cls_u"] == pytest.approx(0.3)
 
 
 def test_step_coefficients_enter_the_total():

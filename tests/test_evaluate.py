@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
+import cli
 import data
 import evaluate as E
 from tools import tables as T
@@ -194,6 +195,8 @@ def test_summary_table_mean_std_over_runs(tmp_path, capsys):
     assert "| Hermes | 90.00 ± 0.00 (n=1) | 82.00 ± 2.83 (n=2) | 90.00 ± 0.00 (n=1) |" in acc_rows
     assert "| SupOnly | – | – | – |" in acc_rows  # accuracy null -> skipped
     assert "skipping" in capsys.readouterr().err
+    with pytest.raises(cli.MissingFileError, match="none of .*empty is a finished run folder"):
+        E.main(["--summary", str(tmp_path / "empty")])               # only a wrong folder: an error, not rc 0
 
 
 def test_summary_skips_single_task_metric_and_flags_mixed_configs(tmp_path):

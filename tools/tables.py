@@ -361,6 +361,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     md = (summary_markdown(args.paths) if args.table == "summary"
           else compare_markdown(group_runs(args.paths), args.baseline))
+    if md.startswith("No runs"):     # every folder was skipped (named above): a wrong path, not an empty table
+        raise cli.MissingFileError(f"--{args.table}: none of {', '.join(args.paths)} is a finished run "
+                                   "folder (config.json and metrics.json)")
     print(md)
     if args.out:
         cli.atomic_write(args.out, lambda f: f.write(md))

@@ -132,6 +132,13 @@ class HermesConfig:
     unsup_weight_cls: float = setting(None, "factor on L^u_cls alone, default --unsup-weight "
                                       "(docs/classifier-study.md)", group=EXTRA, type=float, missing=None,
                                       note="L^u_cls ×{:g}", tag="uwc")
+    teacher: str = setting("self", "who makes the pseudo-labels and the weak-view keys: self = the model's own "
+                           "weak-view pass (the paper: no EMA teacher); ema = an exponential moving average "
+                           "of the model's weights (mean teacher, docs/classifier-study.md)", group=EXTRA,
+                           missing="self", note="{} teacher", tag="teacher", choices=["self", "ema"])
+    teacher_decay: float = setting(0.99, "--teacher ema: teacher <- a teacher + (1 - a) model after every "
+                                   "step, a = min(1 - 1/(t + 1), decay) at step t", group=EXTRA, missing=0.99,
+                                   note="teacher EMA {:g}", tag="tdecay")
     contrast_warmup: int = setting(0, "steps before the contrastive terms count (the authors' code: 10 "
                                       "epochs)",
                                    group=EXTRA, note="contrast warm-up {}", tag="cwarm")

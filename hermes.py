@@ -11,8 +11,9 @@ Example:
     >>> loss, stats = hermes_step(model, banks, (x, y, z), (x_w, x_s, y_gt, z_gt), it=0, total=3000, cfg=cfg)
     >>> loss.backward()   # then both optimizers step (train.py)
 """
-import math
 import contextlib
+import copy
+import math
 from dataclasses import dataclass, fields
 
 import torch
@@ -360,8 +361,34 @@ def _pseudo_labels(logits, kappa, tau, rule):
     return p, p.max(1).indices, _select(p, kappa, tau, rule)
 
 
+def make_ema_teacher(model):
+    """--teacher ema (not in the paper): a frozen copy of the model that update_ema_teacher moves."""
+    return copy.deepcopy(model).requires_grad_(False)
+
+
+def ema_decay(it, decay):
+    """a = min(1 - 1/(it + 1), decay): the teacher averages every step so far until 1/(1 - decay) of them
+    (Tarvainen & Valpola 2017)."""
+    return min(1.0 - 1.0 / (it + 1), decay)
+
+
+@torch.no_grad()
+def update_ema_teacher(teacher, model, it, decay):
+    """After step `it`: teacher <- a teacher + (1 - a) model on the parameters and the floating buffers
+    (BatchNorm statistics); integer buffers (num_batches_tracked) are copied."""
+    a = ema_decay(it, decay)
+    for pt, ps in zip(teacher.parameters(), model.parameters()):
+        pt.mul_(a).add_(ps.detach(), alpha=1 - a)
+    for bt, bs in zip(teacher.buffers(), model.buffers()):
+        if bt.dtype.is_floating_point:
+            bt.mul_(a).add_(bs, alpha=1 - a)
+        else:
+            bt.copy_(bs)
+
+
 def _teacher(model, x_w, kappa, tau, cfg):
-    """Weak view through the same model, in train mode (no EMA teacher: the paper has none) -> TeacherOutputs.
+    """Weak view through the model (the paper has no EMA teacher; with --teacher ema, `model` is the
+    moving average), in train mode -> TeacherOutputs.
 
     No gradient reaches the parameters, but with ias the forward still runs one backward pass: the saliency
     map of eq. (6) is the input gradient of the classifier (models.saliency: torch.autograd.grad under
@@ -487,13 +514,14 @@ def _pseudo_label_stats(p, pl, w, gt, tau, kind):
             f"pl_acc_{kind}_conf": known((right * w_conf).sum() / (w_conf * has).sum().clamp_min(1))}
 
 
-def hermes_step(model, banks, batch_l, batch_u, it, total, cfg, keep_terms=False):
+def hermes_step(model, banks, batch_l, batch_u, it, total, cfg, keep_terms=False, teacher=None):
     """All losses of one Hermes step; returns (loss (eq. (15)), stats). Does not call backward.
 
     batch_l = (x (B_l,3,S,S), y (B_l,S,S) int, z (B_l,) int)
     batch_u = (x_w, x_s (B_u,3,S,S), y_gt (B_u,S,S), z_gt (B_u,)): weak and strong views (pixel aligned);
               y_gt / z_gt only measure pseudo-label accuracy, they never enter a loss.
     banks: MemoryBanks (make_banks); pushed to in place.
+    teacher: the network of the weak-view pass; None = `model` itself (the paper), else --teacher ema's copy.
 
     Teacher (weak view, no gradient; skipped without dtcl) -> pseudo-labels and w (eqs. (7), (16), (17));
     student (labeled + strong unlabeled; labeled only for SupOnly) -> one line per term of eq. (15).
@@ -518,7 +546,7 @@ def hermes_step(model, banks, batch_l, batch_u, it, total, cfg, keep_terms=False
     if it < cfg.burn_in:   # burn-in: a SupOnly step (not in the paper)
         itc_on = False
     dtcl_on = cfg.dtcl and it >= cfg.burn_in
-    t = _teacher(model, x_w, kappa, tau, cfg) if dtcl_on else None
+    t = _teacher(model if teacher is None else teacher, x_w, kappa, tau, cfg) if dtcl_on else None
     out = _student(model, x, x_s if (dtcl_on or itc_on) else None, cfg)
     out_l, out_u = _split_rows(out, B_l)
     zero = out["seg_logits" if seg_on else "cls_logits"].new_zeros(()).float()

@@ -148,7 +148,7 @@ def train_step(model, banks, opts, batch_l, batch_u, it, total, hcfg, amp=False,
     plugin = plugin_of(hcfg.method)
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
         if plugin is None:
-            loss, stats = hermes.hermes_step(model, banks, batch_l, batch_u, it, total, hcfg)
+            loss, stats = hermes.hermes_step(model, banks, batch_l, batch_u, it, total, hcfg, teacher=peer)
         else:   # a comparator (comparators/cps.py, comparators/): its own step, the same contract
             loss, stats = plugin.step(model, peer, batch_l, batch_u, it, total, hcfg)
     for o in opts.values():
@@ -158,6 +158,8 @@ def train_step(model, banks, opts, batch_l, batch_u, it, total, hcfg, amp=False,
         o.step()
     if plugin is not None and hasattr(plugin, "after_step"):   # e.g. AD-MT's EMA teachers
         plugin.after_step(model, peer, it, total, hcfg)
+    elif plugin is None and peer is not None:                  # Hermes with --teacher ema
+        hermes.update_ema_teacher(peer, model, it, hcfg.teacher_decay)
     return loss, stats
 
 
@@ -191,12 +193,16 @@ def resolve_device(cfg):
 
 
 def build_networks(cfg, hcfg, device):
-    """-> (HermesNet, its memory banks, CPS's second segmentation network or None), on `device`."""
+    """-> (HermesNet, its memory banks, a comparator's extra networks or Hermes' EMA teacher or None), on
+    `device`."""
     fmt = torch.channels_last if cfg["channels_last"] else torch.preserve_format
     model = build_model(cfg).to(device, memory_format=fmt)
     banks = hermes.make_banks(model, hcfg)
     plugin = plugin_of(cfg["method"])
-    peer = plugin.build_extra(model, cfg) if plugin is not None else None   # a comparator's extra networks
+    if plugin is not None:
+        peer = plugin.build_extra(model, cfg)                 # a comparator's extra networks
+    else:
+        peer = hermes.make_ema_teacher(model) if cfg.get("teacher", "self") == "ema" else None
     if peer is not None:
         peer = peer.to(device, memory_format=fmt)
     return model, banks, peer

@@ -578,6 +578,48 @@ def test_separate_bn_leaves_running_stats_to_labeled_images():
     assert all(m.momentum == 0.1 for m in net.modules() if isinstance(m, nn.BatchNorm2d))  # restored
 
 
+def test_ema_teacher_makes_the_pseudo_labels_and_the_model_the_rest():
+    model, teacher = StandIn(), StandIn()
+    bl, bu = make_batches(3)
+    cfg = hermes.HermesConfig(threshold="none")
+    banks = hermes.make_banks(model, cfg)
+    hermes.hermes_step(model, banks, bl, bu, 0, 10, cfg, teacher=teacher)
+    assert teacher.calls == [("joint", 3, False, True)]                            # the weak view, no grad
+    assert model.calls == [("joint", 5, True, True)]                               # labeled + strong only
+    # a teacher equal to the model gives the paper's step exactly
+    twin = StandIn()
+    twin.load_state_dict(model.state_dict())
+    run = lambda t: (torch.manual_seed(0), hermes.hermes_step(model, hermes.make_banks(model, cfg), bl, bu, 0, 10,
+                                                              cfg, teacher=t)[0].item())[1]   # same anchors
+    a = run(None)
+    assert run(twin) == pytest.approx(a, rel=1e-6)
+    # and a different teacher changes it: its pseudo-labels and keys enter eqs. (9)-(13)
+    assert abs(run(teacher) - a) > 1e-3
+
+
+def test_ema_teacher_update_against_the_formula():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Linear(5, 2))
+    teacher = hermes.make_ema_teacher(model)
+    assert all(not p.requires_grad for p in teacher.parameters())
+    assert all(p.requires_grad for p in model.parameters())
+    assert [hermes.ema_decay(t, 0.99) for t in (0, 1, 3, 99, 100, 5000)] == [0.0, 0.5, 0.75, 0.99, 0.99, 0.99]
+    with torch.no_grad():
+        model(torch.randn(2, 3, 7, 7))                                             # moves the BN statistics
+    for q in model.parameters():
+        q.data.add_(torch.randn_like(q))
+    before = {k: v.clone() for k, v in teacher.state_dict().items()}
+    hermes.update_ema_teacher(teacher, model, 3, 0.99)                             # a = 0.75
+    for k, v in teacher.state_dict().items():
+        m = model.state_dict()[k]
+        if k.endswith("num_batches_tracked"):
+            assert v.item() == m.item() == 1                                       # copied
+        else:
+            torch.testing.assert_close(v, 0.75 * before[k] + 0.25 * m, msg=k)
+    hermes.update_ema_teacher(teacher, model, 0, 0.99)                             # a = 0: a copy
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in teacher.state_dict().items())
+
+
 def test_config_from_mapping():
     cfg = hermes.config_from({"alpha": 0.5, "lr": 1.0, "unlabeled_bn": "separate"})
     assert cfg.alpha == 0.5 and cfg.unlabeled_bn == "separate" and cfg.beta == hermes.HermesConfig().beta

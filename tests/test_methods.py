@@ -25,10 +25,12 @@ def test_method_trains_three_steps_and_is_named(tmp_path, method):
     assert f"| {config.METHODS[method]} (scratch recipe) |" in md
 
 
-@pytest.mark.parametrize("method", ["hermes", "admt", "pefat"])   # the default (scratch) recipe
+@pytest.mark.parametrize("method", ["hermes", "hermes-ema", "admt", "pefat"])   # the default (scratch) recipe
 def test_comparator_resumes_exactly(tmp_path, method):
     full, part = str(tmp_path / "full"), str(tmp_path / "part")
-    extra = ["--iters", "6", "--eval-every", "6", "--burn-in", "2"] if method == "hermes" else []  # across burn-in
+    extra = ["--iters", "6", "--eval-every", "6", "--burn-in", "2"] if method.startswith("hermes") else []
+    if method == "hermes-ema":   # --teacher ema: the teacher is saved and restored with the run
+        method, extra = "hermes", extra + ["--teacher", "ema"]
     args = TINY + ["--method", method, *extra]
     train.train(args + ["--out", full])
     train.train(args + ["--out", part, "--stop-after", "1"])

@@ -148,7 +148,9 @@ def train_step(model, banks, opts, batch_l, batch_u, it, total, hcfg, amp=False,
     plugin = plugin_of(hcfg.method)
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
         if plugin is None:
-            loss, stats = hermes.hermes_step(model, banks, batch_l, batch_u, it, total, hcfg, teacher=peer)
+            # --teacher ema: its moving average makes the pseudo-labels (the call is the paper's one without)
+            with_teacher = {} if peer is None else {"teacher": peer}
+            loss, stats = hermes.hermes_step(model, banks, batch_l, batch_u, it, total, hcfg, **with_teacher)
         else:   # a comparator (comparators/cps.py, comparators/): its own step, the same contract
             loss, stats = plugin.step(model, peer, batch_l, batch_u, it, total, hcfg)
     for o in opts.values():

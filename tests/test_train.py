@@ -116,8 +116,8 @@ def test_resume_loads_the_state_of_unfused_optimizers(tmp_path, monkeypatch):
 def test_non_finite_loss_is_caught_before_anything_is_saved(tmp_path, monkeypatch):
     step = train.hermes.hermes_step
 
-    def nan_at_step_1(model, banks, batch_l, batch_u, it, *a):
-        loss, stats = step(model, banks, batch_l, batch_u, it, *a)
+    def nan_at_step_1(model, banks, batch_l, batch_u, it, *a, **kw):
+        loss, stats = step(model, banks, batch_l, batch_u, it, *a, **kw)
         return (loss * float("nan") if it == 1 else loss), stats
 
     monkeypatch.setattr(train.hermes, "hermes_step", nan_at_step_1)

@@ -59,8 +59,8 @@ def test_cps_step_is_its_equation():
     L_cps = losses.cross_pseudo_supervision_loss(f1, f2)
     L_cls = losses.cls_supervised_loss(model.forward_cls(x)["cls_logits"], z)
     want = 0.5 * (L_s + 1.5 * L_cps) + 1.0 * L_cls
-    assert float(loss) == pytest.approx(float(want), rel=1e-5)
-    assert float(stats["seg_u"]) == pytest.approx(1.5 * float(L_cps), rel=1e-5)
+    assert loss.item() == pytest.approx(want.item(), rel=1e-5)
+    assert float(stats["seg_u"]) == pytest.approx(1.5 * L_cps.item(), rel=1e-5)
     pl_acc = (f2[2:].argmax(1) == batch_u[2]).float().mean()
     assert float(stats["pl_acc_pix_all"]) == pytest.approx(float(pl_acc))
     loss.backward()
@@ -90,7 +90,7 @@ def test_hermes_burn_in_step_is_the_labeled_only_step():
         model = HermesNet(seg_encoder="resnet18")
         banks = hermes.make_banks(model, cfg)
         out[name] = hermes.hermes_step(model, banks, batch_l, batch_u, it=4, total=10, cfg=cfg)
-    assert float(out["burn"][0]) == float(out["labeled"][0])
+    assert out["burn"][0].item() == out["labeled"][0].item()
     assert float(out["burn"][1]["kept_pix"]) == 0.0 and float(out["burn"][1]["itc"]) == 0.0
     torch.manual_seed(0)
     model = HermesNet(seg_encoder="resnet18")

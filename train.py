@@ -77,6 +77,8 @@ def resolve(args, given=(), say=print):
         args.lr_cls = args.lr
     if args.method != "hermes":   # comparators train the other branch as SupOnly's
         args.dtcl = args.ias = args.itcl = False
+    if not args.dtcl:             # no teacher pass (SupOnly, comparators): nothing for --teacher to choose
+        args.teacher = "self"
     if args.eval_every is None:
         args.eval_every = max(1, args.iters // 10)
     if args.ckpt_every is None:

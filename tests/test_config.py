@@ -114,6 +114,12 @@ def test_recipe_auto_is_scratch_from_random_weights_and_paper_from_pretrained(ca
     assert (forced.lr_seg, forced.burn_in, forced.unlabeled_bn) == (1e-4, 0, "shared")
 
 
+def test_teacher_ema_only_where_there_is_a_teacher_pass():
+    assert _resolved("--teacher", "ema").teacher == "ema"
+    assert _resolved("--teacher", "ema", "--no-dtcl").teacher == "self"            # SupOnly: no weak-view pass
+    assert _resolved("--teacher", "ema", "--method", "cps").teacher == "self"      # a comparator's own step
+
+
 def test_options_given_win_over_the_recipe():
     a = _resolved("--iters", "100", "--burn-in", "7", "--unlabeled-bn", "shared")
     assert (a.recipe, a.burn_in, a.unlabeled_bn, a.lr_seg) == ("scratch", 7, "shared", 1e-3)

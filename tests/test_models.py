@@ -347,11 +347,11 @@ def test_a_closed_spatial_gate_kills_the_papers_ita_and_not_the_residual_form(re
         ita.W_s.bias.fill_(-60.0)
     x = torch.rand(2, 8, 5, 5, requires_grad=True)                      # post-ReLU features: nonnegative
     out, _, m_s = ita(x, torch.randn(2, 4, 5, 5))
-    assert float(m_s.max()) < 1e-20
+    assert m_s.max().item() < 1e-20
     out.sum().backward()
     if residual:
         torch.testing.assert_close(out, x.detach(), atol=1e-6, rtol=0)
         torch.testing.assert_close(x.grad, torch.ones_like(x), atol=1e-6, rtol=0)
     else:
-        assert float(out.abs().max()) < 1e-18 and float(x.grad.abs().max()) < 1e-18
+        assert out.abs().max().item() < 1e-18 and float(x.grad.abs().max()) < 1e-18
         assert float(ita.W_s.weight.grad.abs().max()) < 1e-18 and float(ita.W_s.bias.grad.abs().max()) < 1e-18

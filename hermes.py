@@ -373,10 +373,9 @@ def ema_decay(it, decay):
 
 
 @torch.no_grad()
-def update_ema_teacher(teacher, model, it, decay):
-    """After step `it`: teacher <- a teacher + (1 - a) model on the parameters and the floating buffers
-    (BatchNorm statistics); integer buffers (num_batches_tracked) are copied."""
-    a = ema_decay(it, decay)
+def ema_(teacher, model, a):
+    """teacher <- a teacher + (1 - a) model on the parameters and the floating buffers (BatchNorm
+    statistics); integer buffers (num_batches_tracked) are copied. Modules of the same structure."""
     for pt, ps in zip(teacher.parameters(), model.parameters()):
         pt.mul_(a).add_(ps.detach(), alpha=1 - a)
     for bt, bs in zip(teacher.buffers(), model.buffers()):
@@ -384,6 +383,11 @@ def update_ema_teacher(teacher, model, it, decay):
             bt.mul_(a).add_(bs, alpha=1 - a)
         else:
             bt.copy_(bs)
+
+
+def update_ema_teacher(teacher, model, it, decay):
+    """--teacher ema, after step `it`: ema_ with a = ema_decay(it, decay)."""
+    ema_(teacher, model, ema_decay(it, decay))
 
 
 def _teacher(model, x_w, kappa, tau, cfg):

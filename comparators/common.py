@@ -50,19 +50,11 @@ def copy_seg_(net, model):
     net.decoder.load_state_dict(model.seg_decoder.state_dict())
 
 
-@torch.no_grad()
 def ema_update(teacher, model, alpha):
-    """teacher (SegNet) <- α teacher + (1-α) model's U-Net: parameters and floating buffers (BN statistics);
-    integer buffers (num_batches_tracked) are copied."""
+    """teacher (SegNet) <- α teacher + (1-α) model's U-Net (hermes.ema_: parameters and floating buffers,
+    integer buffers copied)."""
     for name, mod in seg_pairs(model):
-        t = getattr(teacher, name)
-        for pt, ps in zip(t.parameters(), mod.parameters()):
-            pt.mul_(alpha).add_(ps.detach(), alpha=1 - alpha)
-        for bt, bs in zip(t.buffers(), mod.buffers()):
-            if bt.dtype.is_floating_point:
-                bt.mul_(alpha).add_(bs, alpha=1 - alpha)
-            else:
-                bt.copy_(bs)
+        hermes.ema_(getattr(teacher, name), mod, alpha)
 
 
 def sigmoid_rampup(current, length):

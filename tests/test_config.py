@@ -103,12 +103,12 @@ def _resolved(*argv):
 
 def test_recipe_auto_is_scratch_from_random_weights_and_paper_from_pretrained(capsys):
     a = _resolved("--iters", "2000")
-    assert (a.recipe, a.lr_seg, a.lr_cls, a.burn_in, a.unlabeled_bn, a.ita_form) == (
-        "scratch", 1e-3, 1e-2, 500, "separate", "residual")
+    assert (a.recipe, a.lr_seg, a.lr_cls, a.burn_in, a.unlabeled_bn, a.ita_form, a.unsup_weight_cls) == (
+        "scratch", 1e-3, 1e-2, 500, "separate", "residual", 0.0)
     assert "recipe scratch (both encoders start from random weights)" in capsys.readouterr().out
     p = _resolved("--iters", "2000", "--pretrained")
-    assert (p.recipe, p.lr_seg, p.lr_cls, p.burn_in, p.unlabeled_bn, p.ita_form) == (
-        "paper", 1e-4, 1e-4, 0, "shared", "paper")
+    assert (p.recipe, p.lr_seg, p.lr_cls, p.burn_in, p.unlabeled_bn, p.ita_form, p.unsup_weight_cls) == (
+        "paper", 1e-4, 1e-4, 0, "shared", "paper", None)
     assert _resolved("--init", "x.pt").recipe == "paper"
     forced = _resolved("--recipe", "paper")
     assert (forced.lr_seg, forced.burn_in, forced.unlabeled_bn) == (1e-4, 0, "shared")
@@ -121,6 +121,6 @@ def test_teacher_ema_only_where_there_is_a_teacher_pass():
 
 
 def test_options_given_win_over_the_recipe():
-    a = _resolved("--iters", "100", "--burn-in", "7", "--unlabeled-bn", "shared")
-    assert (a.recipe, a.burn_in, a.unlabeled_bn, a.lr_seg) == ("scratch", 7, "shared", 1e-3)
+    a = _resolved("--iters", "100", "--burn-in", "7", "--unlabeled-bn", "shared", "--unsup-weight-cls", "1")
+    assert (a.recipe, a.burn_in, a.unlabeled_bn, a.lr_seg, a.unsup_weight_cls) == ("scratch", 7, "shared", 1e-3, 1.0)
     assert config.RESUME_MISSING["recipe"] == "paper"   # runs made before --recipe ran the paper's settings

@@ -33,9 +33,9 @@ fi
 queue=()
 for s in $seeds; do for i in "${!names[@]}"; do queue+=("$s $i"); done; done
 run_one() {  # run_one SEED INDEX
-  local s=$1 i=$2 name=${names[$2]}
+  local s=$1 i=$2 name=${names[$2]} left=$(( budget - ($(date +%s) - t0) ))
   # shellcheck disable=SC2086
-  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 timeout $(( budget - ($(date +%s) - t0) )) "$py" train.py \
+  OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 timeout $(( left > 1 ? left : 1 )) "$py" train.py \
     --data-root "$root" --dataset busi --labels 72 --image-size 64 --batch-size 4 --iters "${ITERS:-2000}" --eval-every "${EVAL_EVERY:-250}" \
     --no-pretrained --seg-encoder resnet18 --device "${DEVICE:-cuda}" --seed "$s" --out "$out/$name-s$s" ${opts[$i]} \
     > "$out/$name-s$s.log" 2>&1

@@ -188,3 +188,20 @@ def test_other_methods_settings_never_split_a_row():
     assert list(T.split_rows({"Hermes": [old, new]}, key_of=lambda c: c)) == ["Hermes"]
     a, b = {"method": "abd", "seed": 0, "abd_grid": 4}, {"method": "abd", "seed": 1, "abd_grid": 8}
     assert list(T.split_rows({"ABD": [a, b]}, key_of=lambda c: c)) == ["ABD [abd_grid 4]", "ABD [abd_grid 8]"]
+
+
+def test_unsup_weight_cls_named_and_grouped_by_the_weight_it_stands_for():
+    """unsup_weight_cls None means --unsup-weight on L^u_cls: such a run and one with that weight written out are
+    one row; the scratch recipe's 0 is not noted, a scratch run made before it (L^u_cls on) is; runs with no
+    L^u_cls (SupOnly) are one row whatever they recorded."""
+    scratch = {"recipe": "scratch", "iters": 8, "lr": 1e-4, "lr_seg": 1e-3, "lr_cls": 1e-2, "burn_in": 2,
+               "unlabeled_bn": "separate", "ita_form": "residual", "unsup_weight": 1.0}
+    before, spelled, now = (dict(scratch, seed=s, unsup_weight_cls=w) for s, w in ((0, None), (1, 1.0), (2, 0.0)))
+    assert T.signature(before) == T.signature(spelled) != T.signature(now)
+    assert T.method_name(before) == T.method_name(spelled) == "Hermes (scratch recipe, L^u_cls ×1)"
+    assert T.method_name(now) == "Hermes (scratch recipe)"
+    assert T.method_name({"unsup_weight": 0.1, "unsup_weight_cls": None}) == "Hermes (unlabeled ×0.1)"
+    sup = [dict(c, dtcl=False, ias=False, itcl=False) for c in (before, now)]
+    assert T.signature(sup[0]) == T.signature(sup[1])
+    assert list(T.split_rows({"SupOnly": sup}, key_of=lambda c: c)) == ["SupOnly"]
+    assert T.method_name(sup[0]) == T.method_name(sup[1]) == "SupOnly (scratch recipe)"

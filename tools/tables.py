@@ -71,9 +71,15 @@ def method_name(cfg):
               for k, v in config.RECIPES.get(cfg.get("recipe"), {}).items()}
     if recipe:
         notes.append(f"{cfg['recipe']} recipe")   # its settings are not repeated below
+    cfg = _effective(cfg)
     as_recipe = lambda key: key in recipe and cfg.get(key) == recipe[key]
-    for key, paper, _ in config.NOT_IN_PAPER:
-        if cfg.get(key, paper) != paper and not as_recipe(key):
+    # what a setting not in the paper is noted against: the recipe's value (a run made before the recipe had
+    # it differs there), else the paper's (L^u_cls: weighted as L^u_seg)
+    ref = {key: paper for key, paper, _ in config.NOT_IN_PAPER}
+    ref["unsup_weight_cls"] = cfg.get("unsup_weight", ref["unsup_weight"])
+    ref.update({k: v for k, v in recipe.items() if k in ref})
+    for key, _, _ in config.NOT_IN_PAPER:
+        if cfg.get(key, ref[key]) != ref[key]:
             notes.append(config.note_of(key, cfg[key]))
     lr = cfg.get("lr", config.SETTINGS["lr"].default)
     for key, what in (("lr_seg", "seg lr"), ("lr_cls", "cls lr")):
@@ -84,6 +90,17 @@ def method_name(cfg):
     return name + (f" ({', '.join(notes)})" if notes else "")
 
 
+def _effective(cfg):
+    """cfg with unsup_weight_cls None (its default: --unsup-weight on L^u_cls too) replaced by the value it
+    stands for, and left out where the run has no L^u_cls (SupOnly, --task seg, a comparator), so that runs
+    that weighted L^u_cls alike are named and grouped alike."""
+    if not cfg.get("dtcl", True) or cfg.get("method", "hermes") != "hermes" or cfg.get("task") == "seg":
+        return {k: v for k, v in cfg.items() if k != "unsup_weight_cls"}
+    if "unsup_weight_cls" in cfg and cfg["unsup_weight_cls"] is None:
+        return dict(cfg, unsup_weight_cls=cfg.get("unsup_weight", config.SETTINGS["unsup_weight"].default))
+    return cfg
+
+
 def _method_key(name):
     base = name.split(" (")[0].split(" [")[0]
     return (ORDER.index(base) if base in ORDER else len(ORDER), name)
@@ -92,7 +109,7 @@ def _method_key(name):
 def signature(cfg):
     """The settings that make two runs comparable: every one that changes results, seeds and splits aside
     (a run made before a setting existed counts with the value it ran with, config.RESUME_MISSING)."""
-    full = {**config.RESUME_MISSING, **cfg}
+    full = _effective({**config.RESUME_MISSING, **cfg})
     for k in ("lr_seg", "lr_cls"):   # None, or missing in older runs: --lr
         if full.get(k) is None:
             full[k] = full.get("lr")

@@ -104,7 +104,7 @@ class RunLock:
 
     def __init__(self, out):
         self.out, self.path = out, os.path.normpath(os.path.abspath(out)) + ".lock"
-        self.held = False
+        self.held = self.made_parent = False
 
     def _owner(self):
         try:
@@ -129,7 +129,9 @@ class RunLock:
         out = self.out
         me = {"pid": os.getpid(), "host": socket.gethostname(),
               "started": datetime.datetime.now().isoformat(timespec="seconds")}
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        parent = os.path.dirname(self.path)
+        self.made_parent = not os.path.isdir(parent)   # removed again at release if the run wrote nothing there
+        os.makedirs(parent, exist_ok=True)
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -157,6 +159,11 @@ class RunLock:
     def release(self):
         if self.held and (self._owner() or {}).get("pid") == os.getpid():
             os.remove(self.path)
+            if self.made_parent:
+                try:
+                    os.rmdir(os.path.dirname(self.path))   # only if empty: a run refused on bad input leaves no runs/
+                except OSError:
+                    pass
         self.held = False
 
 

@@ -171,3 +171,15 @@ def test_expected_time_is_measured_again_after_the_burn_in(capsys):
     assert out[0].startswith("2 more steps at ~1 s/step on cpu (burn-in)") and "15 full steps after step 5" in out[0]
     assert out[1].startswith("12 more steps at ~3 s/step on cpu: ~36 s of steps")
     assert out[2] == "an evaluation took 2.0 s; with the 4 still to come, ~32 s left"   # 8 × 3 s + 4 × 2 s
+
+
+def test_a_lock_leaves_no_parent_folder_it_made_for_nothing(tmp_path):
+    """A run refused after the lock (bad input) leaves no empty runs/ behind; a parent with files stays."""
+    lock = runner.RunLock(str(tmp_path / "runs" / "r")).acquire()
+    assert os.path.isdir(tmp_path / "runs")
+    lock.release()
+    assert not os.path.exists(tmp_path / "runs")
+    lock = runner.RunLock(str(tmp_path / "runs" / "r")).acquire()
+    (tmp_path / "runs" / "other.txt").write_text("keep")
+    lock.release()
+    assert (tmp_path / "runs" / "other.txt").read_text() == "keep"

@@ -187,7 +187,9 @@ class InterTaskAttention(nn.Module):
     writes them); W_s: 3x3 conv 2 -> 1 with bias b_s; AvgPool_c / MaxPool_c are over channels; padding 1
     keeps h x w.
 
-    forward: x_cls (B,C,h,w), x_seg (B,c_seg_in,h,w) -> x_out (B,C,h,w), M_c (B,C,1,1), M_s (B,1,h,w)
+    forward: x_cls (B,C,h,w), x_seg (B,c_seg_in,h,w), scale s (0-d tensor in [0,1] or None = 1)
+        -> x_out (B,C,h,w), M_c (B,C,1,1), M_s (B,1,h,w); with s: residual x_cls + s·eq. (5),
+        paper (1 - s)·x_cls + s·eq. (5), so s = 0 is the classifier without attention.
     """
 
     def __init__(self, c_cls, c_seg_in, reduction=4, residual=False):
@@ -200,7 +202,7 @@ class InterTaskAttention(nn.Module):
         self.W_1 = nn.Linear(max(1, c_cls // reduction), c_cls, bias=False)
         self.W_s = nn.Conv2d(2, 1, 3, padding=1, bias=True)
 
-    def forward(self, x_cls, x_seg):
+    def forward(self, x_cls, x_seg, scale=None):
         if x_cls.shape[-2:] != x_seg.shape[-2:]:
             raise ValueError(f"models.py InterTaskAttention: x_cls {tuple(x_cls.shape)} and x_seg "
                              f"{tuple(x_seg.shape)} differ in spatial size")
@@ -211,7 +213,9 @@ class InterTaskAttention(nn.Module):
         pooled = torch.cat([x_m.mean(dim=1, keepdim=True), x_m.amax(dim=1, keepdim=True)], dim=1)  # (B,2,h,w)
         M_s = torch.sigmoid(self.W_s(pooled))                              # (B,1,h,w)   eq. (4)
         x_out = M_s * x_m                                                   # eq. (5)
-        if self.residual:
+        if scale is not None:   # --ita-warmup: s in [0,1] weights the attention (not in the paper)
+            x_out = x_cls + scale * x_out if self.residual else torch.lerp(x_cls, x_out, scale)
+        elif self.residual:
             x_out = x_cls + x_out
         return x_out, M_c, M_s
 
@@ -305,6 +309,9 @@ class HermesNet(nn.Module):
                                   InterTaskAttention(256, d[0], residual=res)])  # after layer3 (/16), fed up1
         self.image_head = mlp(512, 512, image_dim)
         self.itc_cls_head = mlp(512, 512, itc_dim)
+        # weight of inter-task attention, set by training (--ita-warmup); not saved: 1 in a finished run
+        self.register_buffer("ita_scale", torch.ones(()), persistent=False)
+        self.ita_full = True   # s = 1: eq. (5) (or its residual form) exactly, without the weighting ops
         names = {n for n, _ in self.named_children()}
         assert names == set(self.SEG_PARTS) | set(self.CLS_PARTS), names
 
@@ -354,7 +361,7 @@ class HermesNet(nn.Module):
             x_cls = layer(x_cls)
             if seg_feats is not None:
                 x_seg = seg_feats[key] if self.cross_grad else seg_feats[key].detach()
-                x_cls, m_c, m_s = ita(x_cls, x_seg)
+                x_cls, m_c, m_s = ita(x_cls, x_seg, None if self.ita_full else self.ita_scale)
                 M_c.append(m_c)
                 M_s.append(m_s)
         f = torch.flatten(r.avgpool(r.layer4(x_cls)), 1)  # (B,512)
@@ -373,6 +380,15 @@ class HermesNet(nn.Module):
                 "pixel_emb": seg["pixel_emb"], "image_emb": cls["image_emb"],
                 "itc_seg": seg["itc_seg"], "itc_cls": cls["itc_cls"],
                 "saliency": sal, "M_c": cls["M_c"], "M_s": cls["M_s"]}
+
+
+def set_ita_scale(model, s):
+    """Set the inter-task attention weight s in [0, 1] of every HermesNet inside `model` (a wrapper, a
+    compiled module or the net itself), in place."""
+    for m in model.modules():
+        if isinstance(m, HermesNet):
+            m.ita_scale.fill_(s)
+            m.ita_full = s >= 1
 
 
 HEADS = ("pixel_head", "image_head", "itc_seg_head", "itc_cls_head")  # projection heads (optional in --init)

@@ -355,3 +355,32 @@ def test_a_closed_spatial_gate_kills_the_papers_ita_and_not_the_residual_form(re
     else:
         assert out.abs().max().item() < 1e-18 and float(x.grad.abs().max()) < 1e-18
         assert float(ita.W_s.weight.grad.abs().max()) < 1e-18 and float(ita.W_s.bias.grad.abs().max()) < 1e-18
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_ita_scale_weights_the_attention(residual):
+    """--ita-warmup: s = 0 passes x_cls unchanged, s = 1 is the unweighted form, s between: by hand."""
+    torch.manual_seed(0)
+    ita = InterTaskAttention(8, 4, residual=residual)
+    x_cls, x_seg = torch.rand(2, 8, 5, 5), torch.randn(2, 4, 5, 5)
+    full, M_c, M_s = ita(x_cls, x_seg)
+    att = M_s * M_c * x_cls                                                        # eq. (5), by hand
+    torch.testing.assert_close(full, x_cls + att if residual else att)
+    assert torch.equal(ita(x_cls, x_seg, torch.tensor(0.0))[0], x_cls)
+    torch.testing.assert_close(ita(x_cls, x_seg, torch.tensor(1.0))[0], full)
+    half = x_cls + 0.25 * att if residual else 0.75 * x_cls + 0.25 * att
+    torch.testing.assert_close(ita(x_cls, x_seg, torch.tensor(0.25))[0], half)
+
+
+def test_ita_scale_zero_gives_the_classifier_without_attention():
+    torch.manual_seed(0)
+    net = HermesNet(seg_encoder="resnet18", ita_form="residual").eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        plain = net.forward_cls(x)["cls_logits"]
+        assert not torch.allclose(net(x)["cls_logits"], plain)
+        models.set_ita_scale(net, 0.0)
+        assert not net.ita_full and float(net.ita_scale) == 0.0
+        assert torch.equal(net(x)["cls_logits"], plain)
+        models.set_ita_scale(net, 1.0)
+        assert net.ita_full and "ita_scale" not in net.state_dict()               # not saved: 1 when finished

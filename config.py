@@ -142,10 +142,10 @@ class HermesConfig:
     contrast_warmup: int = setting(0, "steps before the contrastive terms count (the authors' code: 10 "
                                       "epochs)",
                                    group=EXTRA, note="contrast warm-up {}", tag="cwarm")
-    ita_warmup: int = setting(0, "the classifier runs without inter-task attention for the first N steps; its "
-                              "weight then rises linearly to 1 over the next N (docs/classifier-study.md); "
-                              "0 = from the first step (the paper)", group=EXTRA, missing=0,
-                              note="ITA warm-up {}", tag="itaw")
+    ias_warmup: int = setting(0, "the IAS module (saliency into the segmentation branch, inter-task attention "
+                              "into the classifier) is off for the first N steps and weighs in linearly over "
+                              "the next N (docs/classifier-study.md); 0 = from the first step (the paper)",
+                              group=EXTRA, missing=0, note="IAS warm-up {}", tag="iasw")
     gamma_ramp: int = setting(0, "γ·exp(-5(1 - it/R)²) until step R (the authors' code: R = 4000); 0 = "
                                  "constant γ",
                               group=EXTRA, note="γ ramp {}", tag="gramp")
@@ -390,8 +390,8 @@ class HermesConfig:
                                  f"got {getattr(self, f.name)!r}")
         if self.burn_in < 0:
             raise ValueError(f"HermesConfig.burn_in must be >= 0 steps, got {self.burn_in}")
-        if self.ita_warmup < 0:
-            raise ValueError(f"HermesConfig.ita_warmup must be >= 0 steps, got {self.ita_warmup}")
+        if self.ias_warmup < 0:
+            raise ValueError(f"HermesConfig.ias_warmup must be >= 0 steps, got {self.ias_warmup}")
 
 
 @dataclass

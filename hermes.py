@@ -24,7 +24,7 @@ from config import HermesConfig  # the step's settings, declared with every othe
 from losses import (PARTS, cls_supervised_loss, cls_unsupervised_loss, image_contrastive_loss,
                     inter_task_consistency_loss, pixel_contrastive_loss, seg_supervised_loss,
                     seg_unsupervised_ce_loss, seg_unsupervised_loss, total_loss, weighted_terms)
-from models import set_ita_scale
+from models import set_ias_scale
 
 # The statistics hermes_step returns, in log.csv's column order (PARTS: the seven terms of eq. (15)).
 PL_STAT_KEYS = ("kept_pix", "kept_img", "pl_acc_pix_all", "pl_acc_pix_kept", "pl_acc_img_all",
@@ -362,9 +362,9 @@ def _pseudo_labels(logits, kappa, tau, rule):
     return p, p.max(1).indices, _select(p, kappa, tau, rule)
 
 
-def ita_weight(it, warmup):
-    """--ita-warmup N (not in the paper): weight s of inter-task attention at step `it`, 0 for it < N, then
-    rising linearly to 1 at it = 2N."""
+def ias_weight(it, warmup):
+    """--ias-warmup N (not in the paper): weight s of the IAS module (models.set_ias_scale) at step `it`, 0 for
+    it < N, then rising linearly to 1 at it = 2N."""
     return min(max((it - warmup) / warmup, 0.0), 1.0)
 
 
@@ -556,10 +556,10 @@ def hermes_step(model, banks, batch_l, batch_u, it, total, cfg, keep_terms=False
 
     if it < cfg.burn_in:   # burn-in: a SupOnly step (not in the paper)
         itc_on = False
-    if cfg.ita_warmup:
+    if cfg.ias_warmup:
         for m in (model, teacher):
             if m is not None:
-                set_ita_scale(m, ita_weight(it, cfg.ita_warmup))
+                set_ias_scale(m, ias_weight(it, cfg.ias_warmup))
     dtcl_on = cfg.dtcl and it >= cfg.burn_in
     t = _teacher(model if teacher is None else teacher, x_w, kappa, tau, cfg) if dtcl_on else None
     out = _student(model, x, x_s if (dtcl_on or itc_on) else None, cfg)

@@ -213,7 +213,7 @@ class InterTaskAttention(nn.Module):
         pooled = torch.cat([x_m.mean(dim=1, keepdim=True), x_m.amax(dim=1, keepdim=True)], dim=1)  # (B,2,h,w)
         M_s = torch.sigmoid(self.W_s(pooled))                              # (B,1,h,w)   eq. (4)
         x_out = M_s * x_m                                                   # eq. (5)
-        if scale is not None:   # --ita-warmup: s in [0,1] weights the attention (not in the paper)
+        if scale is not None:   # --ias-warmup: s in [0,1] weights the attention (not in the paper)
             x_out = x_cls + scale * x_out if self.residual else torch.lerp(x_cls, x_out, scale)
         elif self.residual:
             x_out = x_cls + x_out
@@ -267,6 +267,8 @@ class HermesNet(nn.Module):
         ita_form: "paper" (eq. (5): x_out = M_s ⊗ M_c ⊗ x_cls) or "residual" (x_cls + that; not in the
             paper).
 
+    ias_scale s (set_ias_scale, --ias-warmup; 1 unless set): the seg decoder receives s·saliency and ITA is
+    weighted by s (InterTaskAttention), so s = 0 is the model with ias off.
     ias off: the seg decoder receives an all-zero saliency map (same parameter shapes) and ITA is skipped;
     ITA modules exist either way, so a model built with ias can be run with ias=False and vice versa
     (a model trained without ias has untrained ITA modules).
@@ -309,9 +311,10 @@ class HermesNet(nn.Module):
                                   InterTaskAttention(256, d[0], residual=res)])  # after layer3 (/16), fed up1
         self.image_head = mlp(512, 512, image_dim)
         self.itc_cls_head = mlp(512, 512, itc_dim)
-        # weight of inter-task attention, set by training (--ita-warmup); not saved: 1 in a finished run
-        self.register_buffer("ita_scale", torch.ones(()), persistent=False)
-        self.ita_full = True   # s = 1: eq. (5) (or its residual form) exactly, without the weighting ops
+        # weight s of the IAS module (saliency into seg, ITA into cls), set by training (--ias-warmup); not
+        # saved: 1 in a finished run. ias_full: s = 1, the paper's forward exactly, without the weighting ops
+        self.register_buffer("ias_scale", torch.ones(()), persistent=False)
+        self.ias_full = True
         names = {n for n, _ in self.named_children()}
         assert names == set(self.SEG_PARTS) | set(self.CLS_PARTS), names
 
@@ -361,7 +364,7 @@ class HermesNet(nn.Module):
             x_cls = layer(x_cls)
             if seg_feats is not None:
                 x_seg = seg_feats[key] if self.cross_grad else seg_feats[key].detach()
-                x_cls, m_c, m_s = ita(x_cls, x_seg, None if self.ita_full else self.ita_scale)
+                x_cls, m_c, m_s = ita(x_cls, x_seg, None if self.ias_full else self.ias_scale)
                 M_c.append(m_c)
                 M_s.append(m_s)
         f = torch.flatten(r.avgpool(r.layer4(x_cls)), 1)  # (B,512)
@@ -374,7 +377,7 @@ class HermesNet(nn.Module):
         check_input(x)
         ias = self.ias if ias is None else ias
         sal = saliency(self.cls_net, x) if ias else None
-        seg = self.forward_seg(x, sal)
+        seg = self.forward_seg(x, sal if sal is None or self.ias_full else self.ias_scale * sal)
         cls = self.forward_cls(x, seg["feats"] if ias else None)
         return {"seg_logits": seg["seg_logits"], "cls_logits": cls["cls_logits"],
                 "pixel_emb": seg["pixel_emb"], "image_emb": cls["image_emb"],
@@ -382,13 +385,13 @@ class HermesNet(nn.Module):
                 "saliency": sal, "M_c": cls["M_c"], "M_s": cls["M_s"]}
 
 
-def set_ita_scale(model, s):
-    """Set the inter-task attention weight s in [0, 1] of every HermesNet inside `model` (a wrapper, a
-    compiled module or the net itself), in place."""
+def set_ias_scale(model, s):
+    """Set the IAS weight s in [0, 1] (forward: s·saliency into the seg decoder, s-weighted inter-task
+    attention) of every HermesNet inside `model` (a wrapper, a compiled module or the net itself), in place."""
     for m in model.modules():
         if isinstance(m, HermesNet):
-            m.ita_scale.fill_(s)
-            m.ita_full = s >= 1
+            m.ias_scale.fill_(s)
+            m.ias_full = s >= 1
 
 
 HEADS = ("pixel_head", "image_head", "itc_seg_head", "itc_cls_head")  # projection heads (optional in --init)

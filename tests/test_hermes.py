@@ -649,18 +649,18 @@ def test_cuda_training_step_never_waits_for_the_device():
     watch.check({k: torch.zeros(()) for k in hermes.STAT_KEYS})
 
 
-def test_ita_warmup_weight_and_step(net):
-    """--ita-warmup N: s = 0 before step N, linear to 1 at 2N; hermes_step sets it on the model."""
-    assert [hermes.ita_weight(it, 4) for it in (0, 3, 4, 5, 6, 8, 20)] == [0, 0, 0, 0.25, 0.5, 1, 1]
+def test_ias_warmup_weight_and_step(net):
+    """--ias-warmup N: s = 0 before step N, linear to 1 at 2N; hermes_step sets it on the model."""
+    assert [hermes.ias_weight(it, 4) for it in (0, 3, 4, 5, 6, 8, 20)] == [0, 0, 0, 0.25, 0.5, 1, 1]
     S = 32
     y = torch.zeros(2, S, S, dtype=torch.long)
     bl = (torch.randn(2, 3, S, S), y, torch.tensor([0, 1]))
     bu = (torch.randn(2, 3, S, S),) * 2 + (y, torch.tensor([1, 0]))
     try:
         for it, s in ((2, 0.0), (6, 0.5), (9, 1.0)):
-            step(net, bl, bu, it, 10, hermes.HermesConfig(ita_warmup=4))
-            assert float(net.ita_scale) == s and net.ita_full == (s == 1)
-        with pytest.raises(ValueError, match="ita_warmup"):
-            hermes.HermesConfig(ita_warmup=-1)
+            step(net, bl, bu, it, 10, hermes.HermesConfig(ias_warmup=4))
+            assert float(net.ias_scale) == s and net.ias_full == (s == 1)
+        with pytest.raises(ValueError, match="ias_warmup"):
+            hermes.HermesConfig(ias_warmup=-1)
     finally:
-        models.set_ita_scale(net, 1.0)
+        models.set_ias_scale(net, 1.0)

@@ -358,8 +358,8 @@ def test_a_closed_spatial_gate_kills_the_papers_ita_and_not_the_residual_form(re
 
 
 @pytest.mark.parametrize("residual", [False, True])
-def test_ita_scale_weights_the_attention(residual):
-    """--ita-warmup: s = 0 passes x_cls unchanged, s = 1 is the unweighted form, s between: by hand."""
+def test_ias_scale_weights_the_attention(residual):
+    """--ias-warmup: s = 0 passes x_cls unchanged, s = 1 is the unweighted form, s between: by hand."""
     torch.manual_seed(0)
     ita = InterTaskAttention(8, 4, residual=residual)
     x_cls, x_seg = torch.rand(2, 8, 5, 5), torch.randn(2, 4, 5, 5)
@@ -372,15 +372,23 @@ def test_ita_scale_weights_the_attention(residual):
     torch.testing.assert_close(ita(x_cls, x_seg, torch.tensor(0.25))[0], half)
 
 
-def test_ita_scale_zero_gives_the_classifier_without_attention():
+def test_ias_scale_zero_is_the_model_without_ias_and_between_weights_the_saliency():
     torch.manual_seed(0)
     net = HermesNet(seg_encoder="resnet18", ita_form="residual").eval()
     x = torch.randn(2, 3, 32, 32)
+    off, full = net(x, ias=False), net(x)
+    assert not torch.allclose(full["cls_logits"], off["cls_logits"])
+    assert not torch.allclose(full["seg_logits"], off["seg_logits"])
+    models.set_ias_scale(net, 0.0)
+    assert not net.ias_full and float(net.ias_scale) == 0.0
+    zero = net(x)
+    for k in ("cls_logits", "seg_logits"):
+        assert torch.equal(zero[k], off[k]), k
+    models.set_ias_scale(net, 0.5)
+    half = net(x)
     with torch.no_grad():
-        plain = net.forward_cls(x)["cls_logits"]
-        assert not torch.allclose(net(x)["cls_logits"], plain)
-        models.set_ita_scale(net, 0.0)
-        assert not net.ita_full and float(net.ita_scale) == 0.0
-        assert torch.equal(net(x)["cls_logits"], plain)
-        models.set_ita_scale(net, 1.0)
-        assert net.ita_full and "ita_scale" not in net.state_dict()               # not saved: 1 when finished
+        torch.testing.assert_close(half["seg_logits"], net.forward_seg(x, 0.5 * full["saliency"])["seg_logits"])
+    torch.testing.assert_close(half["saliency"], full["saliency"])                 # the map itself is not scaled
+    models.set_ias_scale(net, 1.0)
+    assert net.ias_full and "ias_scale" not in net.state_dict()                   # not saved: 1 when finished
+    torch.testing.assert_close(net(x)["cls_logits"], full["cls_logits"])

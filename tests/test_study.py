@@ -205,3 +205,8 @@ def test_unsup_weight_cls_named_and_grouped_by_the_weight_it_stands_for():
     assert T.signature(sup[0]) == T.signature(sup[1])
     assert list(T.split_rows({"SupOnly": sup}, key_of=lambda c: c)) == ["SupOnly"]
     assert T.method_name(sup[0]) == T.method_name(sup[1]) == "SupOnly (scratch recipe)"
+    # the IAS module's settings are inert without it: SupOnly runs with either ITA form are one row
+    paper_ita = dict(sup[1], ita_form="paper", ias_warmup=500)
+    assert T.signature(paper_ita) == T.signature(sup[1])
+    assert T.method_name(paper_ita) == "SupOnly (scratch recipe)"
+    assert T.signature(dict(now, ias_warmup=500)) != T.signature(now)

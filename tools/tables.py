@@ -93,7 +93,10 @@ def method_name(cfg):
 def _effective(cfg):
     """cfg with unsup_weight_cls None (its default: --unsup-weight on L^u_cls too) replaced by the value it
     stands for, and left out where the run has no L^u_cls (SupOnly, --task seg, a comparator), so that runs
-    that weighted L^u_cls alike are named and grouped alike."""
+    that weighted L^u_cls alike are named and grouped alike. Likewise the IAS module's settings (ita_form,
+    ias_warmup) are left out of a run without it (SupOnly)."""
+    if cfg.get("method", "hermes") == "hermes" and not cfg.get("ias", True):
+        cfg = {k: v for k, v in cfg.items() if k not in ("ita_form", "ias_warmup")}
     if not cfg.get("dtcl", True) or cfg.get("method", "hermes") != "hermes" or cfg.get("task") == "seg":
         return {k: v for k, v in cfg.items() if k != "unsup_weight_cls"}
     if "unsup_weight_cls" in cfg and cfg["unsup_weight_cls"] is None:

@@ -1,6 +1,6 @@
-"""The log.csv figures of docs/classifier-study.md ("Inter-task attention after the burn-in"):
+"""The log.csv figures of docs/classifier-study.md ("The IAS module after the burn-in"):
     python docs/study-iasw/at_step.py
-Mean evaluation accuracy and AUC of each row at steps 250-2,000, and the Δ to SupOnly at each step (paired by
+Mean evaluation Dice, accuracy and AUC of each row at steps 250-2,000, and the Δ to SupOnly at each step (paired by
 seed), over the seeds every row has, from the CPU records of SupOnly, the default Hermes (L^u_cls off) and
 --ias-warmup 500."""
 import csv
@@ -11,7 +11,7 @@ DOCS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FOLDER = {0: "study-defaults", 1: "study-defaults", 2: "study-defaults", 3: "study-seeds345",
           4: "study-seeds345", 5: "study-seeds345"}
 ROWS = {"SupOnly": lambda s: f"{FOLDER[s]}/suponly-s{s}", "Hermes": lambda s: f"{FOLDER[s]}/hermesuc0-s{s}",
-        "ITA warm-up": lambda s: f"study-iasw/iasw-s{s}"}
+        "IAS warm-up": lambda s: f"study-iasw/iasw-s{s}"}
 STEPS = range(250, 2001, 250)
 
 

@@ -112,10 +112,9 @@ class HermesConfig:
                             "scratch)", group=OPTIM, type=float, tag="lrseg")
     lr_cls: float = setting(None, "initial lr of the classification branch (SGD), default --lr (README: from "
                             "scratch)", group=OPTIM, type=float, tag="lrcls")
-    burn_in: int = setting(0, "first N steps trained as SupOnly (no teacher pass, no unlabeled term), then "
-                              "the "
-                           "full objective; same total steps (Unbiased Teacher's burn-in)", group=OPTIM,
-                           missing=0, tag="burnin")
+    burn_in: int = setting(0, "first N steps trained with SupOnly's losses (no teacher pass, no unlabeled term; "
+                              "the IAS module stays on unless --ias-warmup), then the full objective; same total "
+                              "steps (Unbiased Teacher's burn-in)", group=OPTIM, missing=0, tag="burnin")
     unlabeled_bn: str = setting(
         "shared", "shared: labeled + strong unlabeled images in one BatchNorm batch and the teacher pass "
         "updating the running statistics; separate: unlabeled passes use their own batch statistics and "

@@ -554,7 +554,7 @@ def hermes_step(model, banks, batch_l, batch_u, it, total, cfg, keep_terms=False
     kappa = uncertainty_threshold(it, total, cfg.eta_max, cfg.eta_min)            # eq. (16)
     tau = confidence_threshold(it, total)                                          # eq. (17)
 
-    if it < cfg.burn_in:   # burn-in: a SupOnly step (not in the paper)
+    if it < cfg.burn_in:   # burn-in: SupOnly's losses (not in the paper); IAS stays on unless --ias-warmup
         itc_on = False
     if cfg.ias_warmup:
         for m in (model, teacher):

@@ -1,9 +1,10 @@
 """The log.csv figures of docs/classifier-study.md ("The IAS module after the burn-in"):
     python docs/study-iasw/at_step.py
-Mean evaluation Dice, accuracy and AUC of each row at steps 250-2,000, and the Δ to SupOnly at each step (paired by
-seed), over the seeds every row has, from the CPU records of SupOnly, the default Hermes (L^u_cls off) and
+Mean evaluation Dice, accuracy and AUC of each row at steps 250-2,000, and the final checkpoints per seed, with
+the Δ to SupOnly (paired by seed), over the seeds every row has, from the CPU records of SupOnly, the default Hermes (L^u_cls off) and
 --ias-warmup 500."""
 import csv
+import json
 import os
 import statistics as st
 
@@ -35,3 +36,15 @@ for key in ("dice_mean", "accuracy", "auc"):
         print(f"  {row:12s} " + " ".join(f"{it}:{st.mean(v[it]):5.1f}" + ("" if row == "SupOnly" else
                                                                            f"({st.mean(d[it]):+.1f})")
                                           for it in STEPS))
+print("final checkpoints per seed (metrics.json), Dice / accuracy / AUC, and Δ to SupOnly's")
+for row, where in ROWS.items():
+    finals = []
+    for s in seeds:
+        with open(os.path.join(DOCS, where(s), "metrics.json")) as f:
+            m = json.load(f)
+        finals.append([100 * m[k] for k in ("dice_mean", "accuracy", "auc")])
+    if row == "SupOnly":
+        base = finals
+    print(f"  {row:12s} " + "  ".join(
+        f"s{s} " + "/".join(f"{v:.2f}" for v in m) + ("" if row == "SupOnly" else " (" + "/".join(
+            f"{v - b:+.2f}" for v, b in zip(m, b0)) + ")") for s, m, b0 in zip(seeds, finals, base)))

@@ -400,8 +400,8 @@ class Settings(HermesConfig):
     recipe: str = setting("auto", "how to train: paper = §4.1's fine-tuning settings; scratch = the "
                                   "from-scratch "
                           "recipe (RECIPES: per-branch lrs, burn-in a quarter of the steps, separate "
-                          "BatchNorm for unlabeled passes, residual inter-task attention, no L^u_cls; "
-                          "docs/gain-study.md, "
+                          "BatchNorm for unlabeled passes, residual inter-task attention, no L^u_cls, the "
+                          "unlabeled images' class prior; docs/gain-study.md, "
                           "docs/classifier-study.md); auto = scratch when both "
                           "encoders start from random weights (no --pretrained, no --init*), else paper. "
                           "Options given on the command line win over the recipe's", group=COMMON,
@@ -450,6 +450,13 @@ class Settings(HermesConfig):
     ita_form: str = setting("paper", "inter-task attention output: eq. (5) (paper) or x_cls + eq. (5) "
                             "(residual, not in the paper)", group=MODEL, paper="eq. (5)", note="{} ITA",
                             choices=["paper", "residual"])
+    class_prior: str = setting(
+        "labeled", "the malignant share that the evaluation's benign/malignant decision assumes: labeled = the "
+        "labeled set's (half, by the split), as the classifier was trained; unlabeled = the training images' "
+        "share estimated from the classifier's outputs on the unlabeled images (EM of Saerens et al. 2002), the "
+        "decision moved by log-odds(unlabeled) - log-odds(labeled). AUC and Dice do not change; runs with no "
+        "unlabeled set (SupOnly) keep labeled unless given (docs/classifier-study.md)", group=EXTRA,
+        missing="labeled", note="class prior: {}", tag="prior", choices=["labeled", "unlabeled"])
     # optimisation (lr_seg, lr_cls, burn_in: HermesConfig's, so that a method is one object)
     lr: float = setting(1e-4, "initial lr of both branches", group=OPTIM, paper="§4.1 and Table 4: 1e-4",
                         note="lr {:g}")
@@ -514,11 +521,27 @@ SETTINGS = {f.name: f for f in fields(Settings)}
 # closed at 0 cut the classifier off its own features in 1 of 3 seeds, which then ended predicting one class;
 # L^u_cls weighted 0: from random weights the kept image pseudo-labels are right ~3/4 of the time, and
 # without the term Hermes classified at least as well as with it: 3 CPU seeds, final; 8 GPU seeds, step 1,750);
+# class_prior "unlabeled": the labeled set is half malignant by the split while the data are not (BUSI ~1/3),
+# so a classifier trained on it calls too many images malignant; the unlabeled images' estimated share moves
+# the decision (docs/classifier-study.md); SupOnly has no unlabeled set and keeps "labeled".
 # "quarter" = a quarter of --iters. Applied to every method alike (SupOnly, CPS, comparators, Hermes; only
 # Hermes has inter-task attention).
 RECIPES = {"paper": {},
            "scratch": {"lr_seg": 1e-3, "lr_cls": 1e-2, "burn_in": "quarter", "unlabeled_bn": "separate",
-                       "ita_form": "residual", "unsup_weight_cls": 0.0}}
+                       "ita_form": "residual", "unsup_weight_cls": 0.0, "class_prior": "unlabeled"}}
+
+
+def uses_unlabeled(cfg):
+    """Whether a run (config dict or namespace) trains on its unlabeled images: a comparator, or Hermes with
+    DTCL or ITCL on. SupOnly (and "IAS only") does not, so it has no unlabeled prior to estimate."""
+    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+    return get("method", "hermes") != "hermes" or bool(get("dtcl", True)) or (
+        bool(get("itcl", True)) and get("task", "joint") == "joint")
+
+
+def recipe_settings(recipe, cfg):
+    """RECIPES[recipe] as it applies to run `cfg`: without class_prior where the run has no unlabeled set."""
+    return {k: v for k, v in RECIPES.get(recipe, {}).items() if k != "class_prior" or uses_unlabeled(cfg)}
 
 
 def resolve_recipe(args, given):
@@ -532,10 +555,11 @@ def resolve_recipe(args, given):
                    "_", "-")) if args.recipe == "paper" else "both encoders start from random weights")
     else:
         why = "--recipe " + args.recipe
-    for name, value in RECIPES[args.recipe].items():
+    recipe = recipe_settings(args.recipe, args)
+    for name, value in recipe.items():
         if name not in given:
             setattr(args, name, args.iters // 4 if value == "quarter" else value)
-    what = ", ".join(f"{flag(n)} {getattr(args, n)}" for n in RECIPES[args.recipe]) or "§4.1's settings"
+    what = ", ".join(f"{flag(n)} {getattr(args, n)}" for n in recipe) or "§4.1's settings"
     return f"recipe {args.recipe} ({why}): {what}"
 METHOD_KEYS = tuple(f.name for f in fields(HermesConfig))
 

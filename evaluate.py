@@ -138,6 +138,75 @@ def auc(y_true, score):
     return float((r[y_true == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
+# ------------------------------------------------------------- class prior (not in the paper; --class-prior)
+def logit(p):
+    return math.log(p / (1 - p))
+
+
+def adjust_scores(score, prior, prior_train):
+    """p(malignant | x) under malignant share `prior`, from scores p(malignant | x) of a classifier trained at
+    share prior_train (Bayes' rule; Saerens et al. 2002, eq. (2.4)): the same as adding
+    logit(prior) - logit(prior_train) to the malignant logit."""
+    a = np.asarray(score, dtype=np.float64) * (prior / prior_train)
+    b = (1 - np.asarray(score, dtype=np.float64)) * ((1 - prior) / (1 - prior_train))
+    return a / (a + b)
+
+
+def estimate_prior(score, prior_train, iters=1000, tol=1e-9, bounds=(1e-3, 1 - 1e-3)):
+    """Malignant share of a set of images from a classifier's scores on them (the EM of Saerens, Latinne &
+    Decaestecker 2002): from π = prior_train, repeat  q_i = adjust_scores(s_i, π, prior_train),
+    π <- mean_i q_i  until π moves by less than tol; the fixed point is the share's maximum-likelihood
+    estimate. Kept within `bounds` so that its log-odds stay finite."""
+    s = np.asarray(score, dtype=np.float64).ravel()
+    if s.size == 0:
+        raise ValueError("estimate_prior: no scores (no unlabeled images)")
+    pi = prior_train
+    for _ in range(iters):
+        new = min(max(float(adjust_scores(s, pi, prior_train).mean()), bounds[0]), bounds[1])
+        done, pi = abs(new - pi) < tol, new
+        if done:
+            break
+    return pi
+
+
+def class_scores(model, loader, device, amp=False):
+    """p(malignant | x) = softmax(cls_logits)[:, 1] of every image of `loader` (batches whose first item is
+    the image (B,3,S,S)), in eval mode; the model's mode is restored."""
+    device, was_training, out = torch.device(device), model.training, []
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    logits = model(batch[0].to(device, non_blocking=True))["cls_logits"]
+                out.append(logits.float().softmax(1)[:, 1].cpu().numpy())
+    finally:
+        model.train(was_training)
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def class_prior(mode, labels_l, model=None, loader_u=None, device="cpu", amp=False):
+    """The malignant share the evaluation's decision assumes (--class-prior) -> {"class_prior", "prior_labeled",
+    "prior_unlabeled", "prior_shift"}.
+
+    π_l = the labeled images' share (what the classifier was trained at: 1/2 by the split). mode "labeled":
+    π = π_l, no shift. mode "unlabeled": π_u = estimate_prior(scores of `model` on loader_u's images, π_l) and
+    π = (n_l π_l + n_u π_u) / (n_l + n_u), the share of all training images (the labeled ones are drawn from
+    them, half per class, so π_u alone would be too low); shift = logit(π) - logit(π_l), added to the
+    malignant logit at evaluation."""
+    labels_l = np.asarray(labels_l).astype(int)
+    pi_l = float(labels_l.mean())
+    if mode == "labeled":
+        return {"class_prior": pi_l, "prior_labeled": pi_l, "prior_unlabeled": None, "prior_shift": 0.0}
+    if mode != "unlabeled":
+        raise ValueError(f"class_prior: mode must be labeled or unlabeled, got {mode!r}")
+    s = class_scores(model, loader_u, device, amp)
+    pi_u = estimate_prior(s, pi_l)
+    pi = (labels_l.size * pi_l + s.size * pi_u) / (labels_l.size + s.size)
+    return {"class_prior": pi, "prior_labeled": pi_l, "prior_unlabeled": pi_u,
+            "prior_shift": logit(pi) - logit(pi_l)}
+
+
 def summarize(per_image):
     """Summary dict (SUMMARY_KEYS + n_malignant) from per-image records with dice, iou, hd95, label, score,
     pred."""
@@ -159,10 +228,11 @@ def summarize(per_image):
 
 
 # ------------------------------------------------------------------------------------------ evaluation
-def evaluate_model(model, loader, device, ias=None, amp=False, keep_masks=False):
+def evaluate_model(model, loader, device, ias=None, amp=False, keep_masks=False, shift=0.0):
     """Evaluate `model` on every image of `loader` (batches (image (B,3,S,S), mask (B,S,S), label (B,))).
 
-    Segmentation = argmax of seg_logits, malignancy score = softmax(cls_logits)[:, 1], class = argmax.
+    Segmentation = argmax of seg_logits, malignancy score = softmax(cls_logits)[:, 1], class = argmax; shift
+    is added to the malignant logit first (class_prior: the decision at another class prior; AUC unchanged).
     Runs in eval mode under torch.no_grad() (the forward still takes the saliency gradient of eq. (6) with
     enable_grad inside); the model's train/eval mode is restored afterwards. amp: bf16 autocast.
     ias: passed to model.forward (None = the model's own setting).
@@ -181,7 +251,10 @@ def evaluate_model(model, loader, device, ias=None, amp=False, keep_masks=False)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     out = model(x, ias=ias)
                 pred = out["seg_logits"].float().argmax(1).cpu().numpy().astype(bool)  # (B,S,S)
-                prob = out["cls_logits"].float().softmax(1).cpu().numpy()                 # (B,2)
+                logits = out["cls_logits"].float()
+                if shift:
+                    logits = logits + logits.new_tensor([0.0, shift])
+                prob = logits.softmax(1).cpu().numpy()                                    # (B,2)
                 gt = y.numpy().astype(bool)
                 for b in range(len(x)):
                     rec = {"index": len(per_image), "label": int(z[b]), "pred": int(prob[b].argmax()),
@@ -232,13 +305,15 @@ def load_model(ckpt, config):
 
 
 def evaluate_run(run_dir_or_ckpt, data_root=None, which="final", overlays=None, device="cpu", batch_size=8,
-                 n_panels=4, amp=False):
+                 n_panels=4, amp=False, prior_mode=None):
     """Evaluate a run's checkpoint on its split's evaluation images; write metrics json + per-image csv.
 
     run_dir_or_ckpt: a run folder (with which = "final" | "best") or a checkpoint file; split.json (and
     config.json when the checkpoint has no "config") must lie beside the checkpoint.
     data_root: overrides the config's data_root (the run may come from another machine).
     overlays: folder for the PNGs (write_overlays), or None.
+    prior_mode: the class prior of the decision (class_prior: "labeled" | "unlabeled"); None = the run's own
+    (config "class_prior"). Another than the run's own writes metrics_<stem>_prior-<mode>.json / .csv.
     Returns the dict written to the metrics file (SUMMARY_KEYS, checkpoint, iter, selected_on, method, ...).
     """
     ckpt_path, metrics_path, csv_path = resolve_checkpoint(run_dir_or_ckpt, which)
@@ -271,12 +346,20 @@ def evaluate_run(run_dir_or_ckpt, data_root=None, which="final", overlays=None, 
                            image_size=config["image_size"], seed=config["seed"],
                            demo_size=config.get("demo_size"),
                            unlabeled_dirs=config.get("unlabeled_dir"))
-    _, _, idx_eval = data.split_indices(ds, split)
+    idx_l, idx_u, idx_eval = data.split_indices(ds, split)
     loader = torch.utils.data.DataLoader(augment.LabeledSet(ds, idx_eval, train=False), batch_size=batch_size,
                                          shuffle=False)
     model = load_model(ckpt, config).to(device)
-    summary, per_image = evaluate_model(model, loader, device, amp=amp and device.type == "cuda",
-                                        keep_masks=overlays is not None)
+    own = config.get("class_prior", "labeled")
+    if prior_mode is not None and prior_mode != own:
+        metrics_path, csv_path = (f"{base}_prior-{prior_mode}{ext}"
+                                  for base, ext in map(os.path.splitext, (metrics_path, csv_path)))
+    amp = amp and device.type == "cuda"
+    loader_u = torch.utils.data.DataLoader(augment.LabeledSet(ds, idx_u, train=False), batch_size=batch_size,
+                                           shuffle=False)
+    prior = class_prior(prior_mode or own, ds.labels[idx_l], model, loader_u, device, amp)
+    summary, per_image = evaluate_model(model, loader, device, amp=amp, keep_masks=overlays is not None,
+                                        shift=prior["prior_shift"])
     names = [ds.names[i] for i in idx_eval]
 
     def write_csv(f):
@@ -297,7 +380,7 @@ def evaluate_run(run_dir_or_ckpt, data_root=None, which="final", overlays=None, 
     is_best = os.path.basename(ckpt_path) == "best.pt"
     it, total = ckpt.get("iter"), config.get("iters")
     finished = it is None or total is None or it >= total
-    result = {**summary, "checkpoint": os.path.basename(ckpt_path), "iter": it, "iters": total,
+    result = {**summary, **prior, "checkpoint": os.path.basename(ckpt_path), "iter": it, "iters": total,
               "finished": finished, "stopped_at": None if finished else f"step {it} of {total}",
               "selected_on": SELECTED_ON_BEST if is_best else SELECTED_ON_FINAL if finished
               else f"none (the last checkpoint of an unfinished run, step {it} of {total})",
@@ -322,6 +405,9 @@ def format_metrics(m):
              f"Sensitivity (%)  {pct('sensitivity')}",
              f"Specificity (%)  {pct('specificity')}",
              f"AUC (%)          {pct('auc')}"]
+    if m.get("prior_unlabeled") is not None:
+        lines.append(f"decided at       {m['class_prior']:.3f} malignant (estimated from the unlabeled images; "
+                     f"the labeled set: {m['prior_labeled']:.3f})")
     return "\n".join(lines)
 
 
@@ -357,6 +443,9 @@ def main(argv=None):
                    help="auto = cuda when available")
     p.add_argument("--batch-size", type=int, default=8, help="evaluation batch size")
     p.add_argument("--amp", action="store_true", help="bf16 autocast on CUDA (ignored on CPU)")
+    p.add_argument("--class-prior", default=None, choices=["labeled", "unlabeled"],
+                   help="the malignant share the benign/malignant decision assumes (train.py --class-prior); "
+                        "default: the run's own")
     p.add_argument("--debug", action="store_true",
                    help="show the Python traceback of an error (or HERMES_DEBUG=1)")
     args = p.parse_args(argv)
@@ -370,7 +459,7 @@ def main(argv=None):
     if len(args.paths) != 1:
         p.error("give one run folder or checkpoint (or --summary for several runs)")
     m = evaluate_run(args.paths[0], data_root=args.data_root, which=args.checkpoint, overlays=args.overlays,
-                     device=args.device, batch_size=args.batch_size, amp=args.amp)
+                     device=args.device, batch_size=args.batch_size, amp=args.amp, prior_mode=args.class_prior)
     print(f"{m['checkpoint']} (iter {m['iter']}, {m['method']}, {m['dataset']} {m['labels']} labels, "
           f"seed {m['seed']}); selected on: {m['selected_on']}")
     if m["stopped_at"]:

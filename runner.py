@@ -32,9 +32,10 @@ import config
 import data
 import hermes
 
-# balanced accuracy and the share of images called malignant show a one-class classifier at every evaluation
+# balanced accuracy and the share of images called malignant show a one-class classifier at every evaluation;
+# class_prior: the malignant share the decision assumed (--class-prior)
 EVAL_KEYS = ["dice_mean", "iou_mean", "hd95_mean", "accuracy", "auc", "area_ratio", "balanced_accuracy",
-             "predicted_malignant"]
+             "predicted_malignant", "class_prior"]
 LOG_COLUMNS = ["kind", "iter", *hermes.STAT_KEYS, "lr_seg", "lr_cls", "sec_per_step", *EVAL_KEYS]
 # The resume rules are the settings' own (config.py: each field's `resume` and `missing`).
 RESUME_OVERRIDABLE, RESUME_MISSING, RESUME_FROM_COMMAND = (config.RESUME_OVERRIDABLE, config.RESUME_MISSING,

@@ -271,6 +271,11 @@ class Run:
         self.eval_loader = torch.utils.data.DataLoader(augment.LabeledSet(ds, idx_eval, train=False),
                                                        batch_size=cfg["batch_size"], shuffle=False,
                                                        generator=torch.Generator())
+        # --class-prior unlabeled: the scores on the unlabeled images, in order (its own generator, as above)
+        self.labels_l = ds.labels[idx_l]
+        self.prior_loader = torch.utils.data.DataLoader(
+            augment.LabeledSet(ds, idx_u, train=False), batch_size=cfg["batch_size"], shuffle=False,
+            generator=torch.Generator()) if cfg.get("class_prior") == "unlabeled" else None
         self.hcfg = hermes.config_from(cfg)
         self.model, self.banks, self.peer = build_networks(cfg, self.hcfg, self.device)
         self.opts = make_optimizers(self.model, cfg, self.peer)
@@ -323,12 +328,22 @@ class Run:
                         kept_img=f"{row.get('kept_img', 0):.2f}",
                         pl_acc=f"{row.get('pl_acc_pix_kept', 0):.3f}")
 
+    def _evaluate(self):
+        """Evaluation metrics at the run's class prior (--class-prior; its estimate and shift included)."""
+        prior = evaluate.class_prior(self.cfg.get("class_prior", "labeled"), self.labels_l, self.model,
+                                     self.prior_loader, self.device, self.eval_amp)
+        metrics, _ = evaluate.evaluate_model(self.model, self.eval_loader, self.device, amp=self.eval_amp,
+                                             shift=prior["prior_shift"])
+        return {**metrics, **prior}
+
     def evaluate(self, done):
-        metrics, _ = evaluate.evaluate_model(self.model, self.eval_loader, self.device, amp=self.eval_amp)
+        metrics = self._evaluate()
         self.log.write({"kind": "eval", "iter": done, **{k: metrics[k] for k in EVAL_KEYS}})
         tqdm.write(f"step {done}: eval Dice {metrics['dice_mean']:.4f}  Acc {metrics['accuracy']:.4f}  "
                    f"balanced {metrics['balanced_accuracy']:.4f}  AUC {metrics['auc']:.4f}  predicted "
-                   f"malignant {metrics['predicted_malignant']:.0%}")
+                   f"malignant {metrics['predicted_malignant']:.0%}"
+                   + (f" (decided at {metrics['class_prior']:.0%} malignant, the unlabeled images' estimate)"
+                      if metrics["prior_unlabeled"] is not None else ""))
         self.final_metrics = metrics if done == self.total else None
         if metrics["dice_mean"] > self.best["dice"]:
             self.best = {"dice": metrics["dice_mean"], "iter": done}
@@ -343,8 +358,7 @@ class Run:
     def finish(self):
         """Evaluate the final step (unless just done), write metrics.json and the lean final checkpoint."""
         cfg, total, best = self.cfg, self.total, self.best
-        metrics = self.final_metrics if self.final_metrics is not None else evaluate.evaluate_model(
-            self.model, self.eval_loader, self.device, amp=self.eval_amp)[0]
+        metrics = self.final_metrics if self.final_metrics is not None else self._evaluate()
         result = {"checkpoint": "checkpoint.pt (final)", "iter": total, **metrics,
                   "best": {"checkpoint": "best.pt", "iter": best["iter"], "dice_mean": best["dice"],
                            "selected_on": evaluate.SELECTED_ON_BEST},

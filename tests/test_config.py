@@ -114,6 +114,17 @@ def test_recipe_auto_is_scratch_from_random_weights_and_paper_from_pretrained(ca
     assert (forced.lr_seg, forced.burn_in, forced.unlabeled_bn) == (1e-4, 0, "shared")
 
 
+def test_class_prior_from_the_recipe_only_where_there_are_unlabeled_images(capsys):
+    assert _resolved().class_prior == "unlabeled"                                       # Hermes, scratch
+    assert _resolved("--method", "cps").class_prior == "unlabeled"                      # a comparator
+    capsys.readouterr()
+    sup = _resolved("--no-dtcl", "--no-ias", "--no-itcl")                               # SupOnly: no unlabeled set
+    assert sup.class_prior == "labeled" and "--class-prior" not in capsys.readouterr().out
+    assert _resolved("--no-dtcl", "--no-ias", "--no-itcl", "--class-prior", "unlabeled").class_prior == "unlabeled"
+    assert _resolved("--pretrained").class_prior == "labeled"                           # paper recipe: §4.1
+    assert config.RESUME_MISSING["class_prior"] == "labeled"
+
+
 def test_teacher_ema_only_where_there_is_a_teacher_pass():
     assert _resolved("--teacher", "ema").teacher == "ema"
     assert _resolved("--teacher", "ema", "--no-dtcl").teacher == "self"            # SupOnly: no weak-view pass

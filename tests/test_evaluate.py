@@ -255,6 +255,53 @@ def test_evaluate_model_on_fake_model_restores_mode():
     assert not net.training
 
 
+# --------------------------------------------------------------------------- class prior (--class-prior)
+def test_adjust_scores_by_hand_as_a_logit_shift_and_a_loop():
+    # s = 0.8 trained at 1/2, decided at 1/4: 0.8·(1/2) / (0.8·(1/2) + 0.2·(3/2)) = 0.4 / 0.7
+    assert E.adjust_scores(0.8, 0.25, 0.5) == pytest.approx(4 / 7)
+    logits = torch.tensor([[0.0, math.log(0.8 / 0.2)]]) + torch.tensor([0.0, E.logit(0.25) - E.logit(0.5)])
+    assert logits.softmax(1)[0, 1].item() == pytest.approx(4 / 7)
+    s = np.random.default_rng(0).random(50)
+    loop = [si * 0.3 / 0.4 / (si * 0.3 / 0.4 + (1 - si) * 0.7 / 0.6) for si in s]
+    np.testing.assert_allclose(E.adjust_scores(s, 0.3, 0.4), loop, rtol=1e-12)
+
+
+def test_estimate_prior_em_steps_by_hand_fixed_point_and_recovery():
+    s = np.array([0.9, 0.2, 0.1, 0.4])
+    assert E.estimate_prior(s, 0.5, iters=1) == pytest.approx(0.4)          # step 1: the mean score
+    # step 2 at π = 0.4: 0.72/0.84, 0.16/1.12, 0.08/1.16, 0.32/1.04, averaged
+    assert E.estimate_prior(s, 0.5, iters=2) == pytest.approx((0.72 / 0.84 + 0.16 / 1.12 + 0.08 / 1.16
+                                                               + 0.32 / 1.04) / 4)
+    pi = E.estimate_prior(s, 0.5)
+    assert E.adjust_scores(s, pi, 0.5).mean() == pytest.approx(pi, abs=1e-8)  # the EM fixed point
+    # calibrated scores of a classifier trained at 1/2 (x ~ N(±1, 1): log-odds 2x) on a set 30 % malignant
+    rng = np.random.default_rng(1)
+    y = rng.random(20000) < 0.3
+    x = rng.normal(np.where(y, 1.0, -1.0), 1.0)
+    assert E.estimate_prior(1 / (1 + np.exp(-2 * x)), 0.5) == pytest.approx(0.3, abs=0.015)
+    assert E.estimate_prior(np.zeros(3), 0.5) == 1e-3                        # bounded: finite log-odds
+    with pytest.raises(ValueError, match="no scores"):
+        E.estimate_prior([], 0.5)
+
+
+def test_class_prior_and_the_shifted_decision_on_a_fake_model():
+    loader, x, _, labels = _fake_batches()
+    scores = torch.stack([-x.mean((1, 2, 3)), x.mean((1, 2, 3))], 1).softmax(1)[:, 1].numpy()
+    np.testing.assert_allclose(E.class_scores(FakeNet(), loader, "cpu"), scores, rtol=1e-6)
+    lab = E.class_prior("labeled", [0, 1, 0, 1])
+    assert (lab["class_prior"], lab["prior_shift"], lab["prior_unlabeled"]) == (0.5, 0.0, None)
+    u = E.class_prior("unlabeled", [0, 1, 0, 1, 1, 1], FakeNet(), loader, "cpu")      # labeled share 2/3
+    pi_u = E.estimate_prior(scores, 2 / 3)
+    assert u["prior_unlabeled"] == pytest.approx(pi_u) and u["prior_labeled"] == pytest.approx(2 / 3)
+    assert u["class_prior"] == pytest.approx((6 * 2 / 3 + 5 * pi_u) / 11)
+    assert u["prior_shift"] == pytest.approx(E.logit(u["class_prior"]) - E.logit(2 / 3))
+    plain, per = E.evaluate_model(FakeNet(), loader, "cpu")
+    moved, per_moved = E.evaluate_model(FakeNet(), loader, "cpu", shift=-50.0)
+    assert moved["predicted_malignant"] == 0.0 and moved["auc"] == plain["auc"]   # the order of scores stays
+    assert [r["score"] for r in per_moved] == pytest.approx(list(E.adjust_scores(
+        [r["score"] for r in per], 1 / (1 + math.exp(50)), 0.5)), abs=1e-12)
+
+
 def test_resolve_checkpoint_names(tmp_path):
     (tmp_path / "checkpoint.pt").write_bytes(b"x")
     (tmp_path / "best.pt").write_bytes(b"x")
@@ -301,6 +348,11 @@ def test_evaluate_run_end_to_end_demo(tmp_path):
     assert lines[0] == "name,label,pred,score,dice,iou,hd95" and len(lines) == n_eval + 1
     assert [l.split(",")[0] for l in lines[1:]] == split["eval"]
 
+    moved = E.main([str(run), "--class-prior", "unlabeled", "--device", "cpu"])   # another prior than the run's
+    written = json.loads((run / "metrics_checkpoint_prior-unlabeled.json").read_text())
+    assert written["prior_unlabeled"] is not None and written["prior_labeled"] == 0.5
+    assert (written["dice_mean"], written["auc"]) == pytest.approx((m["dice_mean"], m["auc"]))
+    assert moved["metrics_file"].endswith("metrics_checkpoint_prior-unlabeled.json") and m["prior_shift"] == 0.0
     E.main([str(run), "--checkpoint", "best", "--device", "cpu"])
     best = json.loads((run / "metrics_best.json").read_text())
     assert best["selected_on"].startswith("evaluation split") and best["dice_mean"] == pytest.approx(m["dice_mean"])

@@ -1,6 +1,7 @@
 """Every --method trains 3 steps through train.py on generated data with finite losses, resumes exactly, and is
 named by the summary table (comparators/; Tables 1-2)."""
 import csv
+import json
 import math
 import os
 
@@ -23,6 +24,22 @@ def test_method_trains_three_steps_and_is_named(tmp_path, method):
     assert len(rows) == 3 and all(math.isfinite(float(r["loss"])) for r in rows)
     md = tables.summary_markdown([out])
     assert f"| {config.METHODS[method]} (scratch recipe) |" in md
+
+
+def test_class_prior_changes_the_evaluation_not_the_training(tmp_path):
+    """--class-prior unlabeled (the scratch recipe's) only moves the decision: same steps, same weights."""
+    runs = {p: str(tmp_path / p) for p in ("labeled", "unlabeled")}
+    for prior, out in runs.items():
+        train.train(TINY + ["--class-prior", prior, "--out", out, "--iters", "4", "--eval-every", "2"])
+    rows = {p: list(csv.DictReader(open(os.path.join(d, "log.csv")))) for p, d in runs.items()}
+    drop = lambda r: {k: v for k, v in r.items() if k != "sec_per_step"}
+    assert [drop(r) for r in rows["labeled"] if r["kind"] == "train"] == \
+        [drop(r) for r in rows["unlabeled"] if r["kind"] == "train"]
+    ev = {p: [r for r in rs if r["kind"] == "eval"][-1] for p, rs in rows.items()}
+    assert (ev["labeled"]["dice_mean"], ev["labeled"]["auc"]) == (ev["unlabeled"]["dice_mean"], ev["unlabeled"]["auc"])
+    assert float(ev["labeled"]["class_prior"]) == 0.5 and float(ev["unlabeled"]["class_prior"]) != 0.5
+    names = {p: tables.method_name(json.load(open(os.path.join(d, "config.json")))) for p, d in runs.items()}
+    assert names == {"labeled": "Hermes (scratch recipe, class prior: labeled)", "unlabeled": "Hermes (scratch recipe)"}
 
 
 @pytest.mark.parametrize("method", ["hermes", "hermes-ema", "admt", "pefat"])   # the default (scratch) recipe

@@ -205,6 +205,10 @@ def test_unsup_weight_cls_named_and_grouped_by_the_weight_it_stands_for():
     assert T.signature(sup[0]) == T.signature(sup[1])
     assert list(T.split_rows({"SupOnly": sup}, key_of=lambda c: c)) == ["SupOnly"]
     assert T.method_name(sup[0]) == T.method_name(sup[1]) == "SupOnly (scratch recipe)"
+    # the class prior: SupOnly keeps the labeled set's (no unlabeled images), given otherwise it is named
+    assert T.method_name(dict(sup[1], class_prior="labeled")) == "SupOnly (scratch recipe)"
+    assert T.method_name(dict(sup[1], class_prior="unlabeled")) == "SupOnly (scratch recipe, class prior: unlabeled)"
+    assert T.method_name(dict(now, class_prior="unlabeled")) == "Hermes (scratch recipe)"
     # the IAS module's settings are inert without it: SupOnly runs with either ITA form are one row
     paper_ita = dict(sup[1], ita_form="paper", ias_warmup=500)
     assert T.signature(paper_ita) == T.signature(sup[1])

@@ -68,7 +68,7 @@ def method_name(cfg):
     if on["DTCL"] and threshold != "dual" and not cps:
         notes.append({"confidence": "conf. threshold", "none": "no threshold"}.get(threshold, threshold))
     recipe = {k: cfg.get("iters", 0) // 4 if v == "quarter" else v
-              for k, v in config.RECIPES.get(cfg.get("recipe"), {}).items()}
+              for k, v in config.recipe_settings(cfg.get("recipe"), cfg).items()}
     if recipe:
         notes.append(f"{cfg['recipe']} recipe")   # its settings are not repeated below
     cfg = _effective(cfg)

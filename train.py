@@ -443,6 +443,9 @@ def _train(args, given):
           f"Dice {m['dice_mean']:.4f} ± {m['dice_std']:.4f}  IoU {m['iou_mean']:.4f}  "
           f"HD95 {m['hd95_mean']:.2f} px  Acc {m['accuracy']:.4f} (sens {m['sensitivity']:.4f}, spec "
           f"{m['specificity']:.4f})  AUC {m['auc']:.4f}")
+    if m.get("prior_unlabeled") is not None:
+        print(f"benign/malignant decided at {m['class_prior']:.1%} malignant, the unlabeled images' estimate (the "
+              f"labeled set: {m['prior_labeled']:.0%}; --class-prior labeled decides at that)")
     print(f"best evaluation Dice {best['dice']:.4f} at step {best['iter']} (best.pt, selected on the "
           f"evaluation split)")
     return result

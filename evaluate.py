@@ -145,7 +145,7 @@ def logit(p):
 
 def adjust_scores(score, prior, prior_train):
     """p(malignant | x) under malignant share `prior`, from scores p(malignant | x) of a classifier trained at
-    share prior_train (Bayes' rule; Saerens et al. 2002, eq. (2.4)): the same as adding
+    share prior_train (Bayes' rule, as in Saerens et al. 2002): the same as adding
     logit(prior) - logit(prior_train) to the malignant logit."""
     a = np.asarray(score, dtype=np.float64) * (prior / prior_train)
     b = (1 - np.asarray(score, dtype=np.float64)) * ((1 - prior) / (1 - prior_train))

@@ -147,8 +147,8 @@ def adjust_scores(score, prior, prior_train):
     """p(malignant | x) under malignant share `prior`, from scores p(malignant | x) of a classifier trained at
     share prior_train (Bayes' rule, as in Saerens et al. 2002): the same as adding
     logit(prior) - logit(prior_train) to the malignant logit."""
-    a = np.asarray(score, dtype=np.float64) * (prior / prior_train)
-    b = (1 - np.asarray(score, dtype=np.float64)) * ((1 - prior) / (1 - prior_train))
+    s = np.asarray(score, dtype=np.float64)
+    a, b = s * (prior / prior_train), (1 - s) * ((1 - prior) / (1 - prior_train))
     return a / (a + b)
 
 
@@ -171,17 +171,9 @@ def estimate_prior(score, prior_train, iters=1000, tol=1e-9, bounds=(1e-3, 1 - 1
 
 def class_scores(model, loader, device, amp=False):
     """p(malignant | x) = softmax(cls_logits)[:, 1] of every image of `loader` (batches whose first item is
-    the image (B,3,S,S)), in eval mode; the model's mode is restored."""
-    device, was_training, out = torch.device(device), model.training, []
-    model.eval()
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    logits = model(batch[0].to(device, non_blocking=True))["cls_logits"]
-                out.append(logits.float().softmax(1)[:, 1].cpu().numpy())
-    finally:
-        model.train(was_training)
+    the image (B,3,S,S)), as `evaluate_model` runs the model."""
+    out = [o["cls_logits"].float().softmax(1)[:, 1].cpu().numpy() for _, o in _outputs(model, loader, device,
+                                                                                       amp=amp)]
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -228,6 +220,22 @@ def summarize(per_image):
 
 
 # ------------------------------------------------------------------------------------------ evaluation
+def _outputs(model, loader, device, ias=None, amp=False):
+    """(batch, model outputs) for every batch of `loader` (its first item the images), in eval mode under
+    torch.no_grad() (the forward still takes the saliency gradient of eq. (6) with enable_grad inside), bf16
+    autocast if amp; the model's train/eval mode is restored when the loop ends."""
+    device, was_training = torch.device(device), model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for batch in loader:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    out = model(batch[0].to(device, non_blocking=True), ias=ias)
+                yield batch, out
+    finally:
+        model.train(was_training)
+
+
 def evaluate_model(model, loader, device, ias=None, amp=False, keep_masks=False, shift=0.0):
     """Evaluate `model` on every image of `loader` (batches (image (B,3,S,S), mask (B,S,S), label (B,))).
 
@@ -240,33 +248,21 @@ def evaluate_model(model, loader, device, ias=None, amp=False, keep_masks=False,
     Returns (summary, per_image): summary with SUMMARY_KEYS (+ n_malignant); per_image a list, in loader
     order, of {"index", "label", "pred", "score", "dice", "iou", "hd95"} (+ "pred_mask" (S,S) bool if
     keep_masks). """
-    device = torch.device(device)
-    was_training = model.training
-    model.eval()
     per_image = []
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                x, y, z = batch[0].to(device, non_blocking=True), batch[1], batch[2]
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                    out = model(x, ias=ias)
-                pred = out["seg_logits"].float().argmax(1).cpu().numpy().astype(bool)  # (B,S,S)
-                logits = out["cls_logits"].float()
-                if shift:
-                    logits = logits + logits.new_tensor([0.0, shift])
-                prob = logits.softmax(1).cpu().numpy()                                    # (B,2)
-                gt = y.numpy().astype(bool)
-                for b in range(len(x)):
-                    rec = {"index": len(per_image), "label": int(z[b]), "pred": int(prob[b].argmax()),
-                           "score": float(prob[b, 1]), "dice": dice(pred[b], gt[b]),
-                           "iou": iou(pred[b], gt[b]),
-                           "hd95": hd95(pred[b], gt[b]), "pred_area": int(pred[b].sum()),
-                           "gt_area": int(gt[b].sum())}
-                    if keep_masks:
-                        rec["pred_mask"] = pred[b]
-                    per_image.append(rec)
-    finally:
-        model.train(was_training)
+    for (_, y, z), out in _outputs(model, loader, device, ias, amp):
+        pred = out["seg_logits"].float().argmax(1).cpu().numpy().astype(bool)          # (B,S,S)
+        logits = out["cls_logits"].float()
+        if shift:
+            logits = logits + logits.new_tensor([0.0, shift])
+        prob = logits.softmax(1).cpu().numpy()                                            # (B,2)
+        gt = y.numpy().astype(bool)
+        for b in range(len(gt)):
+            rec = {"index": len(per_image), "label": int(z[b]), "pred": int(prob[b].argmax()),
+                   "score": float(prob[b, 1]), "dice": dice(pred[b], gt[b]), "iou": iou(pred[b], gt[b]),
+                   "hd95": hd95(pred[b], gt[b]), "pred_area": int(pred[b].sum()), "gt_area": int(gt[b].sum())}
+            if keep_masks:
+                rec["pred_mask"] = pred[b]
+            per_image.append(rec)
     if not per_image:
         raise ValueError("evaluate.py: the evaluation loader yielded no images")
     return summarize(per_image), per_image

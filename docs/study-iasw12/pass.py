@@ -1,0 +1,13 @@
+import json, itertools, numpy as np, sys
+seeds = [int(s) for s in sys.argv[1:]]
+R = "docs/study-prior/records"
+g = lambda n, s, m: json.load(open(f"{R}/{n}-s{s}.json"))[m]
+for name in ("uc0", "iasw"):
+    dD = np.array([(g(name, s, "unlabeled")["dice_mean"] - g("suponly", s, "labeled")["dice_mean"]) * 100 for s in seeds])
+    dA = np.array([(g(name, s, "unlabeled")["accuracy"] - g("suponly", s, "labeled")["accuracy"]) * 100 for s in seeds])
+    dU = np.array([(g(name, s, "unlabeled")["auc"] - g("suponly", s, "labeled")["auc"]) * 100 for s in seeds])
+    subs = list(itertools.combinations(range(len(seeds)), 3))
+    pD = np.mean([dD[list(c)].mean() >= 2 for c in subs]); pA = np.mean([dA[list(c)].mean() >= 0 for c in subs])
+    pB = np.mean([dD[list(c)].mean() >= 2 and dA[list(c)].mean() >= 0 for c in subs])
+    print(name, f"dDice {dD.mean():+.2f}±{dD.std(ddof=1):.2f} dAcc {dA.mean():+.2f}±{dA.std(ddof=1):.2f} dAUC {dU.mean():+.2f}",
+          f"seeds acc>=: {(dA >= -1e-9).sum()}/{len(seeds)} dice ahead {(dD>0).sum()}", f"3-seed subsets: Dice>=2 {pD:.2f} acc>=0 {pA:.2f} both {pB:.2f} (n={len(subs)})")

@@ -1,3 +1,10 @@
+"""Issue 27's held-out check asks 3 seeds for Hermes >= SupOnly + 2 Dice with accuracy not below SupOnly's. From
+the records of docs/study-prior/records (final checkpoints; Hermes deciding at the unlabeled images' estimate,
+SupOnly at the labeled set's 1/2): paired differences per seed, and the share of all 3-seed subsets of the
+given seeds that meet the check.
+
+    python docs/study-iasw12/pass.py 0 1 2 3 4 5 6 7 8 9 10 11
+"""
 import json, itertools, numpy as np, sys
 seeds = [int(s) for s in sys.argv[1:]]
 R = "docs/study-prior/records"

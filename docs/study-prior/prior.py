@@ -34,9 +34,10 @@ def record(runs, name, seed):
     ds = data.load_dataset(cfg["dataset"], cfg["data_root"], image_size=cfg["image_size"], seed=cfg["seed"])
     idx_l, idx_u, _ = data.split_indices(ds, data.load_split(os.path.join(run, "split.json")))
     out["true_share"] = float(np.concatenate([ds.labels[idx_l], ds.labels[idx_u]]).mean())
-    with open(os.path.join(run, "metrics.json")) as f:   # train.py's record: the labeled prior's numbers
+    with open(os.path.join(run, "metrics.json")) as f:   # train.py's record, at the run's own prior
         recorded = json.load(f)
-    assert abs(recorded["accuracy"] - out["labeled"]["accuracy"]) < 1e-9, (run, "does not match its record")
+    own = cfg.get("class_prior", "labeled")
+    assert abs(recorded["accuracy"] - out[own]["accuracy"]) < 1e-9, (run, "does not match its record")
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(out, f, indent=1)

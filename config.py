@@ -401,7 +401,8 @@ class Settings(HermesConfig):
                                   "from-scratch "
                           "recipe (RECIPES: per-branch lrs, burn-in a quarter of the steps, separate "
                           "BatchNorm for unlabeled passes, residual inter-task attention, no L^u_cls, the "
-                          "unlabeled images' class prior; docs/gain-study.md, "
+                          "unlabeled images' class prior, the IAS module warmed up after the burn-in; "
+                          "docs/gain-study.md, "
                           "docs/classifier-study.md); auto = scratch when both "
                           "encoders start from random weights (no --pretrained, no --init*), else paper. "
                           "Options given on the command line win over the recipe's", group=COMMON,
@@ -523,25 +524,50 @@ SETTINGS = {f.name: f for f in fields(Settings)}
 # without the term Hermes classified at least as well as with it: 3 CPU seeds, final; 8 GPU seeds, step 1,750);
 # class_prior "unlabeled": the labeled set is half malignant by the split while the data are not (BUSI ~1/3),
 # so a classifier trained on it calls too many images malignant; the unlabeled images' estimated share moves
-# the decision (docs/classifier-study.md); SupOnly has no unlabeled set and keeps "labeled".
-# "quarter" = a quarter of --iters. Applied to every method alike (SupOnly, CPS, comparators, Hermes; only
-# Hermes has inter-task attention).
+# the decision (docs/classifier-study.md); SupOnly has no unlabeled set and keeps "labeled"; ias_warmup =
+# the burn-in: the IAS module fed by two branches that have not learned yet held both back at the burn-in's end,
+# and with the warm-up Hermes' classifier follows SupOnly's (12 CPU seeds: docs/classifier-study.md).
+# "quarter" = a quarter of --iters, "burn_in" = the run's burn-in. Applied to every method alike (SupOnly,
+# CPS, comparators, Hermes; only Hermes has inter-task attention and the IAS module).
 RECIPES = {"paper": {},
            "scratch": {"lr_seg": 1e-3, "lr_cls": 1e-2, "burn_in": "quarter", "unlabeled_bn": "separate",
-                       "ita_form": "residual", "unsup_weight_cls": 0.0, "class_prior": "unlabeled"}}
+                       "ita_form": "residual", "unsup_weight_cls": 0.0, "class_prior": "unlabeled",
+                       "ias_warmup": "burn_in"}}
+
+
+def _getter(cfg):
+    """get(key, default) on a config dict or an argparse namespace."""
+    return cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
 
 
 def uses_unlabeled(cfg):
     """Whether a run (config dict or namespace) trains on its unlabeled images: a comparator, or Hermes with
     DTCL or ITCL on. SupOnly (and "IAS only") does not, so it has no unlabeled prior to estimate."""
-    get = cfg.get if isinstance(cfg, dict) else lambda k, d=None: getattr(cfg, k, d)
+    get = _getter(cfg)
     return get("method", "hermes") != "hermes" or bool(get("dtcl", True)) or (
         bool(get("itcl", True)) and get("task", "joint") == "joint")
 
 
+def has_ias(cfg):
+    """Whether a run (config dict or namespace) is Hermes with the IAS module on."""
+    get = _getter(cfg)
+    return get("method", "hermes") == "hermes" and bool(get("ias", True))
+
+
 def recipe_settings(recipe, cfg):
-    """RECIPES[recipe] as it applies to run `cfg`: without class_prior where the run has no unlabeled set."""
-    return {k: v for k, v in RECIPES.get(recipe, {}).items() if k != "class_prior" or uses_unlabeled(cfg)}
+    """RECIPES[recipe] as it applies to run `cfg`: without class_prior where the run has no unlabeled set,
+    without ias_warmup where it has no IAS module."""
+    return {k: v for k, v in RECIPES.get(recipe, {}).items()
+            if (k != "class_prior" or uses_unlabeled(cfg)) and (k != "ias_warmup" or has_ias(cfg))}
+
+
+def recipe_value(value, cfg):
+    """A recipe value as run `cfg` (dict or namespace, burn_in already set) takes it: "quarter" -> iters // 4,
+    "burn_in" -> its burn-in, anything else as is."""
+    get = _getter(cfg)
+    if value == "quarter":
+        return (get("iters") or 0) // 4
+    return get("burn_in", 0) if value == "burn_in" else value
 
 
 def resolve_recipe(args, given):
@@ -558,7 +584,7 @@ def resolve_recipe(args, given):
     recipe = recipe_settings(args.recipe, args)
     for name, value in recipe.items():
         if name not in given:
-            setattr(args, name, args.iters // 4 if value == "quarter" else value)
+            setattr(args, name, recipe_value(value, args))   # in RECIPES' order: burn_in first
     what = ", ".join(f"{flag(n)} {getattr(args, n)}" for n in recipe) or "§4.1's settings"
     return f"recipe {args.recipe} ({why}): {what}"
 METHOD_KEYS = tuple(f.name for f in fields(HermesConfig))

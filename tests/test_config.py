@@ -125,6 +125,16 @@ def test_class_prior_from_the_recipe_only_where_there_are_unlabeled_images(capsy
     assert config.RESUME_MISSING["class_prior"] == "labeled"
 
 
+def test_ias_warmup_is_the_burn_in_where_there_is_an_ias_module():
+    assert (_resolved("--iters", "2000").ias_warmup, _resolved("--iters", "100", "--burn-in", "7").ias_warmup) == (
+        500, 7)                                                                          # scratch: = the burn-in
+    assert _resolved("--iters", "2000", "--ias-warmup", "0").ias_warmup == 0            # given wins
+    for argv in (("--no-ias",), ("--no-dtcl", "--no-ias", "--no-itcl"), ("--method", "cps"), ("--pretrained",)):
+        assert _resolved("--iters", "2000", *argv).ias_warmup == 0, argv                # no IAS module / paper
+    assert config.recipe_value("burn_in", {"burn_in": 9, "iters": 100}) == 9
+    assert config.recipe_value("quarter", {"iters": 101}) == 25 and config.recipe_value(0.5, {}) == 0.5
+
+
 def test_teacher_ema_only_where_there_is_a_teacher_pass():
     assert _resolved("--teacher", "ema").teacher == "ema"
     assert _resolved("--teacher", "ema", "--no-dtcl").teacher == "self"            # SupOnly: no weak-view pass

@@ -214,3 +214,6 @@ def test_unsup_weight_cls_named_and_grouped_by_the_weight_it_stands_for():
     assert T.signature(paper_ita) == T.signature(sup[1])
     assert T.method_name(paper_ita) == "SupOnly (scratch recipe)"
     assert T.signature(dict(now, ias_warmup=500)) != T.signature(now)
+    # the recipe's IAS warm-up is its burn-in: a scratch run made before it joined the recipe (0) is noted
+    assert T.method_name(dict(now, ias_warmup=2)) == "Hermes (scratch recipe)"
+    assert T.method_name(dict(now, ias_warmup=0)) == "Hermes (scratch recipe, IAS warm-up 0)"

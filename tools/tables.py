@@ -67,7 +67,7 @@ def method_name(cfg):
     notes = {"seg": ["SS"], "cls": ["SC"]}.get(task, [])
     if on["DTCL"] and threshold != "dual" and not cps:
         notes.append({"confidence": "conf. threshold", "none": "no threshold"}.get(threshold, threshold))
-    recipe = {k: cfg.get("iters", 0) // 4 if v == "quarter" else v
+    recipe = {k: config.recipe_value(v, cfg)
               for k, v in config.recipe_settings(cfg.get("recipe"), cfg).items()}
     if recipe:
         notes.append(f"{cfg['recipe']} recipe")   # its settings are not repeated below

@@ -15,6 +15,7 @@ for name in ("uc0", "iasw"):
     dU = np.array([(g(name, s, "unlabeled")["auc"] - g("suponly", s, "labeled")["auc"]) * 100 for s in seeds])
     subs = list(itertools.combinations(range(len(seeds)), 3))
     pD = np.mean([dD[list(c)].mean() >= 2 for c in subs]); pA = np.mean([dA[list(c)].mean() >= 0 for c in subs])
-    pB = np.mean([dD[list(c)].mean() >= 2 and dA[list(c)].mean() >= 0 for c in subs])
+    nB = sum(dD[list(c)].mean() >= 2 and dA[list(c)].mean() >= 0 for c in subs)
+    pB = nB / len(subs)
     print(name, f"dDice {dD.mean():+.2f}±{dD.std(ddof=1):.2f} dAcc {dA.mean():+.2f}±{dA.std(ddof=1):.2f} dAUC {dU.mean():+.2f}",
-          f"seeds acc>=: {(dA >= -1e-9).sum()}/{len(seeds)} dice ahead {(dD>0).sum()}", f"3-seed subsets: Dice>=2 {pD:.2f} acc>=0 {pA:.2f} both {pB:.2f} (n={len(subs)})")
+          f"seeds acc>=: {(dA >= -1e-9).sum()}/{len(seeds)} dice ahead {(dD>0).sum()}", f"3-seed subsets: Dice>=2 {pD:.2f} acc>=0 {pA:.2f} both {pB:.2f} ({nB} of {len(subs)})")

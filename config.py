@@ -554,11 +554,14 @@ def has_ias(cfg):
     return get("method", "hermes") == "hermes" and bool(get("ias", True))
 
 
+# Recipe settings that only apply to some runs: setting -> whether run `cfg` has what it acts on.
+RECIPE_APPLIES = {"class_prior": uses_unlabeled, "ias_warmup": has_ias}
+
+
 def recipe_settings(recipe, cfg):
-    """RECIPES[recipe] as it applies to run `cfg`: without class_prior where the run has no unlabeled set,
-    without ias_warmup where it has no IAS module."""
-    return {k: v for k, v in RECIPES.get(recipe, {}).items()
-            if (k != "class_prior" or uses_unlabeled(cfg)) and (k != "ias_warmup" or has_ias(cfg))}
+    """RECIPES[recipe] as it applies to run `cfg` (RECIPE_APPLIES: no class_prior where the run has no
+    unlabeled set, no ias_warmup where it has no IAS module)."""
+    return {k: v for k, v in RECIPES.get(recipe, {}).items() if RECIPE_APPLIES.get(k, lambda c: True)(cfg)}
 
 
 def recipe_value(value, cfg):

@@ -1,0 +1,90 @@
+"""The plan's report (plan.md): final checkpoints of SupOnly and Hermes on the held-out-sized BUSI subsets,
+each evaluated at ½ ("labeled", the labeled set's share) and at the unlabeled images' estimate ("unlabeled");
+per seed, per subset, and the issue's check (Hermes at its own prior against SupOnly at ½: mean Δ Dice ≥ 2
+and mean Δ accuracy ≥ 0 over the subset's 3 seeds).
+
+    python docs/study-h163/report.py runs/h163 A,B 0 1 2     # evaluates, writes records/SUB-NAME-sS.json
+    python docs/study-h163/report.py --records A,B 0 1 2     # the tables from the records alone
+"""
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(os.path.dirname(HERE)))
+KEYS = [("Dice", "dice_mean"), ("acc", "accuracy"), ("bal. acc", "balanced_accuracy"), ("AUC", "auc"),
+        ("sens", "sensitivity"), ("spec", "specificity")]
+
+
+def record(runs, sub, name, seed):
+    import evaluate
+    run = os.path.join(runs, f"{sub}-{name}-s{seed}")
+    out = {}
+    for mode in ("labeled", "unlabeled"):
+        m = evaluate.evaluate_run(run, prior_mode=mode, device="cpu")
+        out[mode] = {k: m[k] for k in [k for _, k in KEYS] + ["class_prior", "prior_unlabeled", "predicted_malignant"]}
+    with open(os.path.join(run, "config.json")) as f:
+        cfg = json.load(f)
+    with open(os.path.join(run, "metrics.json")) as f:   # train.py's record, at the run's own prior
+        recorded = json.load(f)
+    own = cfg.get("class_prior", "labeled")
+    assert abs(recorded["accuracy"] - out[own]["accuracy"]) < 1e-9, (run, "does not match its record")
+    assert cfg["recipe"] == "scratch", (run, cfg["recipe"])
+    out["own"], out["recipe"] = own, cfg["recipe"]
+    with open(os.path.join(run, "log.csv")) as f:        # the decision's prior at each evaluation
+        out["evals"] = [{k: float(r[k]) for k in ("iter", "accuracy", "predicted_malignant", "class_prior")}
+                        for r in csv.DictReader(f) if r["kind"] == "eval"]
+    path = os.path.join(HERE, "records", f"{sub}-{name}-s{seed}.json")
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+    return out
+
+
+def load(runs, sub, name, seed):
+    if runs is not None:
+        return record(runs, sub, name, seed)
+    with open(os.path.join(HERE, "records", f"{sub}-{name}-s{seed}.json")) as f:
+        return json.load(f)
+
+
+def main(argv):
+    runs = None if argv[0] == "--records" else argv[0]
+    subs, seeds = argv[1].split(","), [int(s) for s in argv[2:]]
+    for sub in subs:
+        rec = {(n, s): load(runs, sub, n, s) for n in ("suponly", "hermes") for s in seeds}
+        print(f"## subset {sub}, seeds {', '.join(map(str, seeds))} (final checkpoints, %)\n")
+        print("| row | seed | " + " | ".join(t for t, _ in KEYS) + " | decided at | Δ Dice | Δ acc | Δ AUC |")
+        print("|---|---|" + "---|" * (len(KEYS) + 4))
+        rows = [("SupOnly at ½", "suponly", "labeled"), ("Hermes at ½", "hermes", "labeled"),
+                ("Hermes at the estimate (its own)", "hermes", "unlabeled")]
+        for title, name, mode in rows:
+            d = []
+            for s in seeds:
+                v, b = rec[name, s][mode], rec["suponly", s]["labeled"]
+                d.append([100 * (v[k] - b[k]) for k in ("dice_mean", "accuracy", "auc")])
+                print(f"| {title} | {s} | " + " | ".join(f"{100 * v[k]:.1f}" for _, k in KEYS)
+                      + f" | {v['class_prior']:.3f} | " + " | ".join(f"{x:+.1f}" for x in d[-1]) + " |")
+            d = np.array(d)
+            print(f"| {title} | mean | " + " | ".join(
+                f"{100 * np.mean([rec[name, s][mode][k] for s in seeds]):.1f}" for _, k in KEYS)
+                + f" | {np.mean([rec[name, s][mode]['class_prior'] for s in seeds]):.3f} | "
+                + " | ".join(f"{d[:, j].mean():+.2f} ± {d[:, j].std(ddof=min(1, len(seeds) - 1)):.2f}" for j in range(3))
+                + " |")
+        own = np.array([[100 * (rec["hermes", s]["unlabeled"][k] - rec["suponly", s]["labeled"][k])
+                         for k in ("dice_mean", "accuracy")] for s in seeds]).mean(0)
+        print(f"\nthe check (Hermes at its own prior vs SupOnly at ½): Δ Dice {own[0]:+.2f} (≥ +2: "
+              f"{'yes' if own[0] >= 2 else 'no'}), Δ accuracy {own[1]:+.2f} (≥ 0: {'yes' if own[1] >= 0 else 'no'})"
+              f" -> {'PASS' if own[0] >= 2 and own[1] >= 0 else 'FAIL'}")
+        print("\nHermes' decision prior at each evaluation (step: prior / predicted malignant / accuracy):")
+        for s in seeds:
+            print(f"  seed {s}: " + ", ".join(f"{int(e['iter'])}: {e['class_prior']:.2f}/{100 * e['predicted_malignant']:.0f}%"
+                                              f"/{100 * e['accuracy']:.0f}" for e in rec["hermes", s]["evals"]))
+        print()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

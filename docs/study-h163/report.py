@@ -7,6 +7,7 @@ and mean Δ accuracy ≥ 0 over the subset's 3 seeds).
     python docs/study-h163/report.py --records A,B 0 1 2     # the tables from the records alone
 """
 import csv
+import itertools
 import json
 import os
 import sys
@@ -54,6 +55,7 @@ def load(runs, sub, name, seed):
 def main(argv):
     runs = None if argv[0] == "--records" else argv[0]
     subs, seeds = argv[1].split(","), [int(s) for s in argv[2:]]
+    pooled = []                                          # (Δ Dice, Δ accuracy) of every run, both subsets
     for sub in subs:
         rec = {(n, s): load(runs, sub, n, s) for n in ("suponly", "hermes") for s in seeds}
         print(f"## subset {sub}, seeds {', '.join(map(str, seeds))} (final checkpoints, %)\n")
@@ -74,8 +76,10 @@ def main(argv):
                 + f" | {np.mean([rec[name, s][mode]['class_prior'] for s in seeds]):.3f} | "
                 + " | ".join(f"{d[:, j].mean():+.2f} ± {d[:, j].std(ddof=min(1, len(seeds) - 1)):.2f}" for j in range(3))
                 + " |")
-        own = np.array([[100 * (rec["hermes", s]["unlabeled"][k] - rec["suponly", s]["labeled"][k])
-                         for k in ("dice_mean", "accuracy")] for s in seeds]).mean(0)
+        d = np.array([[100 * (rec["hermes", s]["unlabeled"][k] - rec["suponly", s]["labeled"][k])
+                       for k in ("dice_mean", "accuracy")] for s in seeds])
+        pooled += list(d)
+        own = d.mean(0)
         print(f"\nthe check (Hermes at its own prior vs SupOnly at ½): Δ Dice {own[0]:+.2f} (≥ +2: "
               f"{'yes' if own[0] >= 2 else 'no'}), Δ accuracy {own[1]:+.2f} (≥ 0: {'yes' if own[1] >= 0 else 'no'})"
               f" -> {'PASS' if own[0] >= 2 and own[1] >= 0 else 'FAIL'}")
@@ -84,6 +88,14 @@ def main(argv):
             print(f"  seed {s}: " + ", ".join(f"{int(e['iter'])}: {e['class_prior']:.2f}/{100 * e['predicted_malignant']:.0f}%"
                                               f"/{100 * e['accuracy']:.0f}" for e in rec["hermes", s]["evals"]))
         print()
+    if len(pooled) > 3:
+        combos = [np.mean(c, 0) for c in itertools.combinations(pooled, 3)]
+        ok = sum(c[0] >= 2 and c[1] >= 0 for c in combos)
+        p = np.array(pooled)
+        print(f"all {len(p)} pairs: Δ Dice {p[:, 0].mean():+.2f} ± {p[:, 0].std(ddof=1):.2f}, Δ accuracy "
+              f"{p[:, 1].mean():+.2f} ± {p[:, 1].std(ddof=1):.2f}; 3-run sets of them meeting the check: "
+              f"{ok} of {len(combos)} ({ok / len(combos):.2f}; Dice half alone "
+              f"{sum(c[0] >= 2 for c in combos)}, accuracy half alone {sum(c[1] >= 0 for c in combos)})")
 
 
 if __name__ == "__main__":

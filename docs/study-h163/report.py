@@ -5,6 +5,7 @@ and mean Δ accuracy ≥ 0 over the subset's 3 seeds).
 
     python docs/study-h163/report.py runs/h163 A,B 0 1 2     # evaluates, writes records/SUB-NAME-sS.json
     python docs/study-h163/report.py --records A,B 0 1 2     # the tables from the records alone
+    python docs/study-h163/report.py --records A,B,C:0:1 0 1 2   # subset C with seeds 0 and 1 only
 """
 import csv
 import itertools
@@ -54,9 +55,10 @@ def load(runs, sub, name, seed):
 
 def main(argv):
     runs = None if argv[0] == "--records" else argv[0]
-    subs, seeds = argv[1].split(","), [int(s) for s in argv[2:]]
-    pooled = []                                          # (Δ Dice, Δ accuracy) of every run, both subsets
-    for sub in subs:
+    subs, all_seeds = argv[1].split(","), [int(s) for s in argv[2:]]
+    pooled = []                                          # (Δ Dice, Δ accuracy) of every run, every subset
+    for sub in subs:                                     # "C:0:1" = subset C, seeds 0 and 1 only
+        sub, seeds = (sub.split(":")[0], [int(s) for s in sub.split(":")[1:]]) if ":" in sub else (sub, all_seeds)
         rec = {(n, s): load(runs, sub, n, s) for n in ("suponly", "hermes") for s in seeds}
         print(f"## subset {sub}, seeds {', '.join(map(str, seeds))} (final checkpoints, %)\n")
         print("| row | seed | " + " | ".join(t for t, _ in KEYS) + " | decided at | Δ Dice | Δ acc | Δ AUC |")

@@ -19,10 +19,10 @@ KEYS = [("Dice", "dice_mean"), ("acc", "accuracy"), ("bal. acc", "balanced_accur
         ("sens", "sensitivity"), ("spec", "specificity")]
 
 
-def record(runs, name, seed):
+def evaluate_both(run):
+    """Final checkpoint of `run` at the labeled prior and at the unlabeled estimate, the training images' true
+    malignant share, and a check that the run's own prior gives its metrics.json -> (record dict, config)."""
     import evaluate
-    path = os.path.join(HERE, "records", f"{name}-s{seed}.json")
-    run = os.path.join(runs, f"{name}-s{seed}")
     out = {}
     for mode in ("labeled", "unlabeled"):
         m = evaluate.evaluate_run(run, prior_mode=mode, device="cpu")
@@ -38,6 +38,12 @@ def record(runs, name, seed):
         recorded = json.load(f)
     own = cfg.get("class_prior", "labeled")
     assert abs(recorded["accuracy"] - out[own]["accuracy"]) < 1e-9, (run, "does not match its record")
+    return out, cfg
+
+
+def record(runs, name, seed):
+    path = os.path.join(HERE, "records", f"{name}-s{seed}.json")
+    out, _ = evaluate_both(os.path.join(runs, f"{name}-s{seed}"))
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         json.dump(out, f, indent=1)

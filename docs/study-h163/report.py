@@ -6,6 +6,7 @@ and mean Δ accuracy ≥ 0 over the subset's 3 seeds).
     python docs/study-h163/report.py runs/h163 A,B 0 1 2     # evaluates, writes records/SUB-NAME-sS.json
     python docs/study-h163/report.py --records A,B 0 1 2     # the tables from the records alone
     python docs/study-h163/report.py --records A,B,C:0:1 0 1 2   # subset C with seeds 0 and 1 only
+    python docs/study-h163/report.py --hermes alpha02 runs/h163 A,B 0 1 2   # runs SUB-alpha02-sS as "Hermes"
 """
 import csv
 import itertools
@@ -45,13 +46,17 @@ def load(runs, sub, name, seed):
 
 
 def main(argv):
+    hermes = "hermes"
+    if argv[0] == "--hermes":                            # a variant's runs in Hermes' rows (plan-alpha.md)
+        hermes, argv = argv[1], argv[2:]
     runs = None if argv[0] == "--records" else argv[0]
     subs, all_seeds = argv[1].split(","), [int(s) for s in argv[2:]]
     pooled = []                                          # (Δ Dice, Δ accuracy) of every run, every subset
     for sub in subs:                                     # "C:0:1" = subset C, seeds 0 and 1 only
         sub, seeds = (sub.split(":")[0], [int(s) for s in sub.split(":")[1:]]) if ":" in sub else (sub, all_seeds)
-        rec = {(n, s): load(runs, sub, n, s) for n in ("suponly", "hermes") for s in seeds}
-        print(f"## subset {sub}, seeds {', '.join(map(str, seeds))} (final checkpoints, %)\n")
+        rec = {(n, s): load(runs, sub, m, s) for n, m in (("suponly", "suponly"), ("hermes", hermes))
+               for s in seeds}
+        print(f"## subset {sub}, Hermes = runs {sub}-{hermes}-sS, seeds {', '.join(map(str, seeds))} (final checkpoints, %)\n")
         print("| row | seed | " + " | ".join(t for t, _ in KEYS) + " | decided at | Δ Dice | Δ acc | Δ AUC |")
         print("|---|---|" + "---|" * (len(KEYS) + 4))
         rows = [("SupOnly at ½", "suponly", "labeled"), ("Hermes at ½", "hermes", "labeled"),

@@ -11,6 +11,8 @@ import sys
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+from report import load  # noqa: E402  (report.py's records, read the same way)
 
 
 def area(runs, run):
@@ -30,7 +32,6 @@ def main(argv):
         i = argv.index("--runs")
         runs, argv = argv[i + 1], argv[:i] + argv[i + 2:]
     variant, subs, seeds = argv[0], argv[1].split(","), [int(s) for s in argv[2:]]
-    rec = lambda sub, name, s: json.load(open(os.path.join(HERE, "records", f"{sub}-{name}-s{s}.json")))
     keys = (("Dice", "dice_mean"), ("acc", "accuracy"), ("AUC", "auc"))
     print(f"| subset | seed | SupOnly Dice / acc / AUC / area | Hermes | {variant} | {variant} − Hermes: "
           f"Dice, acc, AUC | {variant} − SupOnly: Dice, acc |")
@@ -38,7 +39,7 @@ def main(argv):
     d_h, d_s = [], []
     for sub in subs:
         for s in seeds:
-            r = {n: rec(sub, n, s)["labeled" if n == "suponly" else "unlabeled"] for n in ("suponly", "hermes", variant)}
+            r = {n: load(None, sub, n, s)["labeled" if n == "suponly" else "unlabeled"] for n in ("suponly", "hermes", variant)}
             a = {n: area(runs, f"{sub}-{n}-s{s}") for n in r}
             cell = lambda n: " / ".join(f"{100 * r[n][k]:.1f}" for _, k in keys) + f" / {a[n]:.2f}"
             d_h.append([100 * (r[variant][k] - r["hermes"][k]) for _, k in keys])

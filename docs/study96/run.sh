@@ -1,6 +1,6 @@
 #!/bin/bash
 # usage: bash run.sh NAME SEED [train.py options]; BUSI-72, 96 px, batch 4, 3,000 steps, defaults (recipe auto = scratch)
-cd /work/main
+cd "$(dirname "$0")/../.."   # the repository root
 NAME=$1; S=$2; shift 2
 OUT=runs/s96/$NAME-s$S
 R=""; [ -f $OUT/checkpoint.pt ] && R="--resume"

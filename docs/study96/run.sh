@@ -2,7 +2,7 @@
 # usage: bash run.sh NAME SEED [train.py options]; BUSI-72, 96 px, batch 4, 3,000 steps, defaults (recipe auto = scratch)
 cd "$(dirname "$0")/../.."   # the repository root
 NAME=$1; S=$2; shift 2
-OUT=runs/s96/$NAME-s$S
+mkdir -p runs/s96; OUT=runs/s96/$NAME-s$S
 R=""; [ -f $OUT/checkpoint.pt ] && R="--resume"
 OMP_NUM_THREADS=1 python train.py --data-root ../shared/data/BUSI/Dataset_BUSI_with_GT --dataset busi --labels 72 \
   --image-size 96 --batch-size 4 --iters 3000 --eval-every 250 --no-pretrained --seg-encoder resnet18 --seed $S "$@" \

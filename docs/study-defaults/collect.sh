@@ -11,11 +11,9 @@ set -euo pipefail
 RUNS=${1:-runs/s27}
 [ -d "$RUNS" ] || { echo "collect.sh: no run folder $RUNS (nothing was changed)" >&2; exit 1; }
 D=docs/study-defaults
-for r in "$RUNS"/*/; do
-  n=$(basename "$r"); [ -f "$r/metrics.json" ] || continue     # finished runs only
-  mkdir -p "$D/$n"; cp "$r"/{log.csv,config.json,metrics.json} "$D/$n/"
-done
-g() { local out=""; for s in 0 1 2; do [ -f "$D/$1-s$s/metrics.json" ] && out="$out,$D/$1-s$s"; done; [ -n "$out" ] && echo "$2=${out#,}"; true; }
+source docs/records.sh
+copy_records "$RUNS" $D
+g() { group $D "$@"; }
 ALL="$(g suponly SupOnly) $(g cps CPS) $(g hermes Hermes) $(g hermesres Hermes+resITA)"
 {
   echo "## Δ to SupOnly"; python evaluate.py --compare $ALL --baseline SupOnly

@@ -308,6 +308,7 @@ for _p in ({source!r}, "/autograder/source/models.py", "../source/models.py"):
 '''
 
 
+@needs_sandbox
 def test_gradescope_autograder_runs_on_a_fake_tree(tmp_path):
     import zipfile
     from tools.course.cli import main

@@ -1,7 +1,7 @@
 # Shared by the studies' collect.sh scripts (`source docs/records.sh` from the repository root).
-copy_records() {   # RUNS D: log.csv, config.json and metrics.json of every finished run in RUNS into D/NAME/
+copy_records() {   # RUNS D [GLOB]: log.csv, config.json, metrics.json of each finished run RUNS/GLOB (default *) into D/NAME/
   local r n
-  for r in "$1"/*/; do
+  for r in "$1"/${3:-*}/; do
     n=$(basename "$r"); [ -f "$r/metrics.json" ] || continue     # finished runs only
     mkdir -p "$2/$n"; cp "$r"/{log.csv,config.json,metrics.json} "$2/$n/"
   done

@@ -6,10 +6,8 @@ set -euo pipefail
 RUNS=${1:-runs/h163}
 [ -d "$RUNS" ] || { echo "collect-bf16.sh: no run folder $RUNS (nothing was changed)" >&2; exit 1; }
 D=docs/study-h163/bf16
-mkdir -p $D; T=$(mktemp -d); trap 'rm -rf $T' EXIT
-for r in "$RUNS"/?-*bf-s?/; do ln -s "$(realpath "$r")" "$T/$(basename "$r")"; done
 source docs/records.sh
-copy_records $T $D
+copy_records "$RUNS" $D "?-*bf-s?"
 { for sub in A B; do
     G="$(group $D $sub-suponlybf SupOnly) $(group $D $sub-hermesbf Hermes)"
     [ "$G" = " " ] && continue

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # plan-bf16.md's report: copies the bf16 runs' records (log.csv, config.json, metrics.json) from RUNS (default
-# runs/h163) into docs/study-h163/bf16/ and writes bf16/table.md (each run's own metrics.json, Δ to SupOnly).
+# runs/h163) into docs/study-h163/bf16/ and writes bf16/table.md (each run's own metrics.json, Δ to SupOnly;
+# plan-beta.md's β = 1.0 runs on subset A beside them, and Δ to the default Hermes).
 # Run from the repository root: bash docs/study-h163/collect-bf16.sh [RUNS]
 set -euo pipefail
 RUNS=${1:-runs/h163}
@@ -8,10 +9,17 @@ RUNS=${1:-runs/h163}
 D=docs/study-h163/bf16
 source docs/records.sh
 copy_records "$RUNS" $D "?-*bf-s?"
-{ for sub in A B; do
+{ for sub in A B C; do
     G="$(group $D $sub-suponlybf SupOnly) $(group $D $sub-hermesbf Hermes)"
     [ "$G" = " " ] && continue
     echo "## subset $sub, bf16 autocast (the defaults on a CPU with AMX), Δ to SupOnly"
     python evaluate.py --compare $G --baseline SupOnly; echo
-  done; } > $D/table.md
+  done
+  V=$(group $D A-beta1bf "Hermes β=1.0")
+  if [ -n "$V" ]; then
+    echo "## subset A, bf16: Hermes with --beta 1.0 (plan-beta.md), Δ to SupOnly"
+    python evaluate.py --compare $(group $D A-suponlybf SupOnly) $(group $D A-hermesbf Hermes) "$V" --baseline SupOnly; echo
+    echo "## subset A, bf16: the same, Δ to the default Hermes"
+    python evaluate.py --compare $(group $D A-hermesbf Hermes) "$V" --baseline Hermes; echo
+  fi; } > $D/table.md
 cat $D/table.md

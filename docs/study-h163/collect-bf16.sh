@@ -15,7 +15,7 @@ copy_records "$RUNS" $D "?-*bf-s?"
     echo "## subset $sub, bf16 autocast (the defaults on a CPU with AMX), Δ to SupOnly"
     python evaluate.py --compare $G --baseline SupOnly; echo
   done
-  V=$(group $D A-beta1bf "Hermes β=1.0")
+  V=$(group $D A-beta1bf Hermes-beta1.0)
   if [ -n "$V" ]; then
     echo "## subset A, bf16: Hermes with --beta 1.0 (plan-beta.md), Δ to SupOnly"
     python evaluate.py --compare $(group $D A-suponlybf SupOnly) $(group $D A-hermesbf Hermes) "$V" --baseline SupOnly; echo

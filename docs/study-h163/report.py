@@ -45,6 +45,14 @@ def load(runs, sub, name, seed):
         return json.load(f)
 
 
+def sets_of_3(pooled):
+    """(Δ Dice, Δ accuracy) of each run -> over every set of 3 runs: (sets, sets meeting the check (mean Δ Dice
+    ≥ +2 and mean Δ accuracy ≥ 0), sets meeting its Dice half, sets meeting its accuracy half)."""
+    combos = [np.mean(c, 0) for c in itertools.combinations(pooled, 3)]
+    return (len(combos), sum(c[0] >= 2 and c[1] >= 0 for c in combos), sum(c[0] >= 2 for c in combos),
+            sum(c[1] >= 0 for c in combos))
+
+
 def main(argv):
     hermes = "hermes"
     if argv[0] == "--hermes":                            # a variant's runs in Hermes' rows (plan-alpha.md)
@@ -87,13 +95,11 @@ def main(argv):
                                               f"/{100 * e['accuracy']:.0f}" for e in rec["hermes", s]["evals"]))
         print()
     if len(pooled) > 3:
-        combos = [np.mean(c, 0) for c in itertools.combinations(pooled, 3)]
-        ok = sum(c[0] >= 2 and c[1] >= 0 for c in combos)
+        n, ok, dice_ok, acc_ok = sets_of_3(pooled)
         p = np.array(pooled)
         print(f"all {len(p)} pairs: Δ Dice {p[:, 0].mean():+.2f} ± {p[:, 0].std(ddof=1):.2f}, Δ accuracy "
               f"{p[:, 1].mean():+.2f} ± {p[:, 1].std(ddof=1):.2f}; 3-run sets of them meeting the check: "
-              f"{ok} of {len(combos)} ({ok / len(combos):.2f}; Dice half alone "
-              f"{sum(c[0] >= 2 for c in combos)}, accuracy half alone {sum(c[1] >= 0 for c in combos)})")
+              f"{ok} of {n} ({ok / n:.2f}; Dice half alone {dice_ok}, accuracy half alone {acc_ok})")
 
 
 if __name__ == "__main__":

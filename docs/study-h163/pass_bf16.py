@@ -10,7 +10,8 @@ import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
-from report import sets_of_3  # noqa: E402
+import numpy as np  # noqa: E402
+from report import load, sets_of_3  # noqa: E402
 
 
 def metrics(run):
@@ -31,3 +32,11 @@ print(len(runs), "runs;", ok, "of", n, "sets of 3 pass; Dice half fails", n - di
       n - acc_ok)
 for run, dice, acc in runs:
     print(run, f"{dice:+.2f} {acc:+.2f}")
+# the same subsets and seeds in fp32 (report.py's records: Hermes at its estimate, SupOnly at ½), pooled with these
+fp32 = []
+for run, _, _ in runs:
+    H, S = load(None, run[0], "hermes", int(run[1]))["unlabeled"], load(None, run[0], "suponly", int(run[1]))["labeled"]
+    fp32.append([100 * (H[k] - S[k]) for k in ("dice_mean", "accuracy")])
+both = np.array(fp32 + [r[1:] for r in runs])
+print(f"with the same runs in fp32, {len(both)} runs: Δ Dice {both[:, 0].mean():+.2f} ± {both[:, 0].std(ddof=1):.2f}, "
+      f"Δ accuracy {both[:, 1].mean():+.2f} ± {both[:, 1].std(ddof=1):.2f}")

@@ -32,6 +32,10 @@ print(len(runs), "runs;", ok, "of", n, "sets of 3 pass; Dice half fails", n - di
       n - acc_ok)
 for run, dice, acc in runs:
     print(run, f"{dice:+.2f} {acc:+.2f}")
+deltas = {k: np.array([100 * (metrics(f"{r[0]}-hermesbf-s{r[1]}")[k] - metrics(f"{r[0]}-suponlybf-s{r[1]}")[k])
+                       for r, _, _ in runs]) for k in ("dice_mean", "accuracy", "balanced_accuracy", "auc")}
+print(f"{len(runs)} bf16 runs: " + ", ".join(f"Δ {k} {v.mean():+.2f} ± {v.std(ddof=1):.2f} (at or above in {(v >= 0).sum()})"
+                                         for k, v in deltas.items()))
 # the same subsets and seeds in fp32 (report.py's records: Hermes at its estimate, SupOnly at ½), pooled with these
 fp32 = []
 for run, _, _ in runs:

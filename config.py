@@ -145,6 +145,13 @@ class HermesConfig:
                               "into the classifier) is off for the first N steps and weighs in linearly over "
                               "the next N (docs/classifier-study.md); 0 = from the first step (the paper)",
                               group=EXTRA, missing=0, note="IAS warm-up {}", tag="iasw")
+    pseudo_label_prior: str = setting(
+        "labeled", "the malignant share at which the teacher decides each unlabeled image's class pseudo-label: "
+        "labeled = the labeled set's (eq. (7) as in the paper); unlabeled = the unlabeled images' share, "
+        "estimated by EM (Saerens et al. 2002) from the teacher's last 256 scores, added as log-odds to the "
+        "malignant logit of the teacher before eq. (7) and of the student inside L^u_cls (logit adjustment; "
+        "docs/classifier-study.md)", group=EXTRA, missing="labeled", note="pseudo-labels at the {} share",
+        tag="plprior", choices=["labeled", "unlabeled"])
     gamma_ramp: int = setting(0, "γ·exp(-5(1 - it/R)²) until step R (the authors' code: R = 4000); 0 = "
                                  "constant γ",
                               group=EXTRA, note="γ ramp {}", tag="gramp")

@@ -267,14 +267,60 @@ class MemoryBank(nn.Module):
         return f"size_per_class={self.size}, dim={self.dim}, num_classes={self.num_classes}"
 
 
+class ClassShareTracker(nn.Module):
+    """--pseudo-label-prior unlabeled (not in the paper): the unlabeled images' malignant share π̂_u, estimated
+    as evaluate.estimate_prior does (EM of Saerens et al. 2002) from the teacher's last `size` scores
+    p(malignant | weak view), and the labeled share π_l from the labeled labels seen. Saved with the banks.
+    No host sync: fixed-size buffers, a warm-started EM of `em_iters` iterations per call."""
+
+    def __init__(self, size=256, min_scores=32, em_iters=20, bounds=(1e-3, 1 - 1e-3)):
+        super().__init__()
+        self.size, self.min_scores, self.em_iters, self.bounds = size, min_scores, em_iters, bounds
+        self.register_buffer("scores", torch.zeros(size))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+        self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+        self.register_buffer("pi_u", torch.tensor(0.5))
+        self.register_buffer("n_labeled", torch.zeros(2))                          # (benign, malignant)
+
+    @torch.no_grad()
+    def push(self, scores, z):
+        """scores (K,) the teacher's p(malignant) on unlabeled images (ring buffer); z (B_l,) labeled labels."""
+        K = scores.numel()
+        slots = (self.ptr + torch.arange(K, device=self.scores.device)) % self.size   # (K,) ring slots
+        self.scores[slots[-self.size:]] = scores.detach().float().reshape(-1)[-self.size:]
+        self.ptr.copy_((self.ptr + K) % self.size)
+        self.filled.copy_(torch.clamp(self.filled + K, max=self.size))
+        self.n_labeled += torch.bincount(z.reshape(-1).long(), minlength=2)[:2].float().to(self.n_labeled)
+
+    def pi_l(self):
+        return (self.n_labeled[1] / self.n_labeled.sum().clamp_min(1)).clamp(*self.bounds)
+
+    @torch.no_grad()
+    def shift(self):
+        """One warm-started EM update of π̂_u, then δ = logit(π̂_u) − logit(π_l), the log-odds to add to the
+        malignant logit (0-d; 0 while fewer than min_scores scores are in)."""
+        pi_l = self.pi_l()
+        m = (torch.arange(self.size, device=self.scores.device) < self.filled).float()   # (size,) filled slots
+        s, pi = self.scores, self.pi_u.clone()
+        for _ in range(self.em_iters):
+            a, b = s * (pi / pi_l), (1 - s) * ((1 - pi) / (1 - pi_l))                   # Bayes' rule at share π
+            pi = ((a / (a + b)) * m).sum().div(m.sum().clamp_min(1)).clamp(*self.bounds)
+        ready = self.filled >= self.min_scores
+        self.pi_u.copy_(torch.where(ready, pi, self.pi_u))
+        return torch.where(ready, torch.logit(self.pi_u) - torch.logit(pi_l), torch.zeros_like(pi))
+
+
 class MemoryBanks(nn.Module):
     """The two memory banks of §3.4, owned by the training state (saved in the checkpoint under "banks"):
-    `pixel` (pixel-head width) and `image` (image-head width)."""
+    `pixel` (pixel-head width) and `image` (image-head width); with class_share also `class_share`, the
+    ClassShareTracker of --pseudo-label-prior unlabeled."""
 
-    def __init__(self, pixel_size, pixel_dim, image_size, image_dim):
+    def __init__(self, pixel_size, pixel_dim, image_size, image_dim, class_share=False):
         super().__init__()
         self.pixel = MemoryBank(pixel_size, pixel_dim)
         self.image = MemoryBank(image_size, image_dim)
+        if class_share:
+            self.class_share = ClassShareTracker()
 
 
 def _out_dim(module, default):
@@ -290,7 +336,8 @@ def make_banks(model, cfg):
     default), on the model's device."""
     dev = next(iter(model.parameters()), torch.zeros(())).device
     return MemoryBanks(cfg.pixel_bank_size, _out_dim(getattr(model, "pixel_head", None), 256),
-                       cfg.image_bank_size, _out_dim(getattr(model, "image_head", None), 128)).to(dev)
+                       cfg.image_bank_size, _out_dim(getattr(model, "image_head", None), 128),
+                       class_share=cfg.pseudo_label_prior == "unlabeled").to(dev)
 
 
 def config_from(mapping):
@@ -340,7 +387,9 @@ class TeacherOutputs:
 
     seg_logits (B_u,2,S,S), pixel_emb (B_u,D,h,w); p_pix (B_u,2,S,S) softmax, pl_pix (B_u,S,S) pseudo-labels
     (argmax), w_pix (B_u,S,S) 0/1 selection (eq. (7) under the "dual" rule).
-    cls_logits (B_u,2), image_emb (B_u,D'); p_img (B_u,2), pl_img (B_u,), w_img (B_u,): the same per image.
+    cls_logits (B_u,2), image_emb (B_u,D'); p_img (B_u,2), pl_img (B_u,), w_img (B_u,): the same per image;
+    with --pseudo-label-prior unlabeled cls_logits and what follows are at the unlabeled share (δ added),
+    score (B_u,) p(malignant) before it.
     """
     seg_logits: torch.Tensor = None
     pixel_emb: torch.Tensor = None
@@ -350,6 +399,7 @@ class TeacherOutputs:
     cls_logits: torch.Tensor = None
     image_emb: torch.Tensor = None
     p_img: torch.Tensor = None
+    score: torch.Tensor = None
     pl_img: torch.Tensor = None
     w_img: torch.Tensor = None
 
@@ -397,7 +447,12 @@ def update_ema_teacher(teacher, model, it, decay):
     ema_(teacher, model, ema_decay(it, decay))
 
 
-def _teacher(model, x_w, kappa, tau, cfg):
+def _malignant_shift(logits, delta):
+    """logits (B,2) with δ added to the malignant logit (--pseudo-label-prior unlabeled)."""
+    return logits + torch.stack([torch.zeros_like(delta), delta]).to(logits.dtype)
+
+
+def _teacher(model, x_w, kappa, tau, cfg, delta=None):
     """Weak view through the model (the paper has no EMA teacher; with --teacher ema, `model` is the
     moving average), in train mode -> TeacherOutputs.
 
@@ -412,6 +467,9 @@ def _teacher(model, x_w, kappa, tau, cfg):
         t.p_pix, t.pl_pix, t.w_pix = _pseudo_labels(t.seg_logits, kappa, tau, cfg.threshold)   # eq. (7)
     if "cls_logits" in out:
         t.cls_logits, t.image_emb = out["cls_logits"], out["image_emb"]
+        t.score = t.cls_logits.detach().float().softmax(1)[:, 1]                   # (B_u,) at the labeled share
+        if delta is not None:                                                      # decided at the unlabeled share
+            t.cls_logits = _malignant_shift(t.cls_logits, delta)
         t.p_img, t.pl_img, t.w_img = _pseudo_labels(t.cls_logits, kappa, tau, cfg.threshold)   # eq. (7)
     return t
 
@@ -561,7 +619,9 @@ def hermes_step(model, banks, batch_l, batch_u, it, total, cfg, keep_terms=False
             if m is not None:
                 set_ias_scale(m, ias_weight(it, cfg.ias_warmup))
     dtcl_on = cfg.dtcl and it >= cfg.burn_in
-    t = _teacher(model if teacher is None else teacher, x_w, kappa, tau, cfg) if dtcl_on else None
+    share = getattr(banks, "class_share", None) if cls_on else None               # --pseudo-label-prior unlabeled
+    delta = share.shift() if share is not None and dtcl_on else None              # 0-d log-odds, or None
+    t = _teacher(model if teacher is None else teacher, x_w, kappa, tau, cfg, delta) if dtcl_on else None
     out = _student(model, x, x_s if (dtcl_on or itc_on) else None, cfg)
     out_l, out_u = _split_rows(out, B_l)
     zero = out["seg_logits" if seg_on else "cls_logits"].new_zeros(()).float()
@@ -575,7 +635,10 @@ def hermes_step(model, banks, batch_l, batch_u, it, total, cfg, keep_terms=False
                                      cfg.unsup_seg_loss)                           # eq. (9)
         L["seg_c"], n_anchors = _pixel_contrast(out, t, y, banks.pixel, cfg)       # eq. (11)
     if t is not None and cls_on:
-        L["cls_u"] = cls_unsupervised_loss(out_u["cls_logits"], t.cls_logits, t.w_img)  # eq. (10)
+        logits_s = out_u["cls_logits"] if delta is None else _malignant_shift(out_u["cls_logits"], delta)
+        L["cls_u"] = cls_unsupervised_loss(logits_s, t.cls_logits, t.w_img)        # eq. (10)
+        if share is not None:
+            share.push(t.score, z)
         L["cls_c"] = _image_contrast(out_l, out_u, t, z, banks.image, cfg)         # eqs. (12)–(13)
     if itc_on:
         L["itc"] = inter_task_consistency_loss(out_u["itc_cls"], out_u["itc_seg"])  # eq. (14)

@@ -664,3 +664,74 @@ def test_ias_warmup_weight_and_step(net):
             hermes.HermesConfig(ias_warmup=-1)
     finally:
         models.set_ias_scale(net, 1.0)
+
+
+# ------------------------------------------------- --pseudo-label-prior unlabeled (not in the paper)
+
+def test_class_share_tracker_ring_and_em_against_evaluate():
+    """The tracker's buffer holds the newest `size` scores (a naive list) and its warm-started EM reaches
+    evaluate.estimate_prior's estimate on them; δ = logit(π̂_u) - logit(π_l)."""
+    import evaluate
+    tr = hermes.ClassShareTracker(size=8, min_scores=4, em_iters=20)
+    g = torch.Generator().manual_seed(0)
+    seen = []
+    for k in (3, 5, 11, 2):
+        s = torch.rand(k, generator=g) * 0.6
+        tr.push(s, torch.tensor([1, 1, 0]))
+        seen += s.tolist()
+    assert sorted(tr.scores.tolist()) == pytest.approx(sorted(seen[-8:]))
+    assert tr.filled.item() == 8 and tr.n_labeled.tolist() == [4.0, 8.0]
+    for _ in range(50):
+        delta = tr.shift()
+    pi_l = 8 / 12
+    want = evaluate.estimate_prior(seen[-8:], pi_l)
+    assert tr.pi_u.item() == pytest.approx(want, abs=1e-5)
+    assert delta.item() == pytest.approx(math.log(want / (1 - want)) - math.log(pi_l / (1 - pi_l)), abs=1e-4)
+
+
+def test_class_share_tracker_no_shift_before_min_scores():
+    tr = hermes.ClassShareTracker(size=16, min_scores=4)
+    tr.push(torch.full((3,), 0.05), torch.tensor([0, 1]))
+    assert tr.shift().item() == 0.0 and tr.pi_u.item() == 0.5
+    tr.push(torch.full((1,), 0.05), torch.tensor([0, 1]))
+    assert tr.shift().item() < -0.5                                                # mostly benign: δ < 0
+
+
+def test_teacher_and_unlabeled_loss_at_the_moved_share_by_hand():
+    """δ moves the malignant logit: teacher logits (0.3, 0) and (0, 1) with δ = -0.5 give pseudo-labels 0, 1,
+    with δ = -1.5 both 0; the score stays at the labeled share; L^u_cls of student logits (0, 0) and pseudo-label
+    0 at δ = -0.5 is log(1 + e^-0.5)."""
+    t_logits = torch.tensor([[0.3, 0.0], [0.0, 1.0]])
+    for delta, want in ((-0.5, [0, 1]), (-1.5, [0, 0]), (0.0, [0, 1])):
+        moved = hermes._malignant_shift(t_logits, torch.tensor(delta))
+        assert moved.argmax(1).tolist() == want
+    moved = hermes._malignant_shift(torch.zeros(1, 2), torch.tensor(-0.5))
+    assert moved.tolist() == [[0.0, -0.5]]
+    loss = losses.cls_unsupervised_loss(moved, torch.tensor([[0.3, -0.5]]), torch.ones(1))
+    assert loss.item() == pytest.approx(math.log(1 + math.exp(-0.5)), rel=1e-6)
+
+
+def test_step_with_pseudo_label_prior_unlabeled():
+    """The banks carry a tracker only with the switch; the step pushes the teacher's scores and the labeled
+    labels, and L^u_cls is eq. (10) on logits moved by the tracker's δ, computed here from the stand-in's
+    linear classifier."""
+    m = StandIn()
+    bl, bu = make_batches(4, B_l=2, B_u=3)
+    assert not any("class_share" in k for k in hermes.make_banks(m, hermes.HermesConfig()).state_dict())
+    cfg = hermes.HermesConfig(threshold="none", pseudo_label_prior="unlabeled")
+    banks = hermes.make_banks(m, cfg)
+    tr = banks.class_share
+    tr.push(torch.full((40,), 0.1), torch.tensor([0, 1]))                          # ready, mostly benign
+    twin = hermes.ClassShareTracker()
+    twin.load_state_dict(tr.state_dict())
+    delta = twin.shift()
+    assert delta.item() < -1.0
+    _, stats = hermes.hermes_step(m, banks, bl, bu, 0, 10, cfg)
+    assert tr.filled.item() == 43 and tr.n_labeled.tolist() == [2.0, 2.0]
+    with torch.no_grad():
+        logit_w = m.cls(bu[0].mean((2, 3)))
+        logit_s = m.cls(bu[1].mean((2, 3)))
+    shift = torch.stack([torch.zeros(()), delta])
+    want = F.cross_entropy(logit_s + shift, (logit_w + shift).argmax(1))
+    assert stats["cls_u"].item() == pytest.approx(want.item(), rel=1e-5)
+    assert torch.allclose(tr.scores[40:43], logit_w.softmax(1)[:, 1], atol=1e-6)

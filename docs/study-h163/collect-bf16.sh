@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # plan-bf16.md's report: copies the bf16 runs' records (log.csv, config.json, metrics.json) from RUNS (default
 # runs/h163) into docs/study-h163/bf16/ and writes bf16/table.md (each run's own metrics.json, Δ to SupOnly;
-# plan-beta.md's β = 1.0 runs on subset A beside them, and Δ to the default Hermes).
+# plan-beta.md's β = 1.0 runs on subset A and plan-lapl.md's runs on A and C beside them, Δ to the default Hermes).
 # Run from the repository root: bash docs/study-h163/collect-bf16.sh [RUNS]
 set -euo pipefail
 RUNS=${1:-runs/h163}
@@ -21,5 +21,11 @@ copy_records "$RUNS" $D "?-*bf-s?"
     python evaluate.py --compare $(group $D A-suponlybf SupOnly) $(group $D A-hermesbf Hermes) "$V" --baseline SupOnly; echo
     echo "## subset A, bf16: the same, Δ to the default Hermes"
     python evaluate.py --compare $(group $D A-hermesbf Hermes) "$V" --baseline Hermes; echo
-  fi; } > $D/table.md
+  fi
+  for sub in A C; do
+    V=$(group $D $sub-laplbf Hermes-plprior)
+    [ -z "$V" ] && continue
+    echo "## subset $sub, bf16: Hermes with --pseudo-label-prior unlabeled --unsup-weight-cls 1 (plan-lapl.md), Δ to the default Hermes"
+    python evaluate.py --compare $(group $D $sub-hermesbf Hermes) "$V" --baseline Hermes; echo
+  done; } > $D/table.md
 cat $D/table.md

@@ -40,7 +40,7 @@ for sub, s in pairs:
     d_h.append([100 * (L[k] - H[k]) for k in KEYS])
     d_s.append([100 * (L[k] - S[k]) for k in KEYS])
     print(f"{sub}-s{s}   " + "  ".join(f"{100 * L[k]:5.1f} {a:+5.1f} {b:+5.1f}" for k, a, b in zip(KEYS, d_h[-1], d_s[-1]))
-          + f"   decided at {L['class_prior']:.0%}")
+          + f"   decided at {L['class_prior']:.0%}, π̂_u {L['prior_unlabeled']:.2f} (default Hermes {H['prior_unlabeled']:.2f})")
 d_h, d_s = np.array(d_h), np.array(d_s)
 for name, d in (("Δ to the default Hermes", d_h), ("Δ to SupOnly", d_s)):
     if len(d) > 1:

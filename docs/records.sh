@@ -6,8 +6,8 @@ copy_records() {   # RUNS D [GLOB]: log.csv, config.json, metrics.json of each f
     mkdir -p "$2/$n"; cp "$r"/{log.csv,config.json,metrics.json} "$2/$n/"
   done
 }
-group() {          # D NAME TITLE: "TITLE=D/NAME-s0,D/NAME-s1,D/NAME-s2", the seeds 0-2 that finished; nothing if none
+group() {          # D NAME TITLE: "TITLE=D/NAME-s0,D/NAME-s1,D/NAME-s2", the seeds 0-2 (or $SEEDS) that finished; nothing if none
   local out="" s
-  for s in 0 1 2; do [ -f "$1/$2-s$s/metrics.json" ] && out="$out,$1/$2-s$s"; done
+  for s in ${SEEDS:-0 1 2}; do [ -f "$1/$2-s$s/metrics.json" ] && out="$out,$1/$2-s$s"; done
   [ -n "$out" ] && echo "$3=${out#,}"; true
 }

@@ -22,6 +22,12 @@ copy_records "$RUNS" $D "?-*bf-s?"
     echo "## subset A, bf16: the same, Δ to the default Hermes"
     python evaluate.py --compare $(group $D A-hermesbf Hermes) "$V" --baseline Hermes; echo
   fi
+  for sub in A B C; do
+    G="$(SEEDS="0 1 2 3" group $D $sub-suponlybf SupOnly) $(SEEDS="0 1 2 3" group $D $sub-hermesbf Hermes)"
+    [[ "$G" != *s3* ]] && continue
+    echo "## subset $sub, bf16, seeds 0-3 (plan-bf16.md's second addendum), Δ to SupOnly"
+    python evaluate.py --compare $G --baseline SupOnly; echo
+  done
   for sub in A C; do
     V=$(group $D $sub-laplbf Hermes-plprior)
     [ -z "$V" ] && continue

@@ -41,6 +41,7 @@ from scipy.stats import rankdata
 import augment
 import cli
 import data
+import hermes
 import models
 import runner
 from tools.tables import method_name
@@ -147,9 +148,7 @@ def adjust_scores(score, prior, prior_train):
     """p(malignant | x) under malignant share `prior`, from scores p(malignant | x) of a classifier trained at
     share prior_train (Bayes' rule, as in Saerens et al. 2002): the same as adding
     logit(prior) - logit(prior_train) to the malignant logit."""
-    s = np.asarray(score, dtype=np.float64)
-    a, b = s * (prior / prior_train), (1 - s) * ((1 - prior) / (1 - prior_train))
-    return a / (a + b)
+    return hermes.prior_adjusted(np.asarray(score, dtype=np.float64), prior, prior_train)
 
 
 def estimate_prior(score, prior_train, iters=1000, tol=1e-9, bounds=(1e-3, 1 - 1e-3)):

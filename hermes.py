@@ -267,6 +267,14 @@ class MemoryBank(nn.Module):
         return f"size_per_class={self.size}, dim={self.dim}, num_classes={self.num_classes}"
 
 
+def prior_adjusted(s, prior, prior_train):
+    """p(malignant | x) under malignant share `prior` from scores s = p(malignant | x) of a classifier trained at
+    share prior_train (Bayes' rule, Saerens et al. 2002; = adding logit(prior) - logit(prior_train) to the
+    malignant logit). Arrays or tensors alike (evaluate.adjust_scores, ClassShareTracker)."""
+    a, b = s * (prior / prior_train), (1 - s) * ((1 - prior) / (1 - prior_train))
+    return a / (a + b)
+
+
 class ClassShareTracker(nn.Module):
     """--pseudo-label-prior unlabeled (not in the paper): the unlabeled images' malignant share π̂_u, estimated
     as evaluate.estimate_prior does (EM of Saerens et al. 2002) from the teacher's last `size` scores
@@ -276,20 +284,23 @@ class ClassShareTracker(nn.Module):
     def __init__(self, size=256, min_scores=32, em_iters=20, bounds=(1e-3, 1 - 1e-3)):
         super().__init__()
         self.size, self.min_scores, self.em_iters, self.bounds = size, min_scores, em_iters, bounds
-        self.register_buffer("scores", torch.zeros(size))
-        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
-        self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+        self.ring = MemoryBank(size, 1, num_classes=1)                             # the scores, first in first out
         self.register_buffer("pi_u", torch.tensor(0.5))
         self.register_buffer("n_labeled", torch.zeros(2))                          # (benign, malignant)
 
+    @property
+    def scores(self):
+        return self.ring.feats[0, :, 0]                                            # (size,) ring slots
+
+    @property
+    def filled(self):
+        return self.ring.filled[0]
+
     @torch.no_grad()
     def push(self, scores, z):
-        """scores (K,) the teacher's p(malignant) on unlabeled images (ring buffer); z (B_l,) labeled labels."""
-        K = scores.numel()
-        slots = (self.ptr + torch.arange(K, device=self.scores.device)) % self.size   # (K,) ring slots
-        self.scores[slots[-self.size:]] = scores.detach().float().reshape(-1)[-self.size:]
-        self.ptr.copy_((self.ptr + K) % self.size)
-        self.filled.copy_(torch.clamp(self.filled + K, max=self.size))
+        """scores (K,) the teacher's p(malignant) on unlabeled images; z (B_l,) labeled labels."""
+        scores = scores.detach().float().reshape(-1, 1)                            # (K,1)
+        self.ring.push(scores, torch.zeros(scores.shape[0], dtype=torch.long, device=scores.device))
         self.n_labeled += torch.bincount(z.reshape(-1).long(), minlength=2)[:2].float().to(self.n_labeled)
 
     def pi_l(self):
@@ -301,10 +312,9 @@ class ClassShareTracker(nn.Module):
         malignant logit (0-d; 0 while fewer than min_scores scores are in)."""
         pi_l = self.pi_l()
         m = (torch.arange(self.size, device=self.scores.device) < self.filled).float()   # (size,) filled slots
-        s, pi = self.scores, self.pi_u.clone()
+        pi = self.pi_u.clone()
         for _ in range(self.em_iters):
-            a, b = s * (pi / pi_l), (1 - s) * ((1 - pi) / (1 - pi_l))                   # Bayes' rule at share π
-            pi = ((a / (a + b)) * m).sum().div(m.sum().clamp_min(1)).clamp(*self.bounds)
+            pi = (prior_adjusted(self.scores, pi, pi_l) * m).sum().div(m.sum().clamp_min(1)).clamp(*self.bounds)
         ready = self.filled >= self.min_scores
         self.pi_u.copy_(torch.where(ready, pi, self.pi_u))
         return torch.where(ready, torch.logit(self.pi_u) - torch.logit(pi_l), torch.zeros_like(pi))

@@ -399,7 +399,7 @@ class TeacherOutputs:
     (argmax), w_pix (B_u,S,S) 0/1 selection (eq. (7) under the "dual" rule).
     cls_logits (B_u,2), image_emb (B_u,D'); p_img (B_u,2), pl_img (B_u,), w_img (B_u,): the same per image;
     with --pseudo-label-prior unlabeled cls_logits and what follows are at the unlabeled share (δ added),
-    score (B_u,) p(malignant) before it.
+    score (B_u,) p(malignant) before it (None without the switch).
     """
     seg_logits: torch.Tensor = None
     pixel_emb: torch.Tensor = None
@@ -477,8 +477,8 @@ def _teacher(model, x_w, kappa, tau, cfg, delta=None):
         t.p_pix, t.pl_pix, t.w_pix = _pseudo_labels(t.seg_logits, kappa, tau, cfg.threshold)   # eq. (7)
     if "cls_logits" in out:
         t.cls_logits, t.image_emb = out["cls_logits"], out["image_emb"]
-        t.score = t.cls_logits.detach().float().softmax(1)[:, 1]                   # (B_u,) at the labeled share
         if delta is not None:                                                      # decided at the unlabeled share
+            t.score = t.cls_logits.detach().float().softmax(1)[:, 1]               # (B_u,) at the labeled share
             t.cls_logits = _malignant_shift(t.cls_logits, delta)
         t.p_img, t.pl_img, t.w_img = _pseudo_labels(t.cls_logits, kappa, tau, cfg.threshold)   # eq. (7)
     return t

@@ -60,6 +60,7 @@ def main(argv):
     runs = None if argv[0] == "--records" else argv[0]
     subs, all_seeds = argv[1].split(","), [int(s) for s in argv[2:]]
     pooled = []                                          # (Δ Dice, Δ accuracy) of every run, every subset
+    pooled_half, pooled_more = [], []                    # the same with Hermes at ½; Δ balanced accuracy, Δ AUC
     for sub in subs:                                     # "C:0:1" = subset C, seeds 0 and 1 only
         sub, seeds = (sub.split(":")[0], [int(s) for s in sub.split(":")[1:]]) if ":" in sub else (sub, all_seeds)
         rec = {(n, s): load(runs, sub, m, s) for n, m in (("suponly", "suponly"), ("hermes", hermes))
@@ -85,6 +86,10 @@ def main(argv):
         d = np.array([[100 * (rec["hermes", s]["unlabeled"][k] - rec["suponly", s]["labeled"][k])
                        for k in ("dice_mean", "accuracy")] for s in seeds])
         pooled += list(d)
+        pooled_half += [[100 * (rec["hermes", s]["labeled"][k] - rec["suponly", s]["labeled"][k])
+                         for k in ("dice_mean", "accuracy")] for s in seeds]
+        pooled_more += [[100 * (rec["hermes", s]["unlabeled"][k] - rec["suponly", s]["labeled"][k])
+                         for k in ("balanced_accuracy", "auc")] for s in seeds]
         own = d.mean(0)
         print(f"\nthe check (Hermes at its own prior vs SupOnly at ½): Δ Dice {own[0]:+.2f} (≥ +2: "
               f"{'yes' if own[0] >= 2 else 'no'}), Δ accuracy {own[1]:+.2f} (≥ 0: {'yes' if own[1] >= 0 else 'no'})"
@@ -100,6 +105,12 @@ def main(argv):
         print(f"all {len(p)} pairs: Δ Dice {p[:, 0].mean():+.2f} ± {p[:, 0].std(ddof=1):.2f}, Δ accuracy "
               f"{p[:, 1].mean():+.2f} ± {p[:, 1].std(ddof=1):.2f}; 3-run sets of them meeting the check: "
               f"{ok} of {n} ({ok / n:.2f}; Dice half alone {dice_ok}, accuracy half alone {acc_ok})")
+        m = np.array(pooled_more)
+        print(f"  Hermes ahead in Dice in {(p[:, 0] > 0).sum()}, at or above in accuracy in {(p[:, 1] >= 0).sum()}; "
+              f"Δ balanced accuracy {m[:, 0].mean():+.2f} ± {m[:, 0].std(ddof=1):.2f}, Δ AUC {m[:, 1].mean():+.2f} ± "
+              f"{m[:, 1].std(ddof=1):.2f}")
+        n, ok, _, _ = sets_of_3(pooled_half)
+        print(f"  Hermes at ½ instead: Δ accuracy {np.mean(pooled_half, 0)[1]:+.2f}; {ok} of {n} sets meet the check")
 
 
 if __name__ == "__main__":
